@@ -1,0 +1,1 @@
+//! shardpool: a PostgreSQL scaling proxy.
