@@ -1,0 +1,316 @@
+//! SHOW commands. Column names follow PgBouncer's console (docs: "usage.html#admin-console") where the concept
+//! matches; values that shardpool does not have (cancel-request counters, reserve pools) are reported as 0.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::{AdminError, Output};
+use crate::context::{ClientState, Context};
+
+type Row = Vec<Option<String>>;
+
+fn s(v: impl ToString) -> Option<String> {
+    Some(v.to_string())
+}
+
+fn timestamp(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    // ISO-8601 UTC without pulling in a date crate.
+    let days = secs / 86_400;
+    let (h, m, sec) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let (y, mo, d) = civil_from_days(days as i64);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{sec:02} UTC")
+}
+
+/// Days since 1970-01-01 to a calendar date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+pub fn show(ctx: &Arc<Context>, what: &str) -> Result<Output, AdminError> {
+    match what {
+        "POOLS" => Ok(pools(ctx)),
+        "CLIENTS" => Ok(clients(ctx)),
+        "SERVERS" => Ok(servers(ctx)),
+        "STATS" => Ok(stats(ctx)),
+        "CONFIG" => Ok(config(ctx)),
+        "DATABASES" => Ok(databases(ctx)),
+        "USERS" => Ok(users(ctx)),
+        "VERSION" => Ok(Output::table(
+            vec!["version"],
+            vec![vec![s(format!("shardpool {}", env!("CARGO_PKG_VERSION")))]],
+        )),
+        other => Err(AdminError::Syntax(format!("unknown SHOW item {other:?}"))),
+    }
+}
+
+fn pools(ctx: &Arc<Context>) -> Output {
+    let mut rows: Vec<Row> = Vec::new();
+    for p in ctx.pools() {
+        let snap = p.snapshot();
+        let clients = p.stats.clients.load(Ordering::Relaxed);
+        let waiting = p.stats.waiting.load(Ordering::Relaxed);
+        let wait = snap.oldest_wait.unwrap_or_default();
+        let mode = p.config().settings.mode.as_str();
+        rows.push(vec![
+            s(&p.database),
+            s(&p.user),
+            s(clients.saturating_sub(waiting)),
+            s(waiting),
+            s(0),
+            s(0),
+            s(snap.total - snap.idle - snap.connecting),
+            s(0),
+            s(0),
+            s(snap.idle - snap.idle_needing_check.min(snap.idle)),
+            s(snap.idle_needing_check.min(snap.idle)),
+            s(0),
+            s(snap.connecting),
+            s(wait.as_secs()),
+            s(wait.subsec_micros()),
+            s(mode),
+            s(0),
+        ]);
+    }
+    Output::table(
+        vec![
+            "database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req", "cl_waiting_cancel_req",
+            "sv_active", "sv_active_cancel", "sv_being_canceled", "sv_idle", "sv_used", "sv_tested", "sv_login",
+            "maxwait", "maxwait_us", "pool_mode", "load_balance_hosts",
+        ],
+        rows,
+    )
+}
+
+const CONN_COLUMNS: [&str; 21] = [
+    "type", "user", "database", "replication", "state", "addr", "port", "local_addr", "local_port",
+    "connect_time", "request_time", "wait", "wait_us", "close_needed", "ptr", "link", "remote_pid", "tls",
+    "application_name", "prepared_statements", "id",
+];
+
+fn clients(ctx: &Arc<Context>) -> Output {
+    let rows = ctx
+        .clients()
+        .iter()
+        .map(|c| {
+            let state = match c.state() {
+                ClientState::Active => "active",
+                ClientState::Waiting => "waiting",
+                ClientState::Idle => "idle",
+            };
+            let link = c.server().map(|(_, _, id)| id.to_string()).unwrap_or_default();
+            vec![
+                s("C"),
+                s(&c.user),
+                s(&c.database),
+                s("none"),
+                s(state),
+                s(c.addr.ip()),
+                s(c.addr.port()),
+                None,
+                None,
+                s(timestamp(c.connected_at)),
+                s(timestamp(c.connected_at)),
+                s(0),
+                s(0),
+                s(0),
+                s(c.id),
+                s(link),
+                s(c.cancel_key.pid),
+                s(if c.tls { "TLS" } else { "" }),
+                s(&c.application_name),
+                s(0),
+                s(c.id),
+            ]
+        })
+        .collect();
+    Output::table(CONN_COLUMNS.to_vec(), rows)
+}
+
+fn servers(ctx: &Arc<Context>) -> Output {
+    let mut rows: Vec<Row> = Vec::new();
+    for c in ctx.clients() {
+        if let Some((addr, key, id)) = c.server() {
+            rows.push(server_row(&c.user, &c.database, "active", addr, key.pid, id, &c.id.to_string()));
+        }
+    }
+    for p in ctx.pools() {
+        for (id, addr, pid) in p.idle_servers() {
+            rows.push(server_row(&p.user, &p.database, "idle", addr, pid, id, ""));
+        }
+    }
+    Output::table(CONN_COLUMNS.to_vec(), rows)
+}
+
+fn server_row(user: &str, db: &str, state: &str, addr: std::net::SocketAddr, pid: i32, id: u64, link: &str) -> Row {
+    vec![
+        s("S"),
+        s(user),
+        s(db),
+        s("none"),
+        s(state),
+        s(addr.ip()),
+        s(addr.port()),
+        None,
+        None,
+        None,
+        None,
+        s(0),
+        s(0),
+        s(0),
+        s(id),
+        s(link),
+        s(pid),
+        s(""),
+        s(""),
+        s(0),
+        s(id),
+    ]
+}
+
+fn stats(ctx: &Arc<Context>) -> Output {
+    let uptime = ctx.started_at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(1.0).max(1.0);
+    let mut per_db: std::collections::BTreeMap<String, [u64; 7]> = Default::default();
+    for p in ctx.pools() {
+        let st = &p.stats;
+        let e = per_db.entry(p.database.clone()).or_default();
+        for (i, v) in [
+            &st.xact_count,
+            &st.query_count,
+            &st.bytes_received,
+            &st.bytes_sent,
+            &st.xact_time_us,
+            &st.query_time_us,
+            &st.wait_time_us,
+        ]
+        .iter()
+        .enumerate()
+        {
+            e[i] += v.load(Ordering::Relaxed);
+        }
+    }
+    let rows = per_db
+        .into_iter()
+        .map(|(db, t)| {
+            let avg = |total: u64, n: u64| if n == 0 { 0 } else { total / n };
+            vec![
+                s(db),
+                s(t[0]),
+                s(t[1]),
+                s(t[2]),
+                s(t[3]),
+                s(t[4]),
+                s(t[5]),
+                s(t[6]),
+                s((t[0] as f64 / uptime) as u64),
+                s((t[1] as f64 / uptime) as u64),
+                s((t[2] as f64 / uptime) as u64),
+                s((t[3] as f64 / uptime) as u64),
+                s(avg(t[4], t[0])),
+                s(avg(t[5], t[1])),
+                s(avg(t[6], t[0])),
+            ]
+        })
+        .collect();
+    Output::table(
+        vec![
+            "database", "total_xact_count", "total_query_count", "total_received", "total_sent", "total_xact_time",
+            "total_query_time", "total_wait_time", "avg_xact_count", "avg_query_count", "avg_recv", "avg_sent",
+            "avg_xact_time", "avg_query_time", "avg_wait_time",
+        ],
+        rows,
+    )
+}
+
+fn config(ctx: &Arc<Context>) -> Output {
+    let c = ctx.config();
+    let g = &c.general;
+    let d = crate::config::General::default();
+    let entries: Vec<(&str, String, String)> = vec![
+        ("listen", g.listen.clone(), d.listen.clone()),
+        ("workers", g.workers.to_string(), d.workers.to_string()),
+        ("max_client_conn", g.max_client_conn.to_string(), d.max_client_conn.to_string()),
+        ("pool_mode", g.pool_mode.as_str().into(), d.pool_mode.as_str().into()),
+        ("pool_size", g.pool_size.to_string(), d.pool_size.to_string()),
+        ("min_pool_size", g.min_pool_size.to_string(), d.min_pool_size.to_string()),
+        ("checkout_timeout", g.checkout_timeout.to_string(), d.checkout_timeout.to_string()),
+        ("server_connect_timeout", g.server_connect_timeout.to_string(), d.server_connect_timeout.to_string()),
+        ("server_idle_timeout", g.server_idle_timeout.to_string(), d.server_idle_timeout.to_string()),
+        ("server_lifetime", g.server_lifetime.to_string(), d.server_lifetime.to_string()),
+        ("server_check_delay", g.server_check_delay.to_string(), d.server_check_delay.to_string()),
+        ("server_check_query", g.server_check_query.clone(), d.server_check_query.clone()),
+        ("server_reset_query", g.server_reset_query.clone(), d.server_reset_query.clone()),
+        ("client_idle_timeout", g.client_idle_timeout.to_string(), d.client_idle_timeout.to_string()),
+        ("idle_transaction_timeout", g.idle_transaction_timeout.to_string(), d.idle_transaction_timeout.to_string()),
+        ("client_login_timeout", g.client_login_timeout.to_string(), d.client_login_timeout.to_string()),
+        ("shutdown_timeout", g.shutdown_timeout.to_string(), d.shutdown_timeout.to_string()),
+        ("ignore_startup_parameters", g.ignore_startup_parameters.join(","), String::new()),
+        (
+            "prepared_statements_cache_size",
+            g.prepared_statements_cache_size.to_string(),
+            d.prepared_statements_cache_size.to_string(),
+        ),
+        ("session_features", format!("{:?}", g.session_features).to_lowercase(), "pin".into()),
+        ("admin_users", g.admin_users.join(","), String::new()),
+    ];
+    let restart_only = ["listen", "workers"];
+    let rows = entries
+        .into_iter()
+        .map(|(k, v, def)| vec![s(k), s(v), s(def), s(if restart_only.contains(&k) { "no" } else { "yes" })])
+        .collect();
+    Output::table(vec!["key", "value", "default", "changeable"], rows)
+}
+
+fn databases(ctx: &Arc<Context>) -> Output {
+    let c = ctx.config();
+    let pools = ctx.pools();
+    let rows = c
+        .databases
+        .iter()
+        .map(|(name, db)| {
+            let current: usize = pools.iter().filter(|p| &p.database == name).map(|p| p.snapshot().total).sum();
+            vec![
+                s(name),
+                s(&db.host),
+                s(db.port),
+                s(db.server_database.as_deref().unwrap_or(name)),
+                None,
+                s(db.pool_size.unwrap_or(c.general.pool_size)),
+                s(db.min_pool_size.unwrap_or(c.general.min_pool_size)),
+                s(0),
+                s(db.pool_mode.unwrap_or(c.general.pool_mode).as_str()),
+                s(0),
+                s(current),
+                s(i32::from(ctx.pause.is_paused())),
+                s(0),
+            ]
+        })
+        .collect();
+    Output::table(
+        vec![
+            "name", "host", "port", "database", "force_user", "pool_size", "min_pool_size", "reserve_pool",
+            "pool_mode", "max_connections", "current_connections", "paused", "disabled",
+        ],
+        rows,
+    )
+}
+
+fn users(ctx: &Arc<Context>) -> Output {
+    let c = ctx.config();
+    let rows = c
+        .users
+        .iter()
+        .map(|u| vec![s(&u.name), u.pool_mode.map(|m| m.as_str().to_owned())])
+        .collect();
+    Output::table(vec!["name", "pool_mode"], rows)
+}

@@ -1,0 +1,137 @@
+//! One logged-in server connection and the state that must travel with it from client to client: the parameters
+//! applied on a client's behalf, the prepared statements it holds, its cancel key and its age. The session drives I/O on
+//! `stream`/`rbuf` directly while the connection is attached, so forwarding needs no extra task or channel hop.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::statements::StatementCache;
+use crate::protocol::backend::{parse_parameter_status, parse_ready_for_query, ErrorFields};
+use crate::protocol::framing::split_frame;
+use crate::protocol::frontend::write_query;
+use crate::protocol::startup::CancelKey;
+use crate::protocol::{tag, TxStatus};
+
+static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Read buffer size for server connections: large enough to take a burst of rows in one syscall.
+pub const SERVER_READ_CHUNK: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerIoError {
+    #[error("server I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("server closed the connection")]
+    Closed,
+    #[error("server sent a malformed message: {0}")]
+    Protocol(String),
+    #[error("server error {}: {}", .0.code, .0.message)]
+    Postgres(ErrorFields),
+}
+
+pub struct ServerConn {
+    pub id: u64,
+    pub stream: TcpStream,
+    pub rbuf: BytesMut,
+    pub addr: SocketAddr,
+    /// The server's own cancel key, used when a client cancels a query running here.
+    pub cancel_key: CancelKey,
+    /// ParameterStatus values as last reported by the server.
+    pub reported: BTreeMap<String, String>,
+    /// Session settings applied for the client that used this connection last (name -> SET statement).
+    pub applied: BTreeMap<String, String>,
+    pub statements: StatementCache,
+    pub status: TxStatus,
+    pub created: Instant,
+    pub last_used: Instant,
+    /// Set when the connection is in a state nobody should inherit (desync, I/O error); it is closed, not pooled.
+    pub broken: bool,
+    /// A "cached plan must not change result type" error was seen: DEALLOCATE ALL before the next client uses it.
+    pub needs_deallocate: bool,
+    /// Keeps the pool's connection count right however the connection ends.
+    pub(crate) slot: Option<super::pool::Slot>,
+}
+
+impl ServerConn {
+    pub(crate) fn new(
+        stream: TcpStream,
+        addr: SocketAddr,
+        cancel_key: CancelKey,
+        reported: BTreeMap<String, String>,
+        statement_capacity: usize,
+    ) -> ServerConn {
+        let now = Instant::now();
+        ServerConn {
+            id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
+            stream,
+            rbuf: BytesMut::with_capacity(SERVER_READ_CHUNK),
+            addr,
+            cancel_key,
+            reported,
+            applied: BTreeMap::new(),
+            statements: StatementCache::new(statement_capacity),
+            status: TxStatus::Idle,
+            created: now,
+            last_used: now,
+            broken: false,
+            needs_deallocate: false,
+            slot: None,
+        }
+    }
+
+    /// Runs a query shardpool issues itself (health check, reset, rollback) and waits for ReadyForQuery, discarding
+    /// results. Returns the first error the server reported, if any.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Option<ErrorFields>, ServerIoError> {
+        let mut out = BytesMut::new();
+        write_query(&mut out, sql);
+        self.stream.write_all(&out).await?;
+        self.drain_until_ready().await
+    }
+
+    /// Reads and discards messages until ReadyForQuery; used for shardpool's own queries and for cleanup.
+    pub async fn drain_until_ready(&mut self) -> Result<Option<ErrorFields>, ServerIoError> {
+        let mut first_error = None;
+        loop {
+            while let Some(frame) = split_frame(&mut self.rbuf).map_err(|e| ServerIoError::Protocol(e.to_string()))? {
+                match frame.tag {
+                    tag::READY_FOR_QUERY => {
+                        self.status = parse_ready_for_query(frame.body())
+                            .ok_or_else(|| ServerIoError::Protocol("bad ReadyForQuery".into()))?;
+                        return Ok(first_error);
+                    }
+                    tag::ERROR_RESPONSE if first_error.is_none() => first_error = Some(ErrorFields::parse(frame.body())),
+                    tag::PARAMETER_STATUS => {
+                        if let Some((k, v)) = parse_parameter_status(frame.body()) {
+                            self.reported.insert(k, v);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            self.read_more().await?;
+        }
+    }
+
+    /// One read into `rbuf`; EOF is an error because a server never closes a healthy connection.
+    pub async fn read_more(&mut self) -> Result<usize, ServerIoError> {
+        if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+            self.rbuf.reserve(SERVER_READ_CHUNK);
+        }
+        match self.stream.read_buf(&mut self.rbuf).await? {
+            0 => Err(ServerIoError::Closed),
+            n => Ok(n),
+        }
+    }
+
+    /// Forget session state after the server ran DISCARD ALL (or an equivalent reset).
+    pub fn forget_session_state(&mut self) {
+        self.applied.clear();
+        self.statements.clear();
+    }
+}

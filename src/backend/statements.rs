@@ -1,0 +1,86 @@
+//! Which prepared statements exist on one server connection. Client statements are renamed to a name derived from
+//! their text (see `frontend::prepared`), so two clients preparing the same text share one server-side statement. The
+//! cache is bounded: past its capacity the least recently used statement is closed on the server.
+
+use std::collections::HashMap;
+
+#[derive(Debug, Default)]
+pub struct StatementCache {
+    capacity: usize,
+    tick: u64,
+    /// Statement hash -> last use tick.
+    entries: HashMap<u64, u64>,
+}
+
+impl StatementCache {
+    pub fn new(capacity: usize) -> StatementCache {
+        StatementCache {
+            capacity: capacity.max(1),
+            tick: 0,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// True if the statement is (or is being) prepared on this server; marks it used.
+    pub fn touch(&mut self, hash: u64) -> bool {
+        self.tick += 1;
+        match self.entries.get_mut(&hash) {
+            Some(t) => {
+                *t = self.tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records a statement about to be prepared. Returns the statement to close first if the cache is full.
+    pub fn insert(&mut self, hash: u64) -> Option<u64> {
+        self.tick += 1;
+        let evicted = if self.entries.len() >= self.capacity && !self.entries.contains_key(&hash) {
+            let victim = self.entries.iter().min_by_key(|(_, t)| **t).map(|(h, _)| *h);
+            if let Some(v) = victim {
+                self.entries.remove(&v);
+            }
+            victim
+        } else {
+            None
+        };
+        self.entries.insert(hash, self.tick);
+        evicted
+    }
+
+    /// Forgets a statement whose Parse failed or was never executed by the server.
+    pub fn remove(&mut self, hash: u64) {
+        self.entries.remove(&hash);
+    }
+
+    /// After DISCARD ALL / DEALLOCATE ALL on the server.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicts_least_recently_used() {
+        let mut c = StatementCache::new(2);
+        assert_eq!(c.insert(1), None);
+        assert_eq!(c.insert(2), None);
+        assert!(c.touch(1));
+        assert_eq!(c.insert(3), Some(2));
+        assert!(c.touch(1) && c.touch(3) && !c.touch(2));
+        c.remove(3);
+        assert_eq!(c.len(), 1);
+    }
+}

@@ -1,0 +1,313 @@
+//! The one shared value every task gets (as an `Arc`): the current config and pools behind atomic swaps so a reload is
+//! a pointer swap, the registry of connected clients (SHOW CLIENTS, cancel routing), and the pause and shutdown
+//! switches. No global statics, so tests can run many proxies in one process.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::backend::pool::{PauseGate, PoolConfig};
+use crate::backend::{Pool, ServerTarget};
+use crate::config::{Config, DatabaseConfig, UserConfig};
+use crate::protocol::startup::CancelKey;
+
+/// What SHOW CLIENTS shows and what a CancelRequest needs to find the right server.
+#[derive(Debug)]
+pub struct ClientInfo {
+    pub id: u64,
+    pub cancel_key: CancelKey,
+    pub user: String,
+    pub database: String,
+    pub addr: SocketAddr,
+    pub application_name: String,
+    pub connected_at: SystemTime,
+    pub tls: bool,
+    state: AtomicU8,
+    /// The server running this client's current transaction: its address and cancel key.
+    server: Mutex<Option<(SocketAddr, CancelKey, u64)>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientState {
+    Idle = 0,
+    Active = 1,
+    Waiting = 2,
+}
+
+impl ClientInfo {
+    pub fn set_state(&self, s: ClientState) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    pub fn state(&self) -> ClientState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => ClientState::Active,
+            2 => ClientState::Waiting,
+            _ => ClientState::Idle,
+        }
+    }
+
+    pub fn set_server(&self, server: Option<(SocketAddr, CancelKey, u64)>) {
+        *self.server.lock().unwrap_or_else(|p| p.into_inner()) = server;
+    }
+
+    pub fn server(&self) -> Option<(SocketAddr, CancelKey, u64)> {
+        *self.server.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    by_id: HashMap<u64, Arc<ClientInfo>>,
+    by_key: HashMap<CancelKey, Arc<ClientInfo>>,
+}
+
+/// Removes a client from the registry when its session ends, however it ends.
+pub struct ClientRegistration {
+    ctx: Arc<Context>,
+    pub info: Arc<ClientInfo>,
+}
+
+impl Drop for ClientRegistration {
+    fn drop(&mut self) {
+        let mut reg = self.ctx.registry();
+        reg.by_id.remove(&self.info.id);
+        reg.by_key.remove(&self.info.cancel_key);
+    }
+}
+
+pub struct Context {
+    config: ArcSwap<Config>,
+    pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
+    registry: Mutex<Registry>,
+    next_client_id: AtomicU64,
+    /// Connections accepted and not yet closed (clients and admin sessions), for max_client_conn.
+    pub connections: AtomicUsize,
+    pub pause: Arc<PauseGate>,
+    shutdown: watch::Sender<bool>,
+    pub started_at: SystemTime,
+    verifiers: Mutex<HashMap<String, (String, crate::auth::scram::ScramVerifier)>>,
+    config_path: Mutex<Option<std::path::PathBuf>>,
+    /// TLS acceptor for clients, swapped on reload.
+    pub tls: Arc<arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no config file to reload (started without one)")]
+    NoFile,
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] crate::frontend::tls::TlsError),
+}
+
+impl Context {
+    pub fn new(config: Config) -> Arc<Context> {
+        Arc::new(Context {
+            config: ArcSwap::from_pointee(config),
+            pools: Mutex::new(HashMap::new()),
+            registry: Mutex::new(Registry::default()),
+            next_client_id: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+            pause: Arc::new(PauseGate::default()),
+            shutdown: watch::channel(false).0,
+            started_at: SystemTime::now(),
+            verifiers: Mutex::new(HashMap::new()),
+            config_path: Mutex::new(None),
+            tls: Arc::new(arc_swap::ArcSwapOption::empty()),
+        })
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pools_lock(&self) -> MutexGuard<'_, HashMap<(String, String), Arc<Pool>>> {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pool for (database, user), created on first use as PgBouncer does.
+    pub fn pool(&self, database: &str, user: &UserConfig) -> Option<Arc<Pool>> {
+        let config = self.config();
+        let db = config.databases.get(database)?;
+        let key = (database.to_owned(), user.name.clone());
+        let mut pools = self.pools_lock();
+        if let Some(p) = pools.get(&key) {
+            if !p.is_closed() {
+                return Some(Arc::clone(p));
+            }
+        }
+        let pool = Pool::new(
+            database.to_owned(),
+            user.name.clone(),
+            server_target(database, db, user),
+            pool_config(&config, db, user),
+            Arc::clone(&self.pause),
+        );
+        pools.insert(key, Arc::clone(&pool));
+        Some(pool)
+    }
+
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        let mut v: Vec<_> = self.pools_lock().values().cloned().collect();
+        v.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+        v
+    }
+
+    /// Swaps in a new config: pools whose server or credentials changed are closed (their clients move to a new pool
+    /// on their next transaction), the others take the new sizes and timeouts in place. Clients stay connected.
+    pub fn reload(&self, config: Config) {
+        let mut pools = self.pools_lock();
+        pools.retain(|(database, user), pool| {
+            let (Some(db), Some(u)) = (config.databases.get(database), config.user(user)) else {
+                pool.close();
+                return false;
+            };
+            if server_target(database, db, u) != pool.target {
+                pool.close();
+                return false;
+            }
+            pool.set_config(pool_config(&config, db, u));
+            true
+        });
+        self.config.store(Arc::new(config));
+    }
+
+    pub fn register_client(
+        self: &Arc<Self>,
+        user: &str,
+        database: &str,
+        addr: SocketAddr,
+        application_name: &str,
+        tls: bool,
+    ) -> ClientRegistration {
+        let id = self.next_client_id.fetch_add(1, Ordering::Relaxed);
+        let mut reg = self.registry();
+        let cancel_key = loop {
+            let key = CancelKey {
+                pid: rand::random::<i32>() & 0x7fff_ffff,
+                secret: rand::random(),
+            };
+            if !reg.by_key.contains_key(&key) {
+                break key;
+            }
+        };
+        let info = Arc::new(ClientInfo {
+            id,
+            cancel_key,
+            user: user.to_owned(),
+            database: database.to_owned(),
+            addr,
+            application_name: application_name.to_owned(),
+            connected_at: SystemTime::now(),
+            tls,
+            state: AtomicU8::new(ClientState::Idle as u8),
+            server: Mutex::new(None),
+        });
+        reg.by_id.insert(id, Arc::clone(&info));
+        reg.by_key.insert(cancel_key, Arc::clone(&info));
+        ClientRegistration {
+            ctx: Arc::clone(self),
+            info,
+        }
+    }
+
+    pub fn client_by_cancel_key(&self, key: &CancelKey) -> Option<Arc<ClientInfo>> {
+        self.registry().by_key.get(key).cloned()
+    }
+
+    pub fn clients(&self) -> Vec<Arc<ClientInfo>> {
+        let mut v: Vec<_> = self.registry().by_id.values().cloned().collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    pub fn set_config_path(&self, path: Option<std::path::PathBuf>) {
+        *self.config_path.lock().unwrap_or_else(|p| p.into_inner()) = path;
+    }
+
+    /// Builds the TLS acceptor for `config` and swaps it in.
+    pub fn apply_tls(&self, config: &Config) -> Result<(), crate::frontend::tls::TlsError> {
+        let acceptor = match &config.tls {
+            Some(t) => Some(Arc::new(crate::frontend::tls::acceptor(t)?)),
+            None => None,
+        };
+        self.tls.store(acceptor);
+        Ok(())
+    }
+
+    /// RELOAD / SIGHUP: re-read the file; a broken file changes nothing and the error says why.
+    pub fn reload_from_disk(&self) -> Result<(), ReloadError> {
+        let path = self
+            .config_path
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(ReloadError::NoFile)?;
+        let config = Config::load(&path)?;
+        self.apply_tls(&config)?;
+        self.reload(config);
+        tracing::info!(path = %path.display(), "configuration reloaded");
+        Ok(())
+    }
+
+    /// A verifier for a plain-text password, generated once and reused until the password changes.
+    pub fn cached_verifier(&self, user: &str, password: &str) -> crate::auth::scram::ScramVerifier {
+        let mut cache = self.verifiers.lock().unwrap_or_else(|p| p.into_inner());
+        match cache.get(user) {
+            Some((p, v)) if p == password => v.clone(),
+            _ => {
+                let v = crate::auth::scram::ScramVerifier::generate(password);
+                cache.insert(user.to_owned(), (password.to_owned(), v.clone()));
+                v
+            }
+        }
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+fn server_target(database: &str, db: &DatabaseConfig, user: &UserConfig) -> ServerTarget {
+    ServerTarget {
+        host: db.host.clone(),
+        port: db.port,
+        database: db.server_database.clone().unwrap_or_else(|| database.to_owned()),
+        user: user.server_user().to_owned(),
+        password: user.server_password().map(str::to_owned),
+    }
+}
+
+fn pool_config(config: &Config, db: &DatabaseConfig, user: &UserConfig) -> PoolConfig {
+    let g = &config.general;
+    PoolConfig {
+        settings: config.pool_settings(db, user),
+        checkout_timeout: g.checkout_timeout.0,
+        connect_timeout: g.server_connect_timeout.0,
+        idle_timeout: g.server_idle_timeout.enabled(),
+        lifetime: g.server_lifetime.enabled(),
+        check_delay: g.server_check_delay.0,
+        check_query: g.server_check_query.clone(),
+        reset_query: g.server_reset_query.clone(),
+        statement_capacity: g.prepared_statements_cache_size,
+    }
+}

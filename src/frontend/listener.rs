@@ -1,0 +1,165 @@
+//! Accepting client connections: one task per connection that runs the handshake, login and then either a pooled
+//! session or the admin console. Limits (max_client_conn, login timeout) and the shutdown switch apply here.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use super::handshake::{handshake, Handshake};
+use super::login::{login, LoginError};
+use super::session::{cancel_on_server, Session};
+use super::startup_params::{initial_status, startup_settings};
+use super::stream::ClientStream;
+use crate::context::Context;
+use crate::error::{sqlstate, ClientError, ReportableError};
+use crate::protocol::backend::{authentication_ok, backend_key_data, negotiate_protocol_version, parameter_status, ready_for_query};
+use crate::protocol::TxStatus;
+
+/// Counts a connection for max_client_conn for as long as it lives.
+struct ConnectionGuard(Arc<Context>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub async fn accept_loop(ctx: Arc<Context>, listener: TcpListener, tls: Arc<ArcSwapOption<TlsAcceptor>>) {
+    let mut shutdown = ctx.shutdown_signal();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Typically EMFILE: keep serving the connections we have.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let ctx = Arc::clone(&ctx);
+        let acceptor = tls.load_full();
+        tokio::spawn(async move {
+            ctx.connections.fetch_add(1, Ordering::Relaxed);
+            let guard = ConnectionGuard(Arc::clone(&ctx));
+            handle(ctx, tcp, peer, acceptor).await;
+            drop(guard);
+        });
+    }
+}
+
+async fn handle(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr, tls: Option<Arc<TlsAcceptor>>) {
+    let config = ctx.config();
+    let require_tls = config.tls.as_ref().is_some_and(|t| t.mode == crate::config::TlsMode::Require);
+    let login_timeout = config.general.client_login_timeout.0;
+    let started = tokio::time::timeout(login_timeout, async {
+        let hs = handshake(tcp, tls.as_deref(), require_tls).await;
+        match hs {
+            Ok(Handshake::Cancel(key)) => {
+                if let Some(client) = ctx.client_by_cancel_key(&key) {
+                    if let Some((addr, server_key, _)) = client.server() {
+                        cancel_on_server(addr, server_key).await;
+                    }
+                }
+                None
+            }
+            Ok(Handshake::Startup(stream, params)) => Some((stream, params)),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "handshake failed");
+                None
+            }
+        }
+    })
+    .await;
+    let Ok(Some((mut stream, params))) = started else { return };
+
+    if ctx.connections.load(Ordering::Relaxed) > config.general.max_client_conn {
+        let e = ClientError::fatal(sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already");
+        return refuse(&mut stream, &e).await;
+    }
+    if ctx.is_shutting_down() {
+        let e = ClientError::fatal(sqlstate::CANNOT_CONNECT_NOW, "the database system is shutting down");
+        return refuse(&mut stream, &e).await;
+    }
+    let mut out = BytesMut::new();
+    let options = params.protocol_options();
+    if params.minor_version > 0 || !options.is_empty() {
+        negotiate_protocol_version(&mut out, &options);
+        let _ = stream.write_all(&out).await;
+        out.clear();
+    }
+    let logged_in = match tokio::time::timeout(login_timeout, login(&ctx, &mut stream, &params)).await {
+        Ok(Ok(l)) => l,
+        Ok(Err(LoginError::Refused(e))) => {
+            tracing::info!(%peer, user = params.user(), error = %e.message, "login refused");
+            return refuse(&mut stream, &e).await;
+        }
+        Ok(Err(LoginError::Io(_))) | Err(_) => return,
+    };
+    let app_name = params.params.get("application_name").cloned().unwrap_or_default();
+    let registration = ctx.register_client(&logged_in.user.name, &logged_in.database, peer, &app_name, stream.is_tls());
+    let key = registration.info.cancel_key;
+
+    if logged_in.admin {
+        send_login_ok(&mut stream, &crate::admin::server_params(), key).await;
+        crate::admin::run(ctx, stream, registration).await;
+        return;
+    }
+    let Some(pool) = ctx.pool(&logged_in.database, &logged_in.user) else {
+        let e = ClientError::fatal(sqlstate::INVALID_CATALOG_NAME, "database was removed");
+        return refuse(&mut stream, &e).await;
+    };
+    let baseline = match pool.server_params().await {
+        Ok(b) => b,
+        Err(e) => {
+            let mut ce = e
+                .client_error()
+                .unwrap_or_else(|| ClientError::fatal(sqlstate::CONNECTION_FAILURE, "server unavailable"));
+            ce.severity = crate::protocol::backend::Severity::Fatal;
+            return refuse(&mut stream, &ce).await;
+        }
+    };
+    let told = initial_status(&params, &baseline);
+    let settings = startup_settings(&params, &config.general.ignore_startup_parameters, &baseline);
+    let mut sorted: Vec<_> = told.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    sorted.sort();
+    send_login_ok(&mut stream, &sorted, key).await;
+    let mode = config
+        .databases
+        .get(&logged_in.database)
+        .map(|db| config.pool_settings(db, &logged_in.user).mode)
+        .unwrap_or_default();
+    let session = Session::new(Arc::clone(&ctx), stream, registration, pool, mode, settings, told);
+    if let Err(e) = session.run().await {
+        tracing::info!(%peer, error = %e, "session ended with an error");
+    }
+}
+
+async fn send_login_ok(stream: &mut ClientStream, params: &[(String, String)], key: crate::protocol::startup::CancelKey) {
+    let mut out = BytesMut::with_capacity(512);
+    authentication_ok(&mut out);
+    for (k, v) in params {
+        parameter_status(&mut out, k, v);
+    }
+    backend_key_data(&mut out, key.pid, key.secret);
+    ready_for_query(&mut out, TxStatus::Idle);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.flush().await;
+}
+
+async fn refuse(stream: &mut ClientStream, e: &ClientError) {
+    let mut out = BytesMut::new();
+    e.write(&mut out);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+}

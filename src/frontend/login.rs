@@ -1,0 +1,193 @@
+//! Client authentication against the users in the config (SCRAM-SHA-256, md5 or trust), then the checks Postgres
+//! makes after authentication: the database exists, the admin console is for admin users only. The credential math
+//! lives in `crate::auth`; this file moves it in and out of protocol messages.
+//!
+//! Reference: PostgreSQL docs 55.2.1 "Start-up" (authentication message flow) and 55.3 "SASL Authentication".
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::stream::ClientStream;
+use crate::auth::md5::verify_md5_response;
+use crate::auth::scram::{ScramServer, ScramVerifier};
+use crate::auth::{random_salt4, StoredSecret};
+use crate::config::{AuthMethod, UserConfig, ADMIN_DATABASE};
+use crate::context::Context;
+use crate::error::{sqlstate, ClientError};
+use crate::protocol::backend::{authentication_md5, authentication_sasl, authentication_sasl_continue, authentication_sasl_final};
+use crate::protocol::framing::split_frame;
+use crate::protocol::frontend::{parse_password, parse_sasl_initial};
+use crate::protocol::startup::StartupParams;
+use crate::protocol::{tag, Frame};
+
+/// Authentication messages are small; anything bigger is an attack or a bug.
+const MAX_AUTH_MESSAGE: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("client I/O during login: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{}", .0.message)]
+    Refused(ClientError),
+}
+
+impl LoginError {
+    fn refused(code: &'static str, message: impl Into<String>) -> LoginError {
+        LoginError::Refused(ClientError::fatal(code, message))
+    }
+}
+
+pub struct LoggedIn {
+    pub user: UserConfig,
+    pub database: String,
+    pub admin: bool,
+}
+
+pub async fn login(ctx: &Arc<Context>, stream: &mut ClientStream, params: &StartupParams) -> Result<LoggedIn, LoginError> {
+    let config = ctx.config();
+    let user_name = params.user();
+    if params.params.contains_key("replication") {
+        return Err(LoginError::refused(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "shardpool does not support replication connections",
+        ));
+    }
+    let failed = || {
+        LoginError::refused(
+            sqlstate::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{user_name}\""),
+        )
+    };
+    let Some(user) = config.user(user_name).cloned() else {
+        return Err(failed());
+    };
+    let ok = match user.auth {
+        AuthMethod::Trust => true,
+        AuthMethod::Md5 => md5_exchange(stream, &user).await?,
+        AuthMethod::ScramSha256 => scram_exchange(ctx, stream, &user).await?,
+    };
+    if !ok {
+        return Err(failed());
+    }
+    let database = params.database().to_owned();
+    if database == ADMIN_DATABASE {
+        if !config.is_admin(&user.name) {
+            return Err(LoginError::refused(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!("user \"{}\" is not allowed to use the admin console", user.name),
+            ));
+        }
+        return Ok(LoggedIn {
+            user,
+            database,
+            admin: true,
+        });
+    }
+    if !config.databases.contains_key(&database) {
+        return Err(LoginError::refused(
+            sqlstate::INVALID_CATALOG_NAME,
+            format!("database \"{database}\" does not exist"),
+        ));
+    }
+    Ok(LoggedIn {
+        user,
+        database,
+        admin: false,
+    })
+}
+
+async fn send(stream: &mut ClientStream, buf: &BytesMut) -> Result<(), LoginError> {
+    stream.write_all(buf).await?;
+    stream.flush().await?;
+    Ok(())
+}
+
+/// Reads one password-family message ('p'); anything else during authentication is a protocol violation.
+async fn read_password_message(stream: &mut ClientStream) -> Result<Frame, LoginError> {
+    let mut buf = BytesMut::with_capacity(512);
+    loop {
+        match split_frame(&mut buf) {
+            Ok(Some(f)) if f.tag == tag::PASSWORD => return Ok(f),
+            Ok(Some(f)) => {
+                return Err(LoginError::refused(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("expected password response, got message type {:?}", f.tag as char),
+                ))
+            }
+            Ok(None) if buf.len() > MAX_AUTH_MESSAGE => {
+                return Err(LoginError::refused(sqlstate::PROTOCOL_VIOLATION, "authentication message too long"))
+            }
+            Ok(None) => {}
+            Err(e) => return Err(LoginError::refused(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(LoginError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+}
+
+async fn md5_exchange(stream: &mut ClientStream, user: &UserConfig) -> Result<bool, LoginError> {
+    let salt = random_salt4();
+    let mut out = BytesMut::new();
+    authentication_md5(&mut out, salt);
+    send(stream, &out).await?;
+    let frame = read_password_message(stream).await?;
+    let Some(response) = parse_password(frame.body()) else {
+        return Err(LoginError::refused(sqlstate::PROTOCOL_VIOLATION, "malformed password message"));
+    };
+    let secret = StoredSecret::parse(user.password.as_deref().unwrap_or(""));
+    Ok(verify_md5_response(&user.name, &secret, salt, response))
+}
+
+async fn scram_exchange(ctx: &Context, stream: &mut ClientStream, user: &UserConfig) -> Result<bool, LoginError> {
+    let Some(verifier) = ctx.scram_verifier(user) else {
+        return Ok(false);
+    };
+    let mut out = BytesMut::new();
+    authentication_sasl(&mut out, &["SCRAM-SHA-256"]);
+    send(stream, &out).await?;
+
+    let frame = read_password_message(stream).await?;
+    let Some((mechanism, data)) = parse_sasl_initial(frame.body()) else {
+        return Err(LoginError::refused(sqlstate::PROTOCOL_VIOLATION, "malformed SASLInitialResponse"));
+    };
+    if mechanism != b"SCRAM-SHA-256" {
+        return Err(LoginError::refused(
+            sqlstate::PROTOCOL_VIOLATION,
+            "client selected an invalid SASL authentication mechanism",
+        ));
+    }
+    let mut server = ScramServer::new(verifier);
+    let first = match server.client_first(data) {
+        Ok(f) => f,
+        Err(e) => return Err(LoginError::refused(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+    };
+    out.clear();
+    authentication_sasl_continue(&mut out, &first);
+    send(stream, &out).await?;
+
+    let frame = read_password_message(stream).await?;
+    match server.client_final(frame.body()) {
+        Ok(fin) => {
+            out.clear();
+            authentication_sasl_final(&mut out, &fin);
+            send(stream, &out).await?;
+            Ok(true)
+        }
+        Err(_) => Ok(false),
+    }
+}
+
+impl Context {
+    /// The SCRAM verifier for a user, computed once per password (PBKDF2 is deliberately slow).
+    pub fn scram_verifier(&self, user: &UserConfig) -> Option<ScramVerifier> {
+        let password = user.password.as_deref()?;
+        match StoredSecret::parse(password) {
+            StoredSecret::Scram(v) => Some(v),
+            StoredSecret::Md5(_) => None,
+            StoredSecret::Plain(p) => Some(self.cached_verifier(&user.name, &p)),
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The queue of replies a server still owes for what has been sent to it. It is how the session knows, in the middle
+//! of pipelined extended-protocol traffic, when a server is idle and can be released; and it lets shardpool inject
+//! messages (a Parse for a statement the client prepared elsewhere, its own SET/RESET) and swallow their replies, or
+//! fabricate replies for messages it answered itself (Parse of a statement the server already has, Close of a
+//! renamed statement), each at exactly the position the client expects.
+//!
+//! Rules mirrored from Postgres (docs 55.2.3 "Extended Query"): after an error the server discards messages until
+//! Sync, so queued entries up to the next Sync are dropped; a simple Query is answered up to ReadyForQuery however
+//! many statements fail; Sync and Flush arriving during COPY FROM STDIN are ignored by the server.
+
+use std::collections::VecDeque;
+
+use bytes::BytesMut;
+
+use crate::protocol::backend::{close_complete, parse_complete, ready_for_query};
+use crate::protocol::{tag, TxStatus};
+
+/// What a fabricated reply is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fabricated {
+    ParseComplete,
+    CloseComplete,
+    /// ReadyForQuery with the transaction status current when it is emitted.
+    ReadyForQuery,
+    /// An ErrorResponse shardpool produced itself (the next of `Relay::errors`).
+    Error,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// ParseComplete. `statement` is the renamed statement's hash, confirmed in the server's cache on success.
+    Parse { forward: bool, statement: Option<u64> },
+    Bind,
+    Close { forward: bool },
+    /// Describe: completes at RowDescription or NoData.
+    Describe,
+    /// Execute: completes at CommandComplete, EmptyQueryResponse or PortalSuspended.
+    Execute,
+    /// Sync: completes at ReadyForQuery.
+    Sync,
+    /// Simple Query or FunctionCall: completes at ReadyForQuery. `forward: false` for shardpool's own queries.
+    Query { forward: bool },
+    /// A reply shardpool writes itself when this entry reaches the front of the queue.
+    Fabricated(Fabricated),
+}
+
+impl Expect {
+    fn forwards(self) -> bool {
+        match self {
+            Expect::Parse { forward, .. } | Expect::Close { forward } | Expect::Query { forward } => forward,
+            _ => true,
+        }
+    }
+}
+
+/// What the session must do after a server message.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Forward the message to the client.
+    pub forward: bool,
+    /// A ReadyForQuery arrived (a client-visible one if `forward`).
+    pub ready: Option<TxStatus>,
+    /// The server entered COPY FROM STDIN: the client's CopyData must flow to it.
+    pub copy_in: bool,
+    /// Statements whose Parse failed or was skipped, to drop from the server's cache.
+    pub failed_statements: Vec<u64>,
+    /// A statement confirmed prepared.
+    pub prepared: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("server sent {got:?} while expecting {expected:?}")]
+pub struct Desync {
+    pub got: char,
+    pub expected: Option<Expect>,
+}
+
+#[derive(Debug, Default)]
+pub struct Relay {
+    queue: VecDeque<Expect>,
+    /// Transaction status as last reported to (or fabricated for) the client.
+    pub status: Option<TxStatus>,
+    pub in_copy_in: bool,
+    /// The client sent a message shardpool rejected itself; discard until Sync as the server would.
+    pub skip_until_sync: bool,
+    errors: VecDeque<BytesMut>,
+}
+
+impl Relay {
+    pub fn push(&mut self, e: Expect) {
+        self.queue.push_back(e);
+    }
+
+    /// Queues an error shardpool raised itself, to be written when it reaches the front.
+    pub fn push_error(&mut self, encoded: BytesMut) {
+        self.errors.push_back(encoded);
+        self.queue.push_back(Expect::Fabricated(Fabricated::Error));
+    }
+
+    /// Nothing outstanding: every message sent has been answered.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn clear(&mut self) {
+        self.queue.clear();
+        self.in_copy_in = false;
+    }
+
+    pub fn status(&self) -> TxStatus {
+        self.status.unwrap_or(TxStatus::Idle)
+    }
+
+    /// Writes the fabricated replies now at the front of the queue.
+    pub fn emit_fabricated(&mut self, out: &mut BytesMut) {
+        while let Some(Expect::Fabricated(f)) = self.queue.front().copied() {
+            self.queue.pop_front();
+            match f {
+                Fabricated::ParseComplete => parse_complete(out),
+                Fabricated::CloseComplete => close_complete(out),
+                Fabricated::ReadyForQuery => ready_for_query(out, self.status()),
+                Fabricated::Error => {
+                    if let Some(e) = self.errors.pop_front() {
+                        out.extend_from_slice(&e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Accounts for one server message (tag and body) and says what to do with it.
+    pub fn on_server_message(&mut self, msg_tag: u8, body: &[u8]) -> Result<Outcome, Desync> {
+        let front = self.queue.front().copied();
+        let mut out = Outcome {
+            forward: front.is_none_or(Expect::forwards),
+            ..Outcome::default()
+        };
+        let desync = || Desync {
+            got: msg_tag as char,
+            expected: front,
+        };
+        match msg_tag {
+            // Asynchronous messages may arrive at any time.
+            tag::NOTICE_RESPONSE | tag::NOTIFICATION_RESPONSE | tag::PARAMETER_STATUS => return Ok(out),
+            tag::ERROR_RESPONSE => {
+                self.in_copy_in = false;
+                match front {
+                    Some(Expect::Query { .. }) | Some(Expect::Sync) | None => {}
+                    Some(_) => {
+                        // This entry failed; the server skips everything up to the next Sync.
+                        while let Some(e) = self.queue.front().copied() {
+                            if matches!(e, Expect::Sync | Expect::Query { .. }) {
+                                break;
+                            }
+                            self.queue.pop_front();
+                            if e == Expect::Fabricated(Fabricated::Error) {
+                                self.errors.pop_front();
+                            }
+                            if let Expect::Parse { statement: Some(h), .. } = e {
+                                out.failed_statements.push(h);
+                            }
+                        }
+                    }
+                }
+                return Ok(out);
+            }
+            tag::READY_FOR_QUERY => {
+                let status = crate::protocol::backend::parse_ready_for_query(body).ok_or_else(desync)?;
+                match front {
+                    Some(Expect::Sync) | Some(Expect::Query { .. }) => {
+                        self.queue.pop_front();
+                    }
+                    _ => return Err(desync()),
+                }
+                self.in_copy_in = false;
+                if out.forward {
+                    self.status = Some(status);
+                }
+                out.ready = Some(status);
+                return Ok(out);
+            }
+            _ => {}
+        }
+        let Some(front) = front else { return Err(desync()) };
+        let completes = match (front, msg_tag) {
+            (Expect::Parse { statement, .. }, tag::PARSE_COMPLETE) => {
+                out.prepared = statement;
+                true
+            }
+            (Expect::Bind, tag::BIND_COMPLETE) => true,
+            (Expect::Close { .. }, tag::CLOSE_COMPLETE) => true,
+            (Expect::Describe, tag::PARAMETER_DESCRIPTION) => false,
+            (Expect::Describe, tag::ROW_DESCRIPTION | tag::NO_DATA) => true,
+            (Expect::Execute, tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED) => true,
+            (Expect::Execute | Expect::Query { .. }, tag::COPY_IN_RESPONSE) => {
+                self.in_copy_in = true;
+                out.copy_in = true;
+                if front == Expect::Execute {
+                    // A Sync already on its way will arrive while the server is in COPY mode and be ignored.
+                    if let Some(i) = self.queue.iter().position(|e| *e == Expect::Sync) {
+                        self.queue.remove(i);
+                    }
+                }
+                false
+            }
+            (
+                Expect::Execute | Expect::Query { .. },
+                tag::DATA_ROW
+                | tag::COPY_DATA
+                | tag::COPY_DONE
+                | tag::COPY_OUT_RESPONSE
+                | tag::COPY_BOTH_RESPONSE
+                | tag::ROW_DESCRIPTION,
+            ) => false,
+            (Expect::Query { .. }, _) => false, // a simple query's replies end only at ReadyForQuery
+            _ => return Err(desync()),
+        };
+        if completes {
+            self.queue.pop_front();
+        }
+        if msg_tag == tag::COMMAND_COMPLETE {
+            self.in_copy_in = false;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(r: &mut Relay, tags: &[u8]) -> Vec<bool> {
+        tags.iter()
+            .map(|&t| {
+                let body: &[u8] = if t == b'Z' { b"I" } else { b"" };
+                r.on_server_message(t, body).unwrap().forward
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pipelined_extended_batch_completes_at_each_sync() {
+        let mut r = Relay::default();
+        for e in [Expect::Parse { forward: true, statement: None }, Expect::Bind, Expect::Execute, Expect::Sync] {
+            r.push(e);
+        }
+        for e in [Expect::Bind, Expect::Execute, Expect::Sync] {
+            r.push(e);
+        }
+        assert!(feed(&mut r, b"12DDC").iter().all(|f| *f));
+        assert_eq!(r.len(), 4);
+        feed(&mut r, b"Z2CZ");
+        assert!(r.is_empty());
+        assert_eq!(r.status(), TxStatus::Idle);
+    }
+
+    #[test]
+    fn error_skips_to_sync_and_reports_failed_statements() {
+        let mut r = Relay::default();
+        r.push(Expect::Parse { forward: false, statement: Some(7) });
+        r.push(Expect::Bind);
+        r.push(Expect::Fabricated(Fabricated::CloseComplete));
+        r.push(Expect::Execute);
+        r.push(Expect::Sync);
+        let o = r.on_server_message(b'E', b"").unwrap();
+        assert!(o.forward, "the error of an injected Parse still reaches the client");
+        assert_eq!(o.failed_statements, vec![7]);
+        assert_eq!(r.len(), 1);
+        let mut out = BytesMut::new();
+        r.emit_fabricated(&mut out);
+        assert!(out.is_empty(), "replies after the error are not fabricated");
+        feed(&mut r, b"Z");
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn injected_replies_are_swallowed_and_fabricated_ones_placed_in_order() {
+        let mut r = Relay::default();
+        r.push(Expect::Query { forward: false });
+        r.push(Expect::Fabricated(Fabricated::ParseComplete));
+        r.push(Expect::Bind);
+        r.push(Expect::Sync);
+        assert_eq!(feed(&mut r, b"CCSZ"), vec![false, false, false, false]);
+        let mut out = BytesMut::new();
+        r.emit_fabricated(&mut out);
+        assert_eq!(&out[..], b"1\x00\x00\x00\x04");
+        assert_eq!(feed(&mut r, b"2Z"), vec![true, true]);
+    }
+
+    #[test]
+    fn copy_in_from_extended_protocol_drops_the_ignored_sync() {
+        let mut r = Relay::default();
+        r.push(Expect::Bind);
+        r.push(Expect::Execute);
+        r.push(Expect::Sync);
+        feed(&mut r, b"2");
+        assert!(r.on_server_message(b'G', b"").unwrap().copy_in);
+        assert_eq!(r.len(), 1);
+        r.push(Expect::Sync); // the client's Sync after CopyDone
+        feed(&mut r, b"CZ");
+        assert!(r.is_empty() && !r.in_copy_in);
+    }
+
+    #[test]
+    fn unexpected_messages_are_a_desync() {
+        let mut r = Relay::default();
+        assert!(r.on_server_message(b'2', b"").is_err());
+        r.push(Expect::Bind);
+        assert!(r.on_server_message(b'C', b"").is_err());
+        assert!(r.on_server_message(b'Z', b"X").is_err());
+    }
+}

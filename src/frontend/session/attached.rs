@@ -1,0 +1,216 @@
+//! The attached state: a full-duplex pump between client and server that forwards bytes as they come, in batches
+//! (one write per burst, not per message), and decodes only message headers plus the few bodies pooling must read.
+//! Reading stops on a side whose outbound buffer is full, so memory stays bounded however large a result or COPY
+//! is, and the pump can never deadlock on two full socket buffers because writes and reads are polled together.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWrite;
+use tokio_util::io::poll_read_buf;
+
+use super::{protocol_violation, Flow, Session, SessionError};
+use crate::error::{sqlstate, ClientError};
+use crate::protocol::backend::{parse_command_complete, parse_parameter_status, ErrorFields};
+use crate::protocol::framing::split_frame;
+use crate::protocol::{tag, TxStatus};
+
+/// Stop reading from one side while more than this is waiting to be written to the other.
+const HIGH_WATER: usize = 256 * 1024;
+
+#[derive(Debug, Default)]
+struct PumpEvent {
+    client_data: bool,
+    server_data: bool,
+    client_eof: bool,
+}
+
+impl Session {
+    /// Runs until the server can be released (or the client leaves, or something breaks).
+    pub(super) async fn run_attached(&mut self) -> Result<(), SessionError> {
+        let idle_tx_timeout = self.ctx.config().general.idle_transaction_timeout.enabled();
+        loop {
+            self.relay.emit_fabricated(&mut self.cout);
+            if self.can_release() {
+                self.release();
+                return self.flush_client().await;
+            }
+            let waiting_on_client = self.relay.is_empty()
+                && self.sout.is_empty()
+                && self.cout.is_empty()
+                && self.server.as_ref().is_some_and(|s| s.status != TxStatus::Idle);
+            let event = match (idle_tx_timeout, waiting_on_client) {
+                (Some(t), true) => match tokio::time::timeout(t, self.pump()).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        return Err(SessionError::Terminated(ClientError::fatal(
+                            sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                            "terminating connection due to idle-in-transaction timeout",
+                        )))
+                    }
+                },
+                _ => self.pump().await?,
+            };
+            if event.server_data {
+                self.on_server_data()?;
+            }
+            if event.client_data {
+                while let Some(frame) = split_frame(&mut self.cin).map_err(|e| protocol_violation(e.to_string()))? {
+                    if self.on_client_frame(frame)? == Flow::ClientGone {
+                        return Err(SessionError::ClientGone);
+                    }
+                }
+            }
+            if event.client_eof {
+                return Err(SessionError::ClientGone);
+            }
+        }
+    }
+
+    /// One round of I/O: writes what is pending on both sides, reads whatever has arrived.
+    async fn pump(&mut self) -> Result<PumpEvent, SessionError> {
+        let Some(server) = self.server.as_mut() else {
+            return Err(SessionError::ServerProtocol("pump without a server".into()));
+        };
+        let client = &mut self.client;
+        let (cin, cout, sout) = (&mut self.cin, &mut self.cout, &mut self.sout);
+        let stats = &self.pool.stats;
+        let (stream, sin) = (&mut server.stream, &mut server.rbuf);
+        poll_fn(|cx| {
+            let mut ev = PumpEvent::default();
+            write_some(cx, Pin::new(&mut *stream), sout).map_err(SessionError::ServerIo)?;
+            let before = cout.len();
+            write_some(cx, Pin::new(&mut *client), cout).map_err(SessionError::ClientIo)?;
+            stats.bytes_sent.fetch_add((before - cout.len()) as u64, Ordering::Relaxed);
+            if sout.len() < HIGH_WATER {
+                reserve(cin);
+                match poll_read_buf(Pin::new(&mut *client), cx, cin) {
+                    Poll::Ready(Ok(0)) => ev.client_eof = true,
+                    Poll::Ready(Ok(n)) => {
+                        stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                        ev.client_data = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
+                    Poll::Pending => {}
+                }
+            }
+            if cout.len() < HIGH_WATER {
+                reserve(sin);
+                match poll_read_buf(Pin::new(&mut *stream), cx, sin) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(SessionError::ServerIo(io::ErrorKind::UnexpectedEof.into())))
+                    }
+                    Poll::Ready(Ok(_)) => ev.server_data = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ServerIo(e))),
+                    Poll::Pending => {}
+                }
+            }
+            if ev.client_data || ev.server_data || ev.client_eof {
+                Poll::Ready(Ok(ev))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+        .inspect_err(|_| {
+            if let Some(s) = self.server.as_mut() {
+                s.broken = true;
+            }
+        })
+    }
+
+    /// Accounts for and forwards every whole server message in the server's read buffer.
+    fn on_server_data(&mut self) -> Result<(), SessionError> {
+        let Some(mut server) = self.server.take() else { return Ok(()) };
+        let result = self.process_server_messages(&mut server);
+        if result.is_err() {
+            server.broken = true;
+        }
+        self.server = Some(server);
+        result
+    }
+
+    fn process_server_messages(&mut self, server: &mut crate::backend::ServerConn) -> Result<(), SessionError> {
+        while let Some(frame) = split_frame(&mut server.rbuf).map_err(|e| SessionError::ServerProtocol(e.to_string()))? {
+            self.relay.emit_fabricated(&mut self.cout);
+            let outcome = self
+                .relay
+                .on_server_message(frame.tag, frame.body())
+                .map_err(|e| SessionError::ServerProtocol(e.to_string()))?;
+            for h in &outcome.failed_statements {
+                server.statements.remove(*h);
+            }
+            let mut forward = outcome.forward;
+            match frame.tag {
+                tag::PARAMETER_STATUS => {
+                    if let Some((k, v)) = parse_parameter_status(frame.body()) {
+                        // The client hears of a value only when it differs from what it was told before.
+                        forward = self.told.get(&k) != Some(&v);
+                        if forward {
+                            self.told.insert(k.clone(), v.clone());
+                        }
+                        server.reported.insert(k, v);
+                    }
+                }
+                tag::ERROR_RESPONSE if outcome.forward => {
+                    self.batch_failed = true;
+                    let fields = ErrorFields::parse(frame.body());
+                    if fields.code == sqlstate::FEATURE_NOT_SUPPORTED && fields.message.contains("cached plan") {
+                        // The result type changed under DDL: every statement prepared on this server may be stale.
+                        server.needs_deallocate = true;
+                    }
+                }
+                tag::COMMAND_COMPLETE if outcome.forward => {
+                    self.last_was_rollback = parse_command_complete(frame.body()) == b"ROLLBACK";
+                }
+                _ => {}
+            }
+            if let Some(status) = outcome.ready {
+                server.status = status;
+                if outcome.forward {
+                    self.pool.stats.query_count.fetch_add(1, Ordering::Relaxed);
+                    if status == TxStatus::Idle {
+                        if !self.batch_failed && !self.last_was_rollback {
+                            self.commit_effects();
+                        } else {
+                            self.pending_effects.clear();
+                        }
+                        self.batch_failed = false;
+                        self.last_was_rollback = false;
+                    }
+                }
+            }
+            if forward {
+                self.cout.extend_from_slice(&frame.raw);
+            }
+        }
+        self.relay.emit_fabricated(&mut self.cout);
+        Ok(())
+    }
+}
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
+    }
+}
+
+/// Writes as much of `buf` as the socket takes now; registers for wakeup if it is full.
+fn write_some<W: AsyncWrite + ?Sized>(cx: &mut Context<'_>, mut w: Pin<&mut W>, buf: &mut BytesMut) -> io::Result<()> {
+    while !buf.is_empty() {
+        match w.as_mut().poll_write(cx, buf) {
+            Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => buf.advance(n),
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => return Ok(()),
+        }
+    }
+    match w.poll_flush(cx) {
+        Poll::Ready(Err(e)) => Err(e),
+        _ => Ok(()),
+    }
+}

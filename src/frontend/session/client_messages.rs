@@ -1,0 +1,265 @@
+//! What the session does with each client message while a server is attached: forward it (renaming prepared
+//! statements, injecting a Parse where the server lacks one), answer it itself (Close of a renamed statement,
+//! DEALLOCATE), or refuse it; and for each, the replies it owes, queued in the relay. Also the statement-level checks
+//! that decide pinning and record SET/RESET for re-application elsewhere.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::{protocol_violation, Flow, Session, SessionError};
+use crate::backend::ServerConn;
+use crate::config::SessionFeatures;
+use crate::error::{sqlstate, ClientError};
+use crate::frontend::prepared::StatementDef;
+use crate::frontend::relay::{Expect, Fabricated};
+use crate::protocol::backend::{close_complete, command_complete, ready_for_query};
+use crate::protocol::frontend::{
+    parse_bind, parse_parse, parse_target, query_text, write_bind, write_parse, write_target,
+};
+use crate::protocol::{tag, Frame, TxStatus};
+use crate::router::session_effects::{effects, SessionEffect};
+
+impl Session {
+    /// Handles one client message while attached.
+    pub(super) fn on_client_frame(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+        if self.relay.skip_until_sync {
+            if frame.tag == tag::SYNC {
+                self.relay.skip_until_sync = false;
+                self.relay.push(Expect::Fabricated(Fabricated::ReadyForQuery));
+            }
+            return Ok(Flow::Continue);
+        }
+        match frame.tag {
+            tag::QUERY => self.forward_query(frame)?,
+            tag::PARSE => self.forward_parse(&frame)?,
+            tag::BIND => self.forward_bind(&frame)?,
+            tag::DESCRIBE => self.forward_describe(&frame)?,
+            tag::CLOSE => {
+                if !self.close_statement_locally(&frame) {
+                    self.sout.extend_from_slice(&frame.raw);
+                    self.relay.push(Expect::Close { forward: true });
+                }
+            }
+            tag::EXECUTE => {
+                self.sout.extend_from_slice(&frame.raw);
+                self.relay.push(Expect::Execute);
+            }
+            tag::SYNC => {
+                self.sout.extend_from_slice(&frame.raw);
+                self.relay.push(Expect::Sync);
+            }
+            tag::FUNCTION_CALL => {
+                self.sout.extend_from_slice(&frame.raw);
+                self.relay.push(Expect::Query { forward: true });
+            }
+            tag::FLUSH | tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => self.sout.extend_from_slice(&frame.raw),
+            tag::TERMINATE => return Ok(Flow::ClientGone),
+            other => {
+                return Err(protocol_violation(format!("invalid frontend message type {:?}", other as char)));
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn server_mut(&mut self) -> Result<&mut ServerConn, SessionError> {
+        self.server
+            .as_mut()
+            .ok_or_else(|| SessionError::ServerProtocol("no server attached".into()))
+    }
+
+    fn forward_query(&mut self, frame: Frame) -> Result<(), SessionError> {
+        let sql = query_text(frame.body()).ok_or_else(|| protocol_violation("malformed Query message".into()))?;
+        let sql = String::from_utf8_lossy(sql);
+        let found = effects(&sql);
+        if !found.is_empty() && !self.accept_effects(&found, tag::QUERY)? {
+            return Ok(());
+        }
+        if let [SessionEffect::Deallocate(name)] = found.as_slice() {
+            if let Some(def) = self.statements.get(name.as_bytes()).cloned() {
+                // The server knows the statement by its shared name: prepare it there if needed, then drop it there.
+                self.ensure_prepared(&def)?;
+                self.server_mut()?.statements.remove(def.hash);
+                self.statements.close(name.as_bytes());
+                let sql = format!("DEALLOCATE {}", String::from_utf8_lossy(&def.server_name));
+                crate::protocol::frontend::write_query(&mut self.sout, &sql);
+                self.relay.push(Expect::Query { forward: true });
+                return Ok(());
+            }
+        }
+        self.sout.extend_from_slice(&frame.raw);
+        self.relay.push(Expect::Query { forward: true });
+        Ok(())
+    }
+
+    /// Records session effects and applies the session-feature policy. Returns false if the message was refused.
+    fn accept_effects(&mut self, found: &[SessionEffect], msg_tag: u8) -> Result<bool, SessionError> {
+        for e in found {
+            match e {
+                SessionEffect::NeedsSession(feature) => {
+                    if self.mode == crate::config::PoolMode::Session {
+                        continue;
+                    }
+                    if self.session_features == SessionFeatures::Error {
+                        let err = ClientError::error(
+                            sqlstate::FEATURE_NOT_SUPPORTED,
+                            format!("{feature} is not supported in transaction pooling mode (shardpool)"),
+                        );
+                        self.refuse_in_line(msg_tag, &err);
+                        return Ok(false);
+                    }
+                    if self.pinned.is_none() {
+                        tracing::debug!(client = self.registration.info.id, feature, "pinning server to client");
+                    }
+                    self.pinned.get_or_insert(feature);
+                }
+                SessionEffect::DiscardAll | SessionEffect::DeallocateAll => {
+                    // The server drops every prepared statement, ours included; so do the client's names.
+                    self.statements.clear();
+                    self.statement_effects.clear();
+                    let server = self.server_mut()?;
+                    server.statements.clear();
+                    if matches!(e, SessionEffect::DiscardAll) {
+                        server.applied.clear();
+                    }
+                    self.pending_effects.push(e.clone());
+                }
+                other => self.pending_effects.push(other.clone()),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Answers with an error in the reply order the client expects, without a server round trip.
+    fn refuse_in_line(&mut self, msg_tag: u8, err: &ClientError) {
+        // Queue it behind the replies still owed so ordering holds; a simple query also gets its ReadyForQuery.
+        let mut buf = BytesMut::new();
+        err.write(&mut buf);
+        self.relay.push_error(buf);
+        if msg_tag == tag::QUERY {
+            self.relay.push(Expect::Fabricated(Fabricated::ReadyForQuery));
+        } else {
+            self.relay.skip_until_sync = true;
+        }
+    }
+
+    fn forward_parse(&mut self, frame: &Frame) -> Result<(), SessionError> {
+        let view = parse_parse(frame.body()).ok_or_else(|| protocol_violation("malformed Parse message".into()))?;
+        let sql = String::from_utf8_lossy(view.query);
+        let found = effects(&sql);
+        if !found.is_empty() && !self.accept_effects(&found, tag::PARSE)? {
+            return Ok(());
+        }
+        if view.name.is_empty() {
+            self.sout.extend_from_slice(&frame.raw);
+            self.relay.push(Expect::Parse {
+                forward: true,
+                statement: None,
+            });
+            return Ok(());
+        }
+        let def = self.statements.define(view.name, view.query, view.param_types);
+        if !found.is_empty() {
+            // Effects of a named statement take hold each time it runs, not when it is prepared.
+            self.pending_effects.truncate(self.pending_effects.len() - found.len());
+            self.statement_effects.insert(def.hash, found);
+        }
+        let server = self.server_mut()?;
+        if server.statements.touch(def.hash) {
+            self.relay.push(Expect::Fabricated(Fabricated::ParseComplete));
+        } else {
+            self.prepare_on_server(&def, true)?;
+        }
+        Ok(())
+    }
+
+    /// Makes sure the attached server has `def` prepared, injecting a Parse whose reply the client never sees.
+    fn ensure_prepared(&mut self, def: &Arc<StatementDef>) -> Result<(), SessionError> {
+        if !self.server_mut()?.statements.touch(def.hash) {
+            self.prepare_on_server(def, false)?;
+        }
+        Ok(())
+    }
+
+    fn prepare_on_server(&mut self, def: &StatementDef, forward: bool) -> Result<(), SessionError> {
+        let evicted = self.server_mut()?.statements.insert(def.hash);
+        if let Some(old) = evicted {
+            write_target(&mut self.sout, tag::CLOSE, b'S', format!("sp{old:016x}").as_bytes());
+            self.relay.push(Expect::Close { forward: false });
+        }
+        write_parse(&mut self.sout, &def.server_name, &def.query, &def.param_types);
+        self.relay.push(Expect::Parse {
+            forward,
+            statement: Some(def.hash),
+        });
+        Ok(())
+    }
+
+    fn forward_bind(&mut self, frame: &Frame) -> Result<(), SessionError> {
+        let view = parse_bind(frame.body()).ok_or_else(|| protocol_violation("malformed Bind message".into()))?;
+        match self.statements.get(view.statement).cloned() {
+            Some(def) if !view.statement.is_empty() => {
+                self.ensure_prepared(&def)?;
+                if let Some(found) = self.statement_effects.get(&def.hash) {
+                    self.pending_effects.extend(found.iter().cloned());
+                }
+                write_bind(&mut self.sout, view.portal, &def.server_name, view.rest);
+            }
+            _ => self.sout.extend_from_slice(&frame.raw),
+        }
+        self.relay.push(Expect::Bind);
+        Ok(())
+    }
+
+    fn forward_describe(&mut self, frame: &Frame) -> Result<(), SessionError> {
+        let view = parse_target(frame.body()).ok_or_else(|| protocol_violation("malformed Describe message".into()))?;
+        match self.statements.get(view.name).cloned() {
+            Some(def) if view.kind == b'S' && !view.name.is_empty() => {
+                self.ensure_prepared(&def)?;
+                write_target(&mut self.sout, tag::DESCRIBE, b'S', &def.server_name);
+            }
+            _ => self.sout.extend_from_slice(&frame.raw),
+        }
+        self.relay.push(Expect::Describe);
+        Ok(())
+    }
+
+    /// Close of a named statement: the client's name goes away, the server keeps the shared statement cached.
+    /// Returns false for portals and the unnamed statement, which go to the server.
+    pub(super) fn close_statement_locally(&mut self, frame: &Frame) -> bool {
+        let Some(view) = parse_target(frame.body()) else { return false };
+        if view.kind != b'S' || view.name.is_empty() {
+            return false;
+        }
+        self.statements.close(view.name);
+        if self.server.is_some() {
+            self.relay.push(Expect::Fabricated(Fabricated::CloseComplete));
+        } else {
+            close_complete(&mut self.cout);
+        }
+        true
+    }
+
+    /// A lone `DEALLOCATE name|ALL` outside a transaction, for statements shardpool renamed: nothing to do on any
+    /// server, so answer it here. Returns false if the query needs a server.
+    pub(super) fn deallocate_locally(&mut self, frame: &Frame) -> Result<bool, SessionError> {
+        let sql = query_text(frame.body()).ok_or_else(|| protocol_violation("malformed Query message".into()))?;
+        let head = sql.get(..10).unwrap_or(sql);
+        if !head.eq_ignore_ascii_case(b"deallocate") {
+            return Ok(false);
+        }
+        let sql = String::from_utf8_lossy(sql);
+        let tag_text = match effects(&sql).as_slice() {
+            [SessionEffect::Deallocate(name)] if self.statements.close(name.as_bytes()) => "DEALLOCATE",
+            [SessionEffect::DeallocateAll] if self.pinned.is_none() => {
+                self.statements.clear();
+                self.statement_effects.clear();
+                "DEALLOCATE ALL"
+            }
+            _ => return Ok(false),
+        };
+        command_complete(&mut self.cout, tag_text);
+        ready_for_query(&mut self.cout, TxStatus::Idle);
+        Ok(true)
+    }
+}

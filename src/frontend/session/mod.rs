@@ -1,0 +1,414 @@
+//! A logged-in client's session: two states, *idle* (no server; reads the client's next message) and *attached*
+//! (a server is lent for the current transaction; bytes flow both ways through `attached::pump`). A server is taken
+//! at a transaction's first message and given back at ReadyForQuery 'I' once every reply owed is in, so the router
+//! can choose a different server for every transaction. Everything a client set up (settings, prepared statements)
+//! lives here, not on the server, and is re-created on whichever server the client gets.
+
+mod attached;
+mod client_messages;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+use super::prepared::ClientStatements;
+use super::relay::Relay;
+use super::stream::ClientStream;
+use crate::backend::{Pool, ServerConn};
+use crate::config::{PoolMode, SessionFeatures};
+use crate::context::{ClientRegistration, ClientState, Context};
+use crate::error::{sqlstate, ClientError};
+use crate::protocol::backend::ready_for_query;
+use crate::protocol::framing::split_frame;
+use crate::protocol::{tag, Frame, TxStatus};
+use crate::router::session_effects::{SessionEffect, Setting};
+use crate::router::Route;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("client I/O: {0}")]
+    ClientIo(std::io::Error),
+    #[error("client closed the connection")]
+    ClientGone,
+    #[error("client protocol violation: {0}")]
+    ClientProtocol(String),
+    #[error("server I/O: {0}")]
+    ServerIo(std::io::Error),
+    #[error("server protocol error: {0}")]
+    ServerProtocol(String),
+    #[error("session ended: {}", .0.message)]
+    Terminated(ClientError),
+}
+
+/// What the session decided after a client message.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    ClientGone,
+}
+
+pub struct Session {
+    ctx: Arc<Context>,
+    client: ClientStream,
+    registration: ClientRegistration,
+    pool: Arc<Pool>,
+    mode: PoolMode,
+    session_features: SessionFeatures,
+    cin: BytesMut,
+    cout: BytesMut,
+    server: Option<ServerConn>,
+    sout: BytesMut,
+    relay: Relay,
+    statements: ClientStatements,
+    /// Session effects (SET/RESET) of named statements, replayed each time one is executed.
+    statement_effects: HashMap<u64, Vec<SessionEffect>>,
+    /// Settings from the startup packet: what RESET returns to.
+    startup_settings: BTreeMap<String, String>,
+    /// The client's current session settings, re-applied on every server it gets.
+    settings: BTreeMap<String, String>,
+    /// Effects seen in the transaction in progress; they take hold only if it commits.
+    pending_effects: Vec<SessionEffect>,
+    /// ParameterStatus values the client has been told.
+    told: HashMap<String, String>,
+    /// Why this client keeps its server (LISTEN, temp tables...), if it does.
+    pinned: Option<&'static str>,
+    batch_failed: bool,
+    last_was_rollback: bool,
+    xact_started: Option<Instant>,
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        ctx: Arc<Context>,
+        client: ClientStream,
+        registration: ClientRegistration,
+        pool: Arc<Pool>,
+        mode: PoolMode,
+        startup_settings: BTreeMap<String, String>,
+        told: HashMap<String, String>,
+    ) -> Session {
+        let session_features = ctx.config().general.session_features;
+        pool.stats.clients.fetch_add(1, Ordering::Relaxed);
+        Session {
+            ctx,
+            client,
+            registration,
+            pool,
+            mode,
+            session_features,
+            cin: BytesMut::new(),
+            cout: BytesMut::new(),
+            server: None,
+            sout: BytesMut::new(),
+            relay: Relay::default(),
+            statements: ClientStatements::default(),
+            statement_effects: HashMap::new(),
+            settings: startup_settings.clone(),
+            startup_settings,
+            pending_effects: Vec::new(),
+            told,
+            pinned: None,
+            batch_failed: false,
+            last_was_rollback: false,
+            xact_started: None,
+        }
+    }
+
+    /// Runs the session to its end. Any server still attached is cleaned up (or closed) before returning.
+    pub async fn run(mut self) -> Result<(), SessionError> {
+        let result = self.serve().await;
+        if let Some(server) = self.server.take() {
+            self.give_back_after_disconnect(server).await;
+        }
+        match result {
+            Err(SessionError::ClientGone) => Ok(()),
+            Err(SessionError::Terminated(e)) => {
+                e.write(&mut self.cout);
+                let _ = self.flush_client().await;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn serve(&mut self) -> Result<(), SessionError> {
+        loop {
+            let Some(frame) = self.next_idle_frame().await? else {
+                return Ok(());
+            };
+            if self.answer_locally(&frame)? {
+                if self.cin.is_empty() {
+                    self.flush_client().await?;
+                }
+                continue;
+            }
+            self.attach(Route::Primary, &frame).await?;
+            if self.server.is_none() {
+                continue; // attach failed and the client was told
+            }
+            if self.on_client_frame(frame)? == Flow::ClientGone {
+                return Err(SessionError::ClientGone);
+            }
+            self.run_attached().await?;
+        }
+    }
+
+    /// Waits for the client's next whole message while no server is attached. `None` means the client left.
+    async fn next_idle_frame(&mut self) -> Result<Option<Frame>, SessionError> {
+        let general = self.ctx.config().general.clone();
+        let mut shutdown = self.ctx.shutdown_signal();
+        loop {
+            match split_frame(&mut self.cin) {
+                Ok(Some(f)) => return Ok(Some(f)),
+                Ok(None) => {}
+                Err(e) => return Err(protocol_violation(e.to_string())),
+            }
+            if self.cin.is_empty() {
+                // Idle clients hold no buffers: this is what keeps thousands of idle clients cheap.
+                self.cin = BytesMut::new();
+                if self.cout.is_empty() {
+                    self.cout = BytesMut::new();
+                }
+                self.sout = BytesMut::new();
+            }
+            if *shutdown.borrow() {
+                return Err(SessionError::Terminated(ClientError::fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "terminating connection due to administrator command",
+                )));
+            }
+            self.registration.info.set_state(ClientState::Idle);
+            let read = self.client.read_idle(&mut self.cin);
+            let n = tokio::select! {
+                r = read => r.map_err(SessionError::ClientIo)?,
+                _ = sleep_or_forever(general.client_idle_timeout.enabled()) => {
+                    return Err(SessionError::Terminated(ClientError::fatal(
+                        sqlstate::IDLE_SESSION_TIMEOUT,
+                        "terminating connection due to idle-session timeout",
+                    )));
+                }
+                _ = shutdown.changed() => continue,
+            };
+            if n == 0 {
+                return Ok(None);
+            }
+            self.pool.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Messages that need no server: returns true if answered here.
+    fn answer_locally(&mut self, frame: &Frame) -> Result<bool, SessionError> {
+        if self.relay.skip_until_sync {
+            if frame.tag == tag::SYNC {
+                self.relay.skip_until_sync = false;
+                ready_for_query(&mut self.cout, TxStatus::Idle);
+            }
+            return Ok(true);
+        }
+        match frame.tag {
+            tag::TERMINATE => Err(SessionError::ClientGone),
+            tag::SYNC => {
+                ready_for_query(&mut self.cout, TxStatus::Idle);
+                Ok(true)
+            }
+            tag::FLUSH | tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => Ok(true),
+            tag::CLOSE => Ok(self.close_statement_locally(frame)),
+            tag::QUERY => self.deallocate_locally(frame),
+            _ => Ok(false),
+        }
+    }
+
+    /// Borrows a server for the transaction that `first` starts and brings it up to the client's session state.
+    async fn attach(&mut self, route: Route, first: &Frame) -> Result<(), SessionError> {
+        let Route::Primary = route;
+        let info = Arc::clone(&self.registration.info);
+        info.set_state(ClientState::Waiting);
+        self.flush_client().await?;
+        let mut server = match self.pool.checkout().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(client = info.id, error = %e, "checkout failed");
+                use crate::error::ReportableError;
+                let ce = e
+                    .client_error()
+                    .unwrap_or_else(|| ClientError::error(sqlstate::INTERNAL_ERROR, "shardpool: checkout failed"));
+                self.reject(first.tag, &ce);
+                return Ok(());
+            }
+        };
+        info.set_state(ClientState::Active);
+        info.set_server(Some((server.addr, server.cancel_key, server.id)));
+        self.sync_settings(&mut server);
+        self.xact_started = Some(Instant::now());
+        self.batch_failed = false;
+        self.last_was_rollback = false;
+        self.server = Some(server);
+        Ok(())
+    }
+
+    /// Answers a message with an error without a server, in the shape the protocol expects (then ReadyForQuery for a
+    /// simple query; for extended-protocol messages, discard until Sync as Postgres does).
+    fn reject(&mut self, first_tag: u8, e: &ClientError) {
+        e.write(&mut self.cout);
+        if first_tag == tag::QUERY || first_tag == tag::FUNCTION_CALL {
+            ready_for_query(&mut self.cout, TxStatus::Idle);
+        } else if first_tag != tag::SYNC {
+            self.relay.skip_until_sync = true;
+        } else {
+            ready_for_query(&mut self.cout, TxStatus::Idle);
+        }
+    }
+
+    /// Queues the SET/RESET statements that make `server` match this client's settings; replies are swallowed.
+    fn sync_settings(&mut self, server: &mut ServerConn) {
+        if server.applied == self.settings && !server.needs_deallocate {
+            return;
+        }
+        let mut sql = String::new();
+        if server.needs_deallocate {
+            sql.push_str("DEALLOCATE ALL; ");
+            server.statements.clear();
+            server.needs_deallocate = false;
+        }
+        for (name, apply) in &self.settings {
+            if server.applied.get(name) != Some(apply) {
+                sql.push_str(apply);
+                sql.push_str("; ");
+            }
+        }
+        for name in server.applied.keys() {
+            if !self.settings.contains_key(name) {
+                sql.push_str(&Setting::reset_sql(name));
+                sql.push_str("; ");
+            }
+        }
+        server.applied = self.settings.clone();
+        crate::protocol::frontend::write_query(&mut self.sout, &sql);
+        self.relay.push(super::relay::Expect::Query { forward: false });
+    }
+
+    /// Whether the attached server can go back to the pool now.
+    fn can_release(&self) -> bool {
+        self.mode == PoolMode::Transaction
+            && self.pinned.is_none()
+            && self.relay.is_empty()
+            && !self.relay.in_copy_in
+            && self.sout.is_empty()
+            && self.server.as_ref().is_some_and(|s| s.status == TxStatus::Idle)
+    }
+
+    fn release(&mut self) {
+        let Some(server) = self.server.take() else { return };
+        self.registration.info.set_server(None);
+        if let Some(t) = self.xact_started.take() {
+            let stats = &self.pool.stats;
+            stats.xact_count.fetch_add(1, Ordering::Relaxed);
+            stats.xact_time_us.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        self.pool.checkin(server);
+    }
+
+    /// The client left (or was thrown out) while holding a server. An idle-in-transaction server is rolled back and
+    /// reused; one still busy with a query is cancelled and closed, so nobody can inherit its unfinished work.
+    async fn give_back_after_disconnect(&mut self, mut server: ServerConn) {
+        self.registration.info.set_server(None);
+        let config = self.pool.config();
+        let busy = !self.relay.is_empty() || self.relay.in_copy_in || !self.sout.is_empty();
+        if busy || server.broken {
+            cancel_on_server(server.addr, server.cancel_key).await;
+            return; // dropping closes it and frees its pool slot
+        }
+        let timeout = config.connect_timeout;
+        if server.status != TxStatus::Idle {
+            match tokio::time::timeout(timeout, server.simple_query("ROLLBACK")).await {
+                Ok(Ok(None)) => {}
+                _ => return,
+            }
+        }
+        if self.pinned.is_some() || self.mode == PoolMode::Session {
+            match tokio::time::timeout(timeout, server.simple_query(&config.reset_query)).await {
+                Ok(Ok(None)) => server.forget_session_state(),
+                _ => return,
+            }
+        }
+        if server.status == TxStatus::Idle {
+            self.pool.checkin(server);
+        }
+    }
+
+    async fn flush_client(&mut self) -> Result<(), SessionError> {
+        if self.cout.is_empty() {
+            return Ok(());
+        }
+        self.pool
+            .stats
+            .bytes_sent
+            .fetch_add(self.cout.len() as u64, Ordering::Relaxed);
+        self.client.write_all(&self.cout).await.map_err(SessionError::ClientIo)?;
+        self.client.flush().await.map_err(SessionError::ClientIo)?;
+        self.cout.clear();
+        Ok(())
+    }
+
+    /// Applies a committed transaction's session effects to the client's settings.
+    fn commit_effects(&mut self) {
+        for effect in std::mem::take(&mut self.pending_effects) {
+            match effect {
+                SessionEffect::Set(s) => {
+                    self.settings.insert(s.name, s.apply);
+                }
+                SessionEffect::Reset(name) => match self.startup_settings.get(&name) {
+                    Some(v) => {
+                        self.settings.insert(name, v.clone());
+                    }
+                    None => {
+                        self.settings.remove(&name);
+                    }
+                },
+                SessionEffect::ResetAll => self.settings = self.startup_settings.clone(),
+                SessionEffect::DiscardAll => {
+                    self.settings = self.startup_settings.clone();
+                    self.pinned = None;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.pool.stats.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn protocol_violation(msg: String) -> SessionError {
+    SessionError::Terminated(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, msg))
+}
+
+async fn sleep_or_forever(d: Option<std::time::Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends a CancelRequest for whatever `key`'s backend is running. Best effort: failures are only logged.
+pub async fn cancel_on_server(addr: std::net::SocketAddr, key: crate::protocol::startup::CancelKey) {
+    let packet = crate::protocol::startup::encode_cancel(key);
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(&packet).await?;
+        s.shutdown().await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), attempt).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(%addr, error = %e, "cancel request failed"),
+        Err(_) => tracing::warn!(%addr, "cancel request timed out"),
+    }
+}

@@ -1,0 +1,115 @@
+//! Turning a client's startup parameters into session settings, and telling the client its ParameterStatus values.
+//! Server connections log in with only user and database, so a client's startup parameters (application_name,
+//! DateStyle, `options=-c ...`) become SET statements applied on whichever server it gets, and are also what RESET
+//! returns to. Values equal to the server's defaults are dropped, so most clients need no SET at all.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::protocol::startup::StartupParams;
+use crate::router::session_effects::{startup_options, Setting};
+
+/// Parameters that are not settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+/// Compares encodings and similar values the way Postgres treats their spellings ("UTF8" = "utf-8").
+fn normalized(v: &str) -> String {
+    v.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_lowercase()).collect()
+}
+
+fn baseline_value<'a>(baseline: &'a BTreeMap<String, String>, name: &str) -> Option<(&'a str, &'a str)> {
+    baseline
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+}
+
+/// Session settings (name -> SET statement) requested at startup.
+pub fn startup_settings(
+    params: &StartupParams,
+    ignore: &[String],
+    baseline: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut add = |name: &str, value: &str| {
+        if ignore.iter().any(|i| i.eq_ignore_ascii_case(name)) {
+            return;
+        }
+        if let Some((_, base)) = baseline_value(baseline, name) {
+            if normalized(base) == normalized(value) {
+                return;
+            }
+        }
+        let s = Setting::from_startup(name, value);
+        out.insert(s.name, s.apply);
+    };
+    if let Some(options) = params.params.get("options") {
+        for (k, v) in startup_options(options) {
+            add(&k, &v);
+        }
+    }
+    for (k, v) in &params.params {
+        if !NOT_SETTINGS.contains(&k.as_str()) && !k.starts_with("_pq_.") {
+            add(k, v);
+        }
+    }
+    out
+}
+
+/// The ParameterStatus set a client is told at login: the server's values, with the client's own startup values
+/// for the parameters it set.
+pub fn initial_status(params: &StartupParams, baseline: &BTreeMap<String, String>) -> HashMap<String, String> {
+    let mut told: HashMap<String, String> = baseline.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut apply = |name: &str, value: &str| {
+        if let Some((canonical, base)) = baseline_value(baseline, name) {
+            if normalized(base) != normalized(value) {
+                told.insert(canonical.to_owned(), value.to_owned());
+            }
+        }
+    };
+    if let Some(options) = params.params.get("options") {
+        for (k, v) in startup_options(options) {
+            apply(&k, &v);
+        }
+    }
+    for (k, v) in &params.params {
+        if !NOT_SETTINGS.contains(&k.as_str()) {
+            apply(k, v);
+        }
+    }
+    told
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> StartupParams {
+        StartupParams {
+            minor_version: 0,
+            params: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn defaults_cost_nothing_and_others_become_sets() {
+        let baseline: BTreeMap<_, _> = [("client_encoding", "UTF8"), ("application_name", ""), ("TimeZone", "UTC")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let p = params(&[
+            ("user", "u"),
+            ("client_encoding", "utf-8"),
+            ("application_name", "app"),
+            ("extra_float_digits", "2"),
+            ("options", "-c TimeZone=Asia/Tokyo"),
+        ]);
+        let s = startup_settings(&p, &["extra_float_digits".into()], &baseline);
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert_eq!(s["application_name"], "SET application_name TO 'app'");
+        assert_eq!(s["timezone"], "SET timezone TO 'Asia/Tokyo'");
+        let told = initial_status(&p, &baseline);
+        assert_eq!(told["application_name"], "app");
+        assert_eq!(told["TimeZone"], "Asia/Tokyo");
+        assert_eq!(told["client_encoding"], "UTF8");
+    }
+}

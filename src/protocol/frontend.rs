@@ -1,0 +1,175 @@
+//! Frontend (client -> server) messages: views of the ones pooling must read (Query, Parse, Bind, Describe, Close, the
+//! password messages) and writers for the ones shardpool sends to servers itself (its own queries, Parse of a
+//! statement a client prepared on another server, renamed Bind/Describe/Close, Sync).
+//!
+//! Reference: PostgreSQL docs 55.7 "Message Formats".
+
+use bytes::{BufMut, BytesMut};
+
+use super::backend::{put_cstr, put_message};
+use super::{read_cstr, tag};
+
+/// The SQL text of a Query message (without the terminating NUL).
+pub fn query_text(body: &[u8]) -> Option<&[u8]> {
+    read_cstr(body, 0).map(|(q, _)| q)
+}
+
+/// A Parse message: statement name, query text, and the parameter-type tail kept as bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ParseView<'a> {
+    pub name: &'a [u8],
+    pub query: &'a [u8],
+    pub param_types: &'a [u8],
+}
+
+pub fn parse_parse(body: &[u8]) -> Option<ParseView<'_>> {
+    let (name, pos) = read_cstr(body, 0)?;
+    let (query, pos) = read_cstr(body, pos)?;
+    let param_types = &body[pos..];
+    // int16 count followed by that many int32 oids.
+    let count = i16::from_be_bytes([*param_types.first()?, *param_types.get(1)?]);
+    if count < 0 || param_types.len() != 2 + 4 * count as usize {
+        return None;
+    }
+    Some(ParseView {
+        name,
+        query,
+        param_types,
+    })
+}
+
+/// Writes a Parse for `view`'s statement under another name.
+pub fn write_parse(buf: &mut BytesMut, name: &[u8], query: &[u8], param_types: &[u8]) {
+    put_message(buf, tag::PARSE, |b| {
+        put_cstr(b, name);
+        put_cstr(b, query);
+        b.put_slice(param_types);
+    });
+}
+
+/// A Bind message: portal name, statement name, and the rest (formats, parameters, result formats) as bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BindView<'a> {
+    pub portal: &'a [u8],
+    pub statement: &'a [u8],
+    pub rest: &'a [u8],
+}
+
+pub fn parse_bind(body: &[u8]) -> Option<BindView<'_>> {
+    let (portal, pos) = read_cstr(body, 0)?;
+    let (statement, pos) = read_cstr(body, pos)?;
+    Some(BindView {
+        portal,
+        statement,
+        rest: &body[pos..],
+    })
+}
+
+pub fn write_bind(buf: &mut BytesMut, portal: &[u8], statement: &[u8], rest: &[u8]) {
+    put_message(buf, tag::BIND, |b| {
+        put_cstr(b, portal);
+        put_cstr(b, statement);
+        b.put_slice(rest);
+    });
+}
+
+/// Describe and Close share a layout: a kind byte ('S' statement, 'P' portal) and a name.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TargetView<'a> {
+    pub kind: u8,
+    pub name: &'a [u8],
+}
+
+pub fn parse_target(body: &[u8]) -> Option<TargetView<'_>> {
+    let kind = *body.first()?;
+    if kind != b'S' && kind != b'P' {
+        return None;
+    }
+    let (name, end) = read_cstr(body, 1)?;
+    (end == body.len()).then_some(TargetView { kind, name })
+}
+
+pub fn write_target(buf: &mut BytesMut, msg_tag: u8, kind: u8, name: &[u8]) {
+    put_message(buf, msg_tag, |b| {
+        b.put_u8(kind);
+        put_cstr(b, name);
+    });
+}
+
+pub fn write_query(buf: &mut BytesMut, sql: &str) {
+    put_message(buf, tag::QUERY, |b| put_cstr(b, sql.as_bytes()));
+}
+
+pub fn write_sync(buf: &mut BytesMut) {
+    put_message(buf, tag::SYNC, |_| {});
+}
+
+pub fn write_terminate(buf: &mut BytesMut) {
+    put_message(buf, tag::TERMINATE, |_| {});
+}
+
+pub fn write_password(buf: &mut BytesMut, password: &[u8]) {
+    put_message(buf, tag::PASSWORD, |b| put_cstr(b, password));
+}
+
+pub fn write_sasl_initial(buf: &mut BytesMut, mechanism: &str, data: &[u8]) {
+    put_message(buf, tag::PASSWORD, |b| {
+        put_cstr(b, mechanism.as_bytes());
+        b.put_i32(data.len() as i32);
+        b.put_slice(data);
+    });
+}
+
+pub fn write_sasl_response(buf: &mut BytesMut, data: &[u8]) {
+    put_message(buf, tag::PASSWORD, |b| b.put_slice(data));
+}
+
+/// A PasswordMessage carrying a cleartext or md5 password: the bytes before the NUL.
+pub fn parse_password(body: &[u8]) -> Option<&[u8]> {
+    let (pw, end) = read_cstr(body, 0)?;
+    (end == body.len()).then_some(pw)
+}
+
+/// SASLInitialResponse: mechanism name and the client-first-message.
+pub fn parse_sasl_initial(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (mechanism, pos) = read_cstr(body, 0)?;
+    let len_bytes: [u8; 4] = body.get(pos..pos + 4)?.try_into().ok()?;
+    let len = i32::from_be_bytes(len_bytes);
+    let data = &body[pos + 4..];
+    (len >= 0 && len as usize == data.len()).then_some((mechanism, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::framing::split_frame;
+
+    #[test]
+    fn parse_rename_keeps_query_and_types() {
+        let mut buf = BytesMut::new();
+        write_parse(&mut buf, b"s1", b"SELECT $1", b"\x00\x01\x00\x00\x00\x17");
+        let f = split_frame(&mut buf).unwrap().unwrap();
+        let v = parse_parse(f.body()).unwrap();
+        assert_eq!((v.name, v.query), (&b"s1"[..], &b"SELECT $1"[..]));
+        let mut out = BytesMut::new();
+        write_parse(&mut out, b"sp_abc", v.query, v.param_types);
+        let g = split_frame(&mut out).unwrap().unwrap();
+        let w = parse_parse(g.body()).unwrap();
+        assert_eq!((w.name, w.query, w.param_types), (&b"sp_abc"[..], v.query, v.param_types));
+    }
+
+    #[test]
+    fn malformed_bodies_are_rejected_not_panicked_on() {
+        assert_eq!(parse_parse(b"s1\x00SELECT"), None);
+        assert_eq!(parse_parse(b"s1\x00SELECT\x00\x00\x02\x00\x00\x00\x17"), None);
+        assert_eq!(parse_parse(b"s1\x00SELECT\x00\xff\xff"), None);
+        assert_eq!(parse_bind(b"portal"), None);
+        assert_eq!(parse_target(b"Xname\x00"), None);
+        assert_eq!(parse_target(b"S"), None);
+        assert_eq!(parse_sasl_initial(b"SCRAM-SHA-256\x00\x00\x00\x00\x09abc"), None);
+        assert_eq!(
+            parse_sasl_initial(b"SCRAM-SHA-256\x00\x00\x00\x00\x03abc"),
+            Some((&b"SCRAM-SHA-256"[..], &b"abc"[..]))
+        );
+    }
+}

@@ -1,0 +1,324 @@
+//! Statements whose effect outlives the transaction they run in. In transaction pooling the next transaction may run
+//! on another server, so the session must either carry the effect over (SET/RESET: re-applied on whichever server the
+//! client gets), emulate it (DEALLOCATE of statements shardpool renamed), or keep the server (LISTEN, session
+//! advisory locks, WITH HOLD cursors, temporary tables, SQL-level PREPARE).
+
+use super::scan::{contains_word_ci, statements, Words};
+
+/// A session setting to carry to other servers: the statement that applies it and the one that undoes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Setting {
+    /// Lower-case GUC name (or a pseudo-name such as `role`), the key settings are tracked by.
+    pub name: String,
+    pub apply: String,
+}
+
+impl Setting {
+    /// SQL that returns this setting to the server's default.
+    pub fn reset_sql(name: &str) -> String {
+        match name {
+            "role" => "RESET ROLE".into(),
+            "session_authorization" => "RESET SESSION AUTHORIZATION".into(),
+            "session_characteristics" => "RESET default_transaction_isolation; RESET default_transaction_read_only; \
+                                          RESET default_transaction_deferrable"
+                .into(),
+            other => format!("RESET {}", quote_name(other)),
+        }
+    }
+
+    /// A setting given at login (startup packet or `options -c`), applied as a quoted literal.
+    pub fn from_startup(name: &str, value: &str) -> Setting {
+        let name = name.to_ascii_lowercase();
+        Setting {
+            apply: format!("SET {} TO {}", quote_name(&name), quote_literal(value)),
+            name,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionEffect {
+    Set(Setting),
+    Reset(String),
+    ResetAll,
+    /// DISCARD ALL: settings, prepared statements, temp tables, listeners and locks are all gone.
+    DiscardAll,
+    DeallocateAll,
+    Deallocate(String),
+    /// Keeps server-side state beyond the transaction; the name is for messages and SHOW CLIENTS.
+    NeedsSession(&'static str),
+}
+
+/// Session effects of every statement in a query string, in order.
+pub fn effects(sql: &str) -> Vec<SessionEffect> {
+    // Fast exit for the common case: one statement that starts with a keyword nothing here cares about.
+    let mut out = Vec::new();
+    for stmt in statements(sql) {
+        if let Some(e) = statement_effect(stmt) {
+            out.push(e);
+        }
+    }
+    out
+}
+
+pub fn statement_effect(stmt: &str) -> Option<SessionEffect> {
+    let mut words = Words::new(stmt);
+    let first = words.next()?;
+    let kw = |w: &str, k: &str| w.eq_ignore_ascii_case(k);
+    if kw(first, "SET") {
+        return set_effect(words);
+    }
+    if kw(first, "RESET") {
+        let name = words.next()?;
+        if kw(name, "ALL") {
+            return Some(SessionEffect::ResetAll);
+        }
+        if kw(name, "SESSION") {
+            return Some(SessionEffect::Reset("session_authorization".into()));
+        }
+        let rest = words.rest();
+        return Some(SessionEffect::Reset(dotted_name(name, rest).0));
+    }
+    if kw(first, "DISCARD") {
+        return match words.next() {
+            Some(w) if kw(w, "ALL") => Some(SessionEffect::DiscardAll),
+            _ => None,
+        };
+    }
+    if kw(first, "DEALLOCATE") {
+        let mut name = words.next()?;
+        if kw(name, "PREPARE") {
+            name = words.next()?;
+        }
+        if kw(name, "ALL") {
+            return Some(SessionEffect::DeallocateAll);
+        }
+        return Some(SessionEffect::Deallocate(name.to_owned()));
+    }
+    if kw(first, "LISTEN") {
+        return Some(SessionEffect::NeedsSession("LISTEN"));
+    }
+    if kw(first, "PREPARE") {
+        return Some(SessionEffect::NeedsSession("PREPARE"));
+    }
+    if kw(first, "DECLARE") && contains_word_ci(stmt, "WITH HOLD") {
+        return Some(SessionEffect::NeedsSession("WITH HOLD cursors"));
+    }
+    if kw(first, "CREATE") {
+        let mut w = words.next()?;
+        if kw(w, "GLOBAL") || kw(w, "LOCAL") {
+            w = words.next()?;
+        }
+        if kw(w, "TEMP") || kw(w, "TEMPORARY") {
+            return Some(SessionEffect::NeedsSession("temporary tables"));
+        }
+        return None;
+    }
+    if contains_word_ci(stmt, "pg_advisory_lock") || contains_word_ci(stmt, "pg_try_advisory_lock") {
+        return Some(SessionEffect::NeedsSession("session advisory locks"));
+    }
+    None
+}
+
+fn set_effect(mut words: Words<'_>) -> Option<SessionEffect> {
+    let kw = |w: &str, k: &str| w.eq_ignore_ascii_case(k);
+    let mut name = words.next()?;
+    if kw(name, "LOCAL") || kw(name, "TRANSACTION") {
+        return None; // transaction-scoped: Postgres undoes it at commit/rollback
+    }
+    let mut prefix = "SET ";
+    if kw(name, "SESSION") {
+        let rest_before = words.rest();
+        name = words.next()?;
+        if kw(name, "AUTHORIZATION") {
+            return Some(SessionEffect::Set(Setting {
+                name: "session_authorization".into(),
+                apply: format!("SET SESSION AUTHORIZATION {}", words.rest()),
+            }));
+        }
+        if kw(name, "CHARACTERISTICS") {
+            return Some(SessionEffect::Set(Setting {
+                name: "session_characteristics".into(),
+                apply: format!("SET SESSION CHARACTERISTICS {}", words.rest()),
+            }));
+        }
+        let _ = rest_before;
+        prefix = "SET ";
+    }
+    let special = |n: &str, apply_kw: &str, words: &mut Words<'_>| {
+        Some(SessionEffect::Set(Setting {
+            name: n.into(),
+            apply: format!("SET {apply_kw} {}", words.rest()),
+        }))
+    };
+    if kw(name, "TIME") {
+        if !kw(words.next()?, "ZONE") {
+            return None;
+        }
+        return special("timezone", "TIME ZONE", &mut words);
+    }
+    if kw(name, "ROLE") {
+        return special("role", "ROLE", &mut words);
+    }
+    if kw(name, "SCHEMA") {
+        return special("search_path", "SCHEMA", &mut words);
+    }
+    if kw(name, "NAMES") {
+        return special("client_encoding", "NAMES", &mut words);
+    }
+    let (full, after) = dotted_name(name, words.rest());
+    let value = after
+        .strip_prefix('=')
+        .or_else(|| strip_keyword(after, "TO"))?
+        .trim();
+    if value.is_empty() {
+        return None;
+    }
+    if value.eq_ignore_ascii_case("DEFAULT") {
+        return Some(SessionEffect::Reset(full));
+    }
+    Some(SessionEffect::Set(Setting {
+        apply: format!("{prefix}{} TO {value}", quote_name(&full)),
+        name: full,
+    }))
+}
+
+/// Joins `a.b.c` names (custom GUCs); returns the lower-cased name and the text after it.
+fn dotted_name(first: &str, rest: &str) -> (String, String) {
+    let mut name = first.to_ascii_lowercase();
+    let mut rest = rest;
+    while let Some(r) = rest.strip_prefix('.') {
+        let mut w = Words::new(r);
+        match w.next() {
+            Some(part) => {
+                name.push('.');
+                name.push_str(&part.to_ascii_lowercase());
+                rest = w.rest();
+            }
+            None => break,
+        }
+    }
+    (name, rest.trim_start().to_owned())
+}
+
+fn strip_keyword<'a>(s: &'a str, k: &str) -> Option<&'a str> {
+    let head = s.get(..k.len())?;
+    let tail = &s[k.len()..];
+    (head.eq_ignore_ascii_case(k) && tail.starts_with(|c: char| c.is_whitespace() || c == '\'')).then_some(tail)
+}
+
+fn quote_name(name: &str) -> String {
+    // GUC names are identifiers, possibly dotted; they contain only [a-z0-9_.] once lower-cased.
+    if name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.') {
+        name.to_owned()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Parses the startup `options` parameter (`-c name=value`, `--name=value`), as Postgres' backend does.
+pub fn startup_options(options: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut args = split_options(options).into_iter();
+    while let Some(arg) = args.next() {
+        let kv = if arg == "-c" {
+            args.next()
+        } else if let Some(rest) = arg.strip_prefix("-c") {
+            Some(rest.to_owned())
+        } else {
+            arg.strip_prefix("--").map(str::to_owned)
+        };
+        if let Some((k, v)) = kv.as_deref().and_then(|kv| kv.split_once('=')) {
+            out.push((k.replace('-', "_"), v.to_owned()));
+        }
+    }
+    out
+}
+
+/// Splits on whitespace, honouring backslash escapes as `pg_split_opts` does.
+fn split_options(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            c if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(name: &str, apply: &str) -> SessionEffect {
+        SessionEffect::Set(Setting {
+            name: name.into(),
+            apply: apply.into(),
+        })
+    }
+
+    #[test]
+    fn recognises_set_forms() {
+        assert_eq!(statement_effect("SET search_path = a, b"), Some(set("search_path", "SET search_path TO a, b")));
+        assert_eq!(statement_effect("set SESSION DateStyle to 'ISO'"), Some(set("datestyle", "SET datestyle TO 'ISO'")));
+        assert_eq!(statement_effect("SET TIME ZONE 'UTC'"), Some(set("timezone", "SET TIME ZONE 'UTC'")));
+        assert_eq!(statement_effect("SET myapp.user_id = '42'"), Some(set("myapp.user_id", "SET myapp.user_id TO '42'")));
+        assert_eq!(statement_effect("SET ROLE reader"), Some(set("role", "SET ROLE reader")));
+        assert_eq!(statement_effect("SET LOCAL statement_timeout = 5"), None);
+        assert_eq!(statement_effect("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"), None);
+        assert_eq!(statement_effect("SET work_mem TO DEFAULT"), Some(SessionEffect::Reset("work_mem".into())));
+    }
+
+    #[test]
+    fn recognises_resets_and_session_features() {
+        assert_eq!(statement_effect("RESET ALL"), Some(SessionEffect::ResetAll));
+        assert_eq!(statement_effect("reset TimeZone"), Some(SessionEffect::Reset("timezone".into())));
+        assert_eq!(statement_effect("DISCARD ALL"), Some(SessionEffect::DiscardAll));
+        assert_eq!(statement_effect("DEALLOCATE PREPARE s1"), Some(SessionEffect::Deallocate("s1".into())));
+        assert_eq!(statement_effect("deallocate all"), Some(SessionEffect::DeallocateAll));
+        assert_eq!(statement_effect("LISTEN chan"), Some(SessionEffect::NeedsSession("LISTEN")));
+        assert!(matches!(statement_effect("CREATE TEMP TABLE t (a int)"), Some(SessionEffect::NeedsSession(_))));
+        assert!(matches!(statement_effect("select pg_advisory_lock(1)"), Some(SessionEffect::NeedsSession(_))));
+        assert_eq!(statement_effect("select pg_advisory_xact_lock(1)"), None);
+        assert_eq!(statement_effect("CREATE TABLE t (a int)"), None);
+        assert_eq!(statement_effect("SELECT 'SET x = 1'"), None);
+    }
+
+    #[test]
+    fn multi_statement_strings() {
+        let e = effects("BEGIN; SET a = 1; SELECT 1; RESET b; COMMIT");
+        assert_eq!(e, vec![set("a", "SET a TO 1"), SessionEffect::Reset("b".into())]);
+    }
+
+    #[test]
+    fn startup_options_are_split_like_postgres() {
+        assert_eq!(
+            startup_options("-c geqo=off --search-path=a\\ b -csearch_path=x"),
+            vec![
+                ("geqo".into(), "off".into()),
+                ("search_path".into(), "a b".into()),
+                ("search_path".into(), "x".into())
+            ]
+        );
+        assert_eq!(Setting::from_startup("TimeZone", "it's").apply, "SET timezone TO 'it''s'");
+    }
+}
