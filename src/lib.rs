@@ -1,1 +1,3 @@
 //! shardpool: a PostgreSQL scaling proxy.
+
+pub mod pgcluster;
