@@ -17,7 +17,10 @@ use crate::context::Context;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Tls(#[from] crate::frontend::tls::TlsError),
 }
@@ -32,11 +35,16 @@ impl Proxy {
     /// Starts serving `config` (its `general.listen` may use port 0). `config_path` enables RELOAD.
     pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Proxy, StartError> {
         let listen = config.general.listen.clone();
-        let listener = TcpListener::bind(&listen).await.map_err(|source| StartError::Bind {
-            addr: listen.clone(),
+        let listener = TcpListener::bind(&listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: listen.clone(),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: listen,
             source,
         })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: listen, source })?;
         let ctx = Context::new(config.clone());
         ctx.set_config_path(config_path);
         ctx.apply_tls(&config)?;

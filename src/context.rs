@@ -93,6 +93,8 @@ pub struct Context {
     pub started_at: SystemTime,
     verifiers: Mutex<HashMap<String, (String, crate::auth::scram::ScramVerifier)>>,
     config_path: Mutex<Option<std::path::PathBuf>>,
+    /// Hashes of statement texts some server has accepted in a Parse: such a Parse can be answered without a server.
+    known_statements: std::sync::RwLock<std::collections::HashSet<u64>>,
     /// TLS acceptor for clients, swapped on reload.
     pub tls: Arc<arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>>,
 }
@@ -120,6 +122,7 @@ impl Context {
             started_at: SystemTime::now(),
             verifiers: Mutex::new(HashMap::new()),
             config_path: Mutex::new(None),
+            known_statements: std::sync::RwLock::new(std::collections::HashSet::new()),
             tls: Arc::new(arc_swap::ArcSwapOption::empty()),
         })
     }
@@ -232,6 +235,22 @@ impl Context {
         v
     }
 
+    pub fn statement_is_known(&self, hash: u64) -> bool {
+        self.known_statements
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&hash)
+    }
+
+    pub fn remember_statement(&self, hash: u64) {
+        if !self.statement_is_known(hash) {
+            self.known_statements
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(hash);
+        }
+    }
+
     pub fn set_config_path(&self, path: Option<std::path::PathBuf>) {
         *self.config_path.lock().unwrap_or_else(|p| p.into_inner()) = path;
     }
@@ -291,7 +310,10 @@ fn server_target(database: &str, db: &DatabaseConfig, user: &UserConfig) -> Serv
     ServerTarget {
         host: db.host.clone(),
         port: db.port,
-        database: db.server_database.clone().unwrap_or_else(|| database.to_owned()),
+        database: db
+            .server_database
+            .clone()
+            .unwrap_or_else(|| database.to_owned()),
         user: user.server_user().to_owned(),
         password: user.server_password().map(str::to_owned),
     }

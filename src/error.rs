@@ -62,7 +62,13 @@ impl ClientError {
     }
 
     pub fn write(&self, buf: &mut bytes::BytesMut) {
-        crate::protocol::backend::error_response(buf, self.severity, self.code, &self.message, None);
+        crate::protocol::backend::error_response(
+            buf,
+            self.severity,
+            self.code,
+            &self.message,
+            None,
+        );
     }
 }
 

@@ -8,7 +8,8 @@ use super::{AdminError, Output};
 use crate::context::Context;
 
 pub fn reload(ctx: &Arc<Context>) -> Result<Output, AdminError> {
-    ctx.reload_from_disk().map_err(|e| AdminError::Failed(e.to_string()))?;
+    ctx.reload_from_disk()
+        .map_err(|e| AdminError::Failed(e.to_string()))?;
     Ok(Output::command("RELOAD"))
 }
 

@@ -66,7 +66,10 @@ impl AdminError {
 /// ParameterStatus values the console reports at login.
 pub fn server_params() -> Vec<(String, String)> {
     [
-        ("server_version", concat!(env!("CARGO_PKG_VERSION"), "/shardpool")),
+        (
+            "server_version",
+            concat!(env!("CARGO_PKG_VERSION"), "/shardpool"),
+        ),
         ("server_encoding", "UTF8"),
         ("client_encoding", "UTF8"),
         ("DateStyle", "ISO, MDY"),
@@ -135,7 +138,13 @@ pub async fn run(ctx: Arc<Context>, mut stream: ClientStream, _registration: Cli
                 Ok(_) => continue,
             },
             Err(e) => {
-                error_response(&mut out, Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &e.to_string(), None);
+                error_response(
+                    &mut out,
+                    Severity::Fatal,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    &e.to_string(),
+                    None,
+                );
                 let _ = stream.write_all(&out).await;
                 return;
             }
@@ -145,7 +154,8 @@ pub async fn run(ctx: Arc<Context>, mut stream: ClientStream, _registration: Cli
         }
         match frame.tag {
             tag::QUERY => {
-                let sql = String::from_utf8_lossy(query_text(frame.body()).unwrap_or_default()).into_owned();
+                let sql = String::from_utf8_lossy(query_text(frame.body()).unwrap_or_default())
+                    .into_owned();
                 match execute(&ctx, &sql).await {
                     Ok(o) => write_output(&mut out, &o, true),
                     Err(e) => write_error(&mut out, &e),
@@ -153,7 +163,8 @@ pub async fn run(ctx: Arc<Context>, mut stream: ClientStream, _registration: Cli
                 ready_for_query(&mut out, TxStatus::Idle);
             }
             tag::PARSE => {
-                state.query = parse_parse(frame.body()).map(|p| String::from_utf8_lossy(p.query).into_owned());
+                state.query = parse_parse(frame.body())
+                    .map(|p| String::from_utf8_lossy(p.query).into_owned());
                 state.result = None;
                 put_message(&mut out, tag::PARSE_COMPLETE, |_| {});
             }
@@ -170,10 +181,14 @@ pub async fn run(ctx: Arc<Context>, mut stream: ClientStream, _registration: Cli
                         }
                     }
                 }
-                let Some(o) = state.result.as_ref() else { continue };
+                let Some(o) = state.result.as_ref() else {
+                    continue;
+                };
                 if frame.tag == tag::DESCRIBE {
                     if frame.body().first() == Some(&b'S') {
-                        put_message(&mut out, tag::PARAMETER_DESCRIPTION, |b| b.extend_from_slice(&[0, 0]));
+                        put_message(&mut out, tag::PARAMETER_DESCRIPTION, |b| {
+                            b.extend_from_slice(&[0, 0])
+                        });
                     }
                     if o.columns.is_empty() {
                         put_message(&mut out, tag::NO_DATA, |_| {});
@@ -195,8 +210,17 @@ pub async fn run(ctx: Arc<Context>, mut stream: ClientStream, _registration: Cli
             tag::FLUSH => {}
             tag::TERMINATE => return,
             other => {
-                let msg = format!("unsupported message type {:?} on the admin console", other as char);
-                error_response(&mut out, Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &msg, None);
+                let msg = format!(
+                    "unsupported message type {:?} on the admin console",
+                    other as char
+                );
+                error_response(
+                    &mut out,
+                    Severity::Fatal,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    &msg,
+                    None,
+                );
                 let _ = stream.write_all(&out).await;
                 return;
             }

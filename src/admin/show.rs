@@ -15,7 +15,10 @@ fn s(v: impl ToString) -> Option<String> {
 }
 
 fn timestamp(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     // ISO-8601 UTC without pulling in a date crate.
     let days = secs / 86_400;
     let (h, m, sec) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
@@ -84,18 +87,50 @@ fn pools(ctx: &Arc<Context>) -> Output {
     }
     Output::table(
         vec![
-            "database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req", "cl_waiting_cancel_req",
-            "sv_active", "sv_active_cancel", "sv_being_canceled", "sv_idle", "sv_used", "sv_tested", "sv_login",
-            "maxwait", "maxwait_us", "pool_mode", "load_balance_hosts",
+            "database",
+            "user",
+            "cl_active",
+            "cl_waiting",
+            "cl_active_cancel_req",
+            "cl_waiting_cancel_req",
+            "sv_active",
+            "sv_active_cancel",
+            "sv_being_canceled",
+            "sv_idle",
+            "sv_used",
+            "sv_tested",
+            "sv_login",
+            "maxwait",
+            "maxwait_us",
+            "pool_mode",
+            "load_balance_hosts",
         ],
         rows,
     )
 }
 
 const CONN_COLUMNS: [&str; 21] = [
-    "type", "user", "database", "replication", "state", "addr", "port", "local_addr", "local_port",
-    "connect_time", "request_time", "wait", "wait_us", "close_needed", "ptr", "link", "remote_pid", "tls",
-    "application_name", "prepared_statements", "id",
+    "type",
+    "user",
+    "database",
+    "replication",
+    "state",
+    "addr",
+    "port",
+    "local_addr",
+    "local_port",
+    "connect_time",
+    "request_time",
+    "wait",
+    "wait_us",
+    "close_needed",
+    "ptr",
+    "link",
+    "remote_pid",
+    "tls",
+    "application_name",
+    "prepared_statements",
+    "id",
 ];
 
 fn clients(ctx: &Arc<Context>) -> Output {
@@ -108,7 +143,10 @@ fn clients(ctx: &Arc<Context>) -> Output {
                 ClientState::Waiting => "waiting",
                 ClientState::Idle => "idle",
             };
-            let link = c.server().map(|(_, _, id)| id.to_string()).unwrap_or_default();
+            let link = c
+                .server()
+                .map(|(_, _, id)| id.to_string())
+                .unwrap_or_default();
             vec![
                 s("C"),
                 s(&c.user),
@@ -141,7 +179,15 @@ fn servers(ctx: &Arc<Context>) -> Output {
     let mut rows: Vec<Row> = Vec::new();
     for c in ctx.clients() {
         if let Some((addr, key, id)) = c.server() {
-            rows.push(server_row(&c.user, &c.database, "active", addr, key.pid, id, &c.id.to_string()));
+            rows.push(server_row(
+                &c.user,
+                &c.database,
+                "active",
+                addr,
+                key.pid,
+                id,
+                &c.id.to_string(),
+            ));
         }
     }
     for p in ctx.pools() {
@@ -152,7 +198,15 @@ fn servers(ctx: &Arc<Context>) -> Output {
     Output::table(CONN_COLUMNS.to_vec(), rows)
 }
 
-fn server_row(user: &str, db: &str, state: &str, addr: std::net::SocketAddr, pid: i32, id: u64, link: &str) -> Row {
+fn server_row(
+    user: &str,
+    db: &str,
+    state: &str,
+    addr: std::net::SocketAddr,
+    pid: i32,
+    id: u64,
+    link: &str,
+) -> Row {
     vec![
         s("S"),
         s(user),
@@ -179,7 +233,12 @@ fn server_row(user: &str, db: &str, state: &str, addr: std::net::SocketAddr, pid
 }
 
 fn stats(ctx: &Arc<Context>) -> Output {
-    let uptime = ctx.started_at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(1.0).max(1.0);
+    let uptime = ctx
+        .started_at
+        .elapsed()
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(1.0)
+        .max(1.0);
     let mut per_db: std::collections::BTreeMap<String, [u64; 7]> = Default::default();
     for p in ctx.pools() {
         let st = &p.stats;
@@ -224,9 +283,21 @@ fn stats(ctx: &Arc<Context>) -> Output {
         .collect();
     Output::table(
         vec![
-            "database", "total_xact_count", "total_query_count", "total_received", "total_sent", "total_xact_time",
-            "total_query_time", "total_wait_time", "avg_xact_count", "avg_query_count", "avg_recv", "avg_sent",
-            "avg_xact_time", "avg_query_time", "avg_wait_time",
+            "database",
+            "total_xact_count",
+            "total_query_count",
+            "total_received",
+            "total_sent",
+            "total_xact_time",
+            "total_query_time",
+            "total_wait_time",
+            "avg_xact_count",
+            "avg_query_count",
+            "avg_recv",
+            "avg_sent",
+            "avg_xact_time",
+            "avg_query_time",
+            "avg_wait_time",
         ],
         rows,
     )
@@ -239,34 +310,113 @@ fn config(ctx: &Arc<Context>) -> Output {
     let entries: Vec<(&str, String, String)> = vec![
         ("listen", g.listen.clone(), d.listen.clone()),
         ("workers", g.workers.to_string(), d.workers.to_string()),
-        ("max_client_conn", g.max_client_conn.to_string(), d.max_client_conn.to_string()),
-        ("pool_mode", g.pool_mode.as_str().into(), d.pool_mode.as_str().into()),
-        ("pool_size", g.pool_size.to_string(), d.pool_size.to_string()),
-        ("min_pool_size", g.min_pool_size.to_string(), d.min_pool_size.to_string()),
-        ("checkout_timeout", g.checkout_timeout.to_string(), d.checkout_timeout.to_string()),
-        ("server_connect_timeout", g.server_connect_timeout.to_string(), d.server_connect_timeout.to_string()),
-        ("server_idle_timeout", g.server_idle_timeout.to_string(), d.server_idle_timeout.to_string()),
-        ("server_lifetime", g.server_lifetime.to_string(), d.server_lifetime.to_string()),
-        ("server_check_delay", g.server_check_delay.to_string(), d.server_check_delay.to_string()),
-        ("server_check_query", g.server_check_query.clone(), d.server_check_query.clone()),
-        ("server_reset_query", g.server_reset_query.clone(), d.server_reset_query.clone()),
-        ("client_idle_timeout", g.client_idle_timeout.to_string(), d.client_idle_timeout.to_string()),
-        ("idle_transaction_timeout", g.idle_transaction_timeout.to_string(), d.idle_transaction_timeout.to_string()),
-        ("client_login_timeout", g.client_login_timeout.to_string(), d.client_login_timeout.to_string()),
-        ("shutdown_timeout", g.shutdown_timeout.to_string(), d.shutdown_timeout.to_string()),
-        ("ignore_startup_parameters", g.ignore_startup_parameters.join(","), String::new()),
+        (
+            "max_client_conn",
+            g.max_client_conn.to_string(),
+            d.max_client_conn.to_string(),
+        ),
+        (
+            "pool_mode",
+            g.pool_mode.as_str().into(),
+            d.pool_mode.as_str().into(),
+        ),
+        (
+            "pool_size",
+            g.pool_size.to_string(),
+            d.pool_size.to_string(),
+        ),
+        (
+            "min_pool_size",
+            g.min_pool_size.to_string(),
+            d.min_pool_size.to_string(),
+        ),
+        (
+            "checkout_timeout",
+            g.checkout_timeout.to_string(),
+            d.checkout_timeout.to_string(),
+        ),
+        (
+            "server_connect_timeout",
+            g.server_connect_timeout.to_string(),
+            d.server_connect_timeout.to_string(),
+        ),
+        (
+            "server_idle_timeout",
+            g.server_idle_timeout.to_string(),
+            d.server_idle_timeout.to_string(),
+        ),
+        (
+            "server_lifetime",
+            g.server_lifetime.to_string(),
+            d.server_lifetime.to_string(),
+        ),
+        (
+            "server_check_delay",
+            g.server_check_delay.to_string(),
+            d.server_check_delay.to_string(),
+        ),
+        (
+            "server_check_query",
+            g.server_check_query.clone(),
+            d.server_check_query.clone(),
+        ),
+        (
+            "server_reset_query",
+            g.server_reset_query.clone(),
+            d.server_reset_query.clone(),
+        ),
+        (
+            "client_idle_timeout",
+            g.client_idle_timeout.to_string(),
+            d.client_idle_timeout.to_string(),
+        ),
+        (
+            "idle_transaction_timeout",
+            g.idle_transaction_timeout.to_string(),
+            d.idle_transaction_timeout.to_string(),
+        ),
+        (
+            "client_login_timeout",
+            g.client_login_timeout.to_string(),
+            d.client_login_timeout.to_string(),
+        ),
+        (
+            "shutdown_timeout",
+            g.shutdown_timeout.to_string(),
+            d.shutdown_timeout.to_string(),
+        ),
+        (
+            "ignore_startup_parameters",
+            g.ignore_startup_parameters.join(","),
+            String::new(),
+        ),
         (
             "prepared_statements_cache_size",
             g.prepared_statements_cache_size.to_string(),
             d.prepared_statements_cache_size.to_string(),
         ),
-        ("session_features", format!("{:?}", g.session_features).to_lowercase(), "pin".into()),
+        (
+            "session_features",
+            format!("{:?}", g.session_features).to_lowercase(),
+            "pin".into(),
+        ),
         ("admin_users", g.admin_users.join(","), String::new()),
     ];
     let restart_only = ["listen", "workers"];
     let rows = entries
         .into_iter()
-        .map(|(k, v, def)| vec![s(k), s(v), s(def), s(if restart_only.contains(&k) { "no" } else { "yes" })])
+        .map(|(k, v, def)| {
+            vec![
+                s(k),
+                s(v),
+                s(def),
+                s(if restart_only.contains(&k) {
+                    "no"
+                } else {
+                    "yes"
+                }),
+            ]
+        })
         .collect();
     Output::table(vec!["key", "value", "default", "changeable"], rows)
 }
@@ -278,7 +428,11 @@ fn databases(ctx: &Arc<Context>) -> Output {
         .databases
         .iter()
         .map(|(name, db)| {
-            let current: usize = pools.iter().filter(|p| &p.database == name).map(|p| p.snapshot().total).sum();
+            let current: usize = pools
+                .iter()
+                .filter(|p| &p.database == name)
+                .map(|p| p.snapshot().total)
+                .sum();
             vec![
                 s(name),
                 s(&db.host),
@@ -298,8 +452,19 @@ fn databases(ctx: &Arc<Context>) -> Output {
         .collect();
     Output::table(
         vec![
-            "name", "host", "port", "database", "force_user", "pool_size", "min_pool_size", "reserve_pool",
-            "pool_mode", "max_connections", "current_connections", "paused", "disabled",
+            "name",
+            "host",
+            "port",
+            "database",
+            "force_user",
+            "pool_size",
+            "min_pool_size",
+            "reserve_pool",
+            "pool_mode",
+            "max_connections",
+            "current_connections",
+            "paused",
+            "disabled",
         ],
         rows,
     )

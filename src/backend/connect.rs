@@ -37,7 +37,10 @@ pub enum ConnectError {
     #[error("connecting to {addr} timed out")]
     Timeout { addr: String },
     #[error("connecting to {addr}: {source}")]
-    Io { addr: String, source: std::io::Error },
+    Io {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("server login: {0}")]
     Login(#[from] ServerIoError),
     #[error("server asked for a password but none is configured for user {0:?}")]
@@ -67,26 +70,45 @@ pub async fn connect(
     let fut = login(target, &addr_text, statement_capacity);
     tokio::time::timeout(timeout, fut)
         .await
-        .map_err(|_| ConnectError::Timeout { addr: addr_text.clone() })?
+        .map_err(|_| ConnectError::Timeout {
+            addr: addr_text.clone(),
+        })?
 }
 
-async fn login(target: &ServerTarget, addr_text: &str, statement_capacity: usize) -> Result<ServerConn, ConnectError> {
+async fn login(
+    target: &ServerTarget,
+    addr_text: &str,
+    statement_capacity: usize,
+) -> Result<ServerConn, ConnectError> {
     let addr: SocketAddr = tokio::net::lookup_host(addr_text)
         .await
         .map_err(|_| ConnectError::Resolve(addr_text.to_owned()))?
         .next()
         .ok_or_else(|| ConnectError::Resolve(addr_text.to_owned()))?;
-    let stream = TcpStream::connect(addr).await.map_err(|source| ConnectError::Io {
-        addr: addr_text.to_owned(),
-        source,
-    })?;
-    stream.set_nodelay(true).map_err(|source| ConnectError::Io {
-        addr: addr_text.to_owned(),
-        source,
-    })?;
-    let mut conn = ServerConn::new(stream, addr, CancelKey { pid: 0, secret: 0 }, BTreeMap::new(), statement_capacity);
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| ConnectError::Io {
+            addr: addr_text.to_owned(),
+            source,
+        })?;
+    stream
+        .set_nodelay(true)
+        .map_err(|source| ConnectError::Io {
+            addr: addr_text.to_owned(),
+            source,
+        })?;
+    let mut conn = ServerConn::new(
+        stream,
+        addr,
+        CancelKey { pid: 0, secret: 0 },
+        BTreeMap::new(),
+        statement_capacity,
+    );
     let startup = encode_startup(&[("user", &target.user), ("database", &target.database)]);
-    conn.stream.write_all(&startup).await.map_err(ServerIoError::Io)?;
+    conn.stream
+        .write_all(&startup)
+        .await
+        .map_err(ServerIoError::Io)?;
     authenticate(&mut conn, target).await?;
     finish_startup(&mut conn).await?;
     Ok(conn)
@@ -95,7 +117,9 @@ async fn login(target: &ServerTarget, addr_text: &str, statement_capacity: usize
 /// Reads the next whole message from the server.
 async fn next_frame(conn: &mut ServerConn) -> Result<crate::protocol::Frame, ServerIoError> {
     loop {
-        if let Some(f) = split_frame(&mut conn.rbuf).map_err(|e| ServerIoError::Protocol(e.to_string()))? {
+        if let Some(f) =
+            split_frame(&mut conn.rbuf).map_err(|e| ServerIoError::Protocol(e.to_string()))?
+        {
             if f.tag == tag::ERROR_RESPONSE {
                 return Err(ServerIoError::Postgres(ErrorFields::parse(f.body())));
             }
@@ -118,11 +142,20 @@ async fn send(conn: &mut ServerConn, buf: &BytesMut) -> Result<(), ServerIoError
 }
 
 async fn authenticate(conn: &mut ServerConn, target: &ServerTarget) -> Result<(), ConnectError> {
-    let password = || target.password.clone().ok_or_else(|| ConnectError::NoPassword(target.user.clone()));
+    let password = || {
+        target
+            .password
+            .clone()
+            .ok_or_else(|| ConnectError::NoPassword(target.user.clone()))
+    };
     loop {
         let frame = next_frame(conn).await?;
         if frame.tag != tag::AUTHENTICATION {
-            return Err(ServerIoError::Protocol(format!("expected Authentication, got {:?}", frame.tag as char)).into());
+            return Err(ServerIoError::Protocol(format!(
+                "expected Authentication, got {:?}",
+                frame.tag as char
+            ))
+            .into());
         }
         let body = frame.body();
         match auth_code(body)? {
@@ -152,7 +185,11 @@ async fn authenticate(conn: &mut ServerConn, target: &ServerTarget) -> Result<()
     }
 }
 
-async fn scram(conn: &mut ServerConn, mechanisms: &[u8], password: &[u8]) -> Result<(), ConnectError> {
+async fn scram(
+    conn: &mut ServerConn,
+    mechanisms: &[u8],
+    password: &[u8],
+) -> Result<(), ConnectError> {
     let mut offered = false;
     let mut pos = 0;
     while let Some((m, next)) = read_cstr(mechanisms, pos) {
@@ -174,7 +211,9 @@ async fn scram(conn: &mut ServerConn, mechanisms: &[u8], password: &[u8]) -> Res
     if auth_code(cont.body())? != 11 {
         return Err(ServerIoError::Protocol("expected SASLContinue".into()).into());
     }
-    client.update(&cont.body()[4..]).map_err(ConnectError::Scram)?;
+    client
+        .update(&cont.body()[4..])
+        .map_err(ConnectError::Scram)?;
     out.clear();
     write_sasl_response(&mut out, client.message());
     send(conn, &out).await?;
@@ -183,7 +222,9 @@ async fn scram(conn: &mut ServerConn, mechanisms: &[u8], password: &[u8]) -> Res
     if auth_code(fin.body())? != 12 {
         return Err(ServerIoError::Protocol("expected SASLFinal".into()).into());
     }
-    client.finish(&fin.body()[4..]).map_err(ConnectError::Scram)?;
+    client
+        .finish(&fin.body()[4..])
+        .map_err(ConnectError::Scram)?;
     Ok(())
 }
 
@@ -209,7 +250,11 @@ async fn finish_startup(conn: &mut ServerConn) -> Result<(), ConnectError> {
             tag::READY_FOR_QUERY => return Ok(()),
             tag::NOTICE_RESPONSE | tag::NEGOTIATE_PROTOCOL_VERSION => {}
             other => {
-                return Err(ServerIoError::Protocol(format!("unexpected {:?} during startup", other as char)).into());
+                return Err(ServerIoError::Protocol(format!(
+                    "unexpected {:?} during startup",
+                    other as char
+                ))
+                .into());
             }
         }
     }

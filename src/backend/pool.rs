@@ -58,16 +58,22 @@ impl ReportableError for PoolError {
         Some(match self {
             PoolError::Timeout(d) => ClientError::error(
                 sqlstate::TOO_MANY_CONNECTIONS,
-                format!("shardpool: no server connection available within {}ms", d.as_millis()),
+                format!(
+                    "shardpool: no server connection available within {}ms",
+                    d.as_millis()
+                ),
             ),
             PoolError::Connect(_) => ClientError::error(
                 sqlstate::CONNECTION_FAILURE,
                 "shardpool: could not connect to the server".to_string(),
             ),
-            PoolError::ServerRefused { message, .. } => {
-                ClientError::error(sqlstate::CONNECTION_FAILURE, format!("shardpool: server login failed: {message}"))
+            PoolError::ServerRefused { message, .. } => ClientError::error(
+                sqlstate::CONNECTION_FAILURE,
+                format!("shardpool: server login failed: {message}"),
+            ),
+            PoolError::Closed => {
+                ClientError::error(sqlstate::ADMIN_SHUTDOWN, "shardpool: pool is shutting down")
             }
-            PoolError::Closed => ClientError::error(sqlstate::ADMIN_SHUTDOWN, "shardpool: pool is shutting down"),
         })
     }
 }
@@ -113,8 +119,12 @@ impl PauseGate {
 
     async fn wait_resumed(&self) {
         let mut rx = self.tx.subscribe();
-        // An error means the sender is gone, which cannot happen while `self` lives.
-        let _ = rx.wait_for(|paused| !paused).await;
+        while *rx.borrow_and_update() {
+            // An error means the sender is gone, which cannot happen while `self` lives.
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -211,7 +221,10 @@ impl Pool {
         self.closed.store(true, Ordering::SeqCst);
         let (idle, waiters) = {
             let mut inner = self.lock();
-            (std::mem::take(&mut inner.idle), std::mem::take(&mut inner.waiters))
+            (
+                std::mem::take(&mut inner.idle),
+                std::mem::take(&mut inner.waiters),
+            )
         };
         for w in waiters {
             let _ = w.tx.send(Err(PoolError::Closed));
@@ -236,13 +249,21 @@ impl Pool {
                 .iter()
                 .find(|w| !w.tx.is_closed())
                 .map(|w| w.since.elapsed()),
-            idle_needing_check: inner.idle.iter().filter(|c| c.last_used.elapsed() >= check_delay).count(),
+            idle_needing_check: inner
+                .idle
+                .iter()
+                .filter(|c| c.last_used.elapsed() >= check_delay)
+                .count(),
         }
     }
 
     /// (id, address, backend pid) of idle connections, for SHOW SERVERS.
     pub fn idle_servers(&self) -> Vec<(u64, std::net::SocketAddr, i32)> {
-        self.lock().idle.iter().map(|c| (c.id, c.addr, c.cancel_key.pid)).collect()
+        self.lock()
+            .idle
+            .iter()
+            .map(|c| (c.id, c.addr, c.cancel_key.pid))
+            .collect()
     }
 
     /// Borrows a server connection, waiting in line (FIFO) up to the checkout timeout.
@@ -266,28 +287,34 @@ impl Pool {
             if self.is_closed() {
                 return Err(PoolError::Closed);
             }
-            let rx = {
+            let idle = self.lock().idle.pop_back();
+            if let Some(conn) = idle {
+                match self.validate(conn, &config).await {
+                    Some(conn) => return Ok(conn),
+                    None => continue,
+                }
+            }
+            let (rx, connect) = {
                 let mut inner = self.lock();
                 if let Some(conn) = inner.idle.pop_back() {
-                    drop(inner);
-                    match self.validate(conn, &config).await {
-                        Some(conn) => return Ok(conn),
-                        None => continue,
-                    }
+                    // Returned while we were validating: it was just in use, so it needs no check.
+                    return Ok(conn);
                 }
                 let (tx, rx) = oneshot::channel();
                 inner.waiters.push_back(Waiter {
                     tx,
                     since: Instant::now(),
                 });
-                if inner.total < config.settings.size {
+                let connect = inner.total < config.settings.size;
+                if connect {
                     inner.total += 1;
                     inner.connecting += 1;
-                    drop(inner);
-                    self.spawn_connect();
                 }
-                rx
+                (rx, connect)
             };
+            if connect {
+                self.spawn_connect();
+            }
             return wait_for_handoff(rx, config.checkout_timeout).await;
         }
     }
@@ -298,11 +325,18 @@ impl Pool {
             return None;
         }
         if conn.last_used.elapsed() >= config.check_delay {
-            let check = tokio::time::timeout(config.connect_timeout, conn.simple_query(&config.check_query)).await;
+            let check = tokio::time::timeout(
+                config.connect_timeout,
+                conn.simple_query(&config.check_query),
+            )
+            .await;
             match check {
                 Ok(Ok(None)) => conn.last_used = Instant::now(),
                 _ => {
-                    tracing::info!(server = conn.id, "health check failed; closing server connection");
+                    tracing::info!(
+                        server = conn.id,
+                        "health check failed; closing server connection"
+                    );
                     return None;
                 }
             }
@@ -313,7 +347,10 @@ impl Pool {
     /// Returns a clean connection (transaction status idle, no replies pending): to the oldest waiter, else idle.
     pub fn checkin(&self, mut conn: ServerConn) {
         let config = self.config.load();
-        if conn.broken || self.is_closed() || config.lifetime.is_some_and(|l| conn.created.elapsed() >= l) {
+        if conn.broken
+            || self.is_closed()
+            || config.lifetime.is_some_and(|l| conn.created.elapsed() >= l)
+        {
             return; // dropping `conn` frees its slot
         }
         conn.last_used = Instant::now();
@@ -404,8 +441,15 @@ impl Pool {
     }
 
     /// The ParameterStatus set a fresh server connection reports; clients get it at login. Connects once if needed.
-    pub async fn server_params(self: &Arc<Self>) -> Result<Arc<BTreeMap<String, String>>, PoolError> {
-        if let Some(p) = self.params.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+    pub async fn server_params(
+        self: &Arc<Self>,
+    ) -> Result<Arc<BTreeMap<String, String>>, PoolError> {
+        if let Some(p) = self
+            .params
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
             return Ok(p);
         }
         let conn = self.checkout().await?;
@@ -427,7 +471,10 @@ impl Pool {
             let mut live = inner.total;
             while let Some(conn) = inner.idle.pop_front() {
                 let too_old = config.lifetime.is_some_and(|l| conn.created.elapsed() >= l);
-                let too_idle = config.idle_timeout.is_some_and(|t| conn.last_used.elapsed() >= t) && live > min;
+                let too_idle = config
+                    .idle_timeout
+                    .is_some_and(|t| conn.last_used.elapsed() >= t)
+                    && live > min;
                 if too_old || too_idle {
                     live -= 1;
                     expired.push(conn);
@@ -450,7 +497,9 @@ impl Pool {
 
     fn spawn_janitor(pool: &Arc<Pool>) {
         let weak = Arc::downgrade(pool);
-        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         rt.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {

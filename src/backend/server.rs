@@ -98,14 +98,18 @@ impl ServerConn {
     pub async fn drain_until_ready(&mut self) -> Result<Option<ErrorFields>, ServerIoError> {
         let mut first_error = None;
         loop {
-            while let Some(frame) = split_frame(&mut self.rbuf).map_err(|e| ServerIoError::Protocol(e.to_string()))? {
+            while let Some(frame) =
+                split_frame(&mut self.rbuf).map_err(|e| ServerIoError::Protocol(e.to_string()))?
+            {
                 match frame.tag {
                     tag::READY_FOR_QUERY => {
                         self.status = parse_ready_for_query(frame.body())
                             .ok_or_else(|| ServerIoError::Protocol("bad ReadyForQuery".into()))?;
                         return Ok(first_error);
                     }
-                    tag::ERROR_RESPONSE if first_error.is_none() => first_error = Some(ErrorFields::parse(frame.body())),
+                    tag::ERROR_RESPONSE if first_error.is_none() => {
+                        first_error = Some(ErrorFields::parse(frame.body()))
+                    }
                     tag::PARAMETER_STATUS => {
                         if let Some((k, v)) = parse_parameter_status(frame.body()) {
                             self.reported.insert(k, v);

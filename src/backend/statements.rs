@@ -37,7 +37,11 @@ impl StatementCache {
     pub fn insert(&mut self, hash: u64) -> Option<u64> {
         self.tick += 1;
         let evicted = if self.entries.len() >= self.capacity && !self.entries.contains_key(&hash) {
-            let victim = self.entries.iter().min_by_key(|(_, t)| **t).map(|(h, _)| *h);
+            let victim = self
+                .entries
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(h, _)| *h);
             if let Some(v) = victim {
                 self.entries.remove(&v);
             }

@@ -34,7 +34,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .ok_or_else(|| format!("duration {s:?} needs a unit (us, ms, s, m, h)"))?;
     let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("invalid number in duration {s:?}"))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid number in duration {s:?}"))?;
     let secs = match unit.trim() {
         "us" => value / 1_000_000.0,
         "ms" => value / 1000.0,
@@ -52,7 +54,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(ConfigDuration).map_err(serde::de::Error::custom)
+        parse_duration(&s)
+            .map(ConfigDuration)
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -21,9 +21,15 @@ pub const ADMIN_DATABASE: &str = "shardpool";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     #[error("{}", validate::render(.0))]
     Invalid(Vec<Problem>),
 }
@@ -217,7 +223,11 @@ impl UserConfig {
             return Some(p);
         }
         match self.password.as_deref() {
-            Some(p) if !p.starts_with("SCRAM-SHA-256$") && !(p.len() == 35 && p.starts_with("md5")) => Some(p),
+            Some(p)
+                if !p.starts_with("SCRAM-SHA-256$") && !(p.len() == 35 && p.starts_with("md5")) =>
+            {
+                Some(p)
+            }
             _ => None,
         }
     }

@@ -29,25 +29,43 @@ impl Config {
         let g = &self.general;
 
         if g.listen.parse::<SocketAddr>().is_err() {
-            problem("general.listen".into(), format!("{:?} is not an address like 127.0.0.1:6432", g.listen));
+            problem(
+                "general.listen".into(),
+                format!("{:?} is not an address like 127.0.0.1:6432", g.listen),
+            );
         }
         if g.max_client_conn == 0 {
-            problem("general.max_client_conn".into(), "must be at least 1".into());
+            problem(
+                "general.max_client_conn".into(),
+                "must be at least 1".into(),
+            );
         }
         if g.pool_size == 0 {
             problem("general.pool_size".into(), "must be at least 1".into());
         }
         if g.min_pool_size > g.pool_size {
-            problem("general.min_pool_size".into(), "must not exceed general.pool_size".into());
+            problem(
+                "general.min_pool_size".into(),
+                "must not exceed general.pool_size".into(),
+            );
         }
         if g.prepared_statements_cache_size == 0 {
-            problem("general.prepared_statements_cache_size".into(), "must be at least 1".into());
+            problem(
+                "general.prepared_statements_cache_size".into(),
+                "must be at least 1".into(),
+            );
         }
         if g.checkout_timeout.0.is_zero() {
-            problem("general.checkout_timeout".into(), "must be greater than 0".into());
+            problem(
+                "general.checkout_timeout".into(),
+                "must be greater than 0".into(),
+            );
         }
         if g.server_connect_timeout.0.is_zero() {
-            problem("general.server_connect_timeout".into(), "must be greater than 0".into());
+            problem(
+                "general.server_connect_timeout".into(),
+                "must be greater than 0".into(),
+            );
         }
 
         let mut seen = HashSet::new();
@@ -84,14 +102,20 @@ impl Config {
         }
         for a in &g.admin_users {
             if self.user(a).is_none() {
-                problem("general.admin_users".into(), format!("{a:?} is not defined in [[users]]"));
+                problem(
+                    "general.admin_users".into(),
+                    format!("{a:?} is not defined in [[users]]"),
+                );
             }
         }
 
         for (name, db) in &self.databases {
             let key = |field: &str| format!("databases.{name}.{field}");
             if name == ADMIN_DATABASE {
-                problem(format!("databases.{name}"), "this name is reserved for the admin console".into());
+                problem(
+                    format!("databases.{name}"),
+                    "this name is reserved for the admin console".into(),
+                );
             }
             if db.host.is_empty() {
                 problem(key("host"), "must not be empty".into());
@@ -104,14 +128,20 @@ impl Config {
             }
             let size = db.pool_size.unwrap_or(g.pool_size);
             if db.min_pool_size.unwrap_or(g.min_pool_size) > size {
-                problem(key("min_pool_size"), format!("must not exceed the pool size ({size})"));
+                problem(
+                    key("min_pool_size"),
+                    format!("must not exceed the pool size ({size})"),
+                );
             }
         }
 
         if let Some(tls) = &self.tls {
             for (field, path) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
                 if !path.is_file() {
-                    problem(format!("tls.{field}"), format!("{} is not a readable file", path.display()));
+                    problem(
+                        format!("tls.{field}"),
+                        format!("{} is not a readable file", path.display()),
+                    );
                 }
             }
         }
@@ -143,7 +173,9 @@ mod tests {
         "#,
         )
         .unwrap_err();
-        let ConfigError::Invalid(problems) = err else { panic!("{err}") };
+        let ConfigError::Invalid(problems) = err else {
+            panic!("{err}")
+        };
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         for expected in [
             "general.listen",

@@ -37,10 +37,14 @@ impl HandshakeError {
     /// What to tell the client before closing, if the connection is still usable for that.
     pub fn client_error(&self) -> Option<ClientError> {
         match self {
-            HandshakeError::Packet(e) => Some(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
-            HandshakeError::RepeatedNegotiation => {
-                Some(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, "unexpected encryption request"))
-            }
+            HandshakeError::Packet(e) => Some(ClientError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                e.to_string(),
+            )),
+            HandshakeError::RepeatedNegotiation => Some(ClientError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                "unexpected encryption request",
+            )),
             HandshakeError::TlsRequired => Some(ClientError::fatal(
                 sqlstate::INVALID_AUTHORIZATION,
                 "shardpool requires TLS (SSL) connections",
@@ -102,7 +106,10 @@ pub async fn handshake(
     }
 }
 
-async fn negotiate_tls(stream: ClientStream, tls: Option<&TlsAcceptor>) -> Result<ClientStream, HandshakeError> {
+async fn negotiate_tls(
+    stream: ClientStream,
+    tls: Option<&TlsAcceptor>,
+) -> Result<ClientStream, HandshakeError> {
     let ClientStream::Plain(mut tcp) = stream else {
         return Err(HandshakeError::RepeatedNegotiation);
     };

@@ -18,7 +18,10 @@ use super::startup_params::{initial_status, startup_settings};
 use super::stream::ClientStream;
 use crate::context::Context;
 use crate::error::{sqlstate, ClientError, ReportableError};
-use crate::protocol::backend::{authentication_ok, backend_key_data, negotiate_protocol_version, parameter_status, ready_for_query};
+use crate::protocol::backend::{
+    authentication_ok, backend_key_data, negotiate_protocol_version, parameter_status,
+    ready_for_query,
+};
 use crate::protocol::TxStatus;
 
 /// Counts a connection for max_client_conn for as long as it lives.
@@ -30,7 +33,11 @@ impl Drop for ConnectionGuard {
     }
 }
 
-pub async fn accept_loop(ctx: Arc<Context>, listener: TcpListener, tls: Arc<ArcSwapOption<TlsAcceptor>>) {
+pub async fn accept_loop(
+    ctx: Arc<Context>,
+    listener: TcpListener,
+    tls: Arc<ArcSwapOption<TlsAcceptor>>,
+) {
     let mut shutdown = ctx.shutdown_signal();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -43,7 +50,12 @@ pub async fn accept_loop(ctx: Arc<Context>, listener: TcpListener, tls: Arc<ArcS
                     continue;
                 }
             },
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = shutdown.changed() => {
+                if ctx.is_shutting_down() {
+                    return;
+                }
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let ctx = Arc::clone(&ctx);
@@ -57,9 +69,17 @@ pub async fn accept_loop(ctx: Arc<Context>, listener: TcpListener, tls: Arc<ArcS
     }
 }
 
-async fn handle(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr, tls: Option<Arc<TlsAcceptor>>) {
+async fn handle(
+    ctx: Arc<Context>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<TlsAcceptor>>,
+) {
     let config = ctx.config();
-    let require_tls = config.tls.as_ref().is_some_and(|t| t.mode == crate::config::TlsMode::Require);
+    let require_tls = config
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.mode == crate::config::TlsMode::Require);
     let login_timeout = config.general.client_login_timeout.0;
     let started = tokio::time::timeout(login_timeout, async {
         let hs = handshake(tcp, tls.as_deref(), require_tls).await;
@@ -80,14 +100,22 @@ async fn handle(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr, tls: Option
         }
     })
     .await;
-    let Ok(Some((mut stream, params))) = started else { return };
+    let Ok(Some((mut stream, params))) = started else {
+        return;
+    };
 
     if ctx.connections.load(Ordering::Relaxed) > config.general.max_client_conn {
-        let e = ClientError::fatal(sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already");
+        let e = ClientError::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already",
+        );
         return refuse(&mut stream, &e).await;
     }
     if ctx.is_shutting_down() {
-        let e = ClientError::fatal(sqlstate::CANNOT_CONNECT_NOW, "the database system is shutting down");
+        let e = ClientError::fatal(
+            sqlstate::CANNOT_CONNECT_NOW,
+            "the database system is shutting down",
+        );
         return refuse(&mut stream, &e).await;
     }
     let mut out = BytesMut::new();
@@ -97,16 +125,27 @@ async fn handle(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr, tls: Option
         let _ = stream.write_all(&out).await;
         out.clear();
     }
-    let logged_in = match tokio::time::timeout(login_timeout, login(&ctx, &mut stream, &params)).await {
-        Ok(Ok(l)) => l,
-        Ok(Err(LoginError::Refused(e))) => {
-            tracing::info!(%peer, user = params.user(), error = %e.message, "login refused");
-            return refuse(&mut stream, &e).await;
-        }
-        Ok(Err(LoginError::Io(_))) | Err(_) => return,
-    };
-    let app_name = params.params.get("application_name").cloned().unwrap_or_default();
-    let registration = ctx.register_client(&logged_in.user.name, &logged_in.database, peer, &app_name, stream.is_tls());
+    let logged_in =
+        match tokio::time::timeout(login_timeout, login(&ctx, &mut stream, &params)).await {
+            Ok(Ok(l)) => l,
+            Ok(Err(LoginError::Refused(e))) => {
+                tracing::info!(%peer, user = params.user(), error = %e.message, "login refused");
+                return refuse(&mut stream, &e).await;
+            }
+            Ok(Err(LoginError::Io(_))) | Err(_) => return,
+        };
+    let app_name = params
+        .params
+        .get("application_name")
+        .cloned()
+        .unwrap_or_default();
+    let registration = ctx.register_client(
+        &logged_in.user.name,
+        &logged_in.database,
+        peer,
+        &app_name,
+        stream.is_tls(),
+    );
     let key = registration.info.cancel_key;
 
     if logged_in.admin {
@@ -121,15 +160,19 @@ async fn handle(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr, tls: Option
     let baseline = match pool.server_params().await {
         Ok(b) => b,
         Err(e) => {
-            let mut ce = e
-                .client_error()
-                .unwrap_or_else(|| ClientError::fatal(sqlstate::CONNECTION_FAILURE, "server unavailable"));
+            let mut ce = e.client_error().unwrap_or_else(|| {
+                ClientError::fatal(sqlstate::CONNECTION_FAILURE, "server unavailable")
+            });
             ce.severity = crate::protocol::backend::Severity::Fatal;
             return refuse(&mut stream, &ce).await;
         }
     };
     let told = initial_status(&params, &baseline);
-    let settings = startup_settings(&params, &config.general.ignore_startup_parameters, &baseline);
+    let settings = startup_settings(
+        &params,
+        &config.general.ignore_startup_parameters,
+        &baseline,
+    );
     let mut sorted: Vec<_> = told.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     sorted.sort();
     send_login_ok(&mut stream, &sorted, key).await;
@@ -138,13 +181,25 @@ async fn handle(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr, tls: Option
         .get(&logged_in.database)
         .map(|db| config.pool_settings(db, &logged_in.user).mode)
         .unwrap_or_default();
-    let session = Session::new(Arc::clone(&ctx), stream, registration, pool, mode, settings, told);
+    let session = Session::new(
+        Arc::clone(&ctx),
+        stream,
+        registration,
+        pool,
+        mode,
+        settings,
+        told,
+    );
     if let Err(e) = session.run().await {
         tracing::info!(%peer, error = %e, "session ended with an error");
     }
 }
 
-async fn send_login_ok(stream: &mut ClientStream, params: &[(String, String)], key: crate::protocol::startup::CancelKey) {
+async fn send_login_ok(
+    stream: &mut ClientStream,
+    params: &[(String, String)],
+    key: crate::protocol::startup::CancelKey,
+) {
     let mut out = BytesMut::with_capacity(512);
     authentication_ok(&mut out);
     for (k, v) in params {

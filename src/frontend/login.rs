@@ -16,7 +16,10 @@ use crate::auth::{random_salt4, StoredSecret};
 use crate::config::{AuthMethod, UserConfig, ADMIN_DATABASE};
 use crate::context::Context;
 use crate::error::{sqlstate, ClientError};
-use crate::protocol::backend::{authentication_md5, authentication_sasl, authentication_sasl_continue, authentication_sasl_final};
+use crate::protocol::backend::{
+    authentication_md5, authentication_sasl, authentication_sasl_continue,
+    authentication_sasl_final,
+};
 use crate::protocol::framing::split_frame;
 use crate::protocol::frontend::{parse_password, parse_sasl_initial};
 use crate::protocol::startup::StartupParams;
@@ -45,7 +48,11 @@ pub struct LoggedIn {
     pub admin: bool,
 }
 
-pub async fn login(ctx: &Arc<Context>, stream: &mut ClientStream, params: &StartupParams) -> Result<LoggedIn, LoginError> {
+pub async fn login(
+    ctx: &Arc<Context>,
+    stream: &mut ClientStream,
+    params: &StartupParams,
+) -> Result<LoggedIn, LoginError> {
     let config = ctx.config();
     let user_name = params.user();
     if params.params.contains_key("replication") {
@@ -76,7 +83,10 @@ pub async fn login(ctx: &Arc<Context>, stream: &mut ClientStream, params: &Start
         if !config.is_admin(&user.name) {
             return Err(LoginError::refused(
                 sqlstate::INVALID_AUTHORIZATION,
-                format!("user \"{}\" is not allowed to use the admin console", user.name),
+                format!(
+                    "user \"{}\" is not allowed to use the admin console",
+                    user.name
+                ),
             ));
         }
         return Ok(LoggedIn {
@@ -113,14 +123,25 @@ async fn read_password_message(stream: &mut ClientStream) -> Result<Frame, Login
             Ok(Some(f)) => {
                 return Err(LoginError::refused(
                     sqlstate::PROTOCOL_VIOLATION,
-                    format!("expected password response, got message type {:?}", f.tag as char),
+                    format!(
+                        "expected password response, got message type {:?}",
+                        f.tag as char
+                    ),
                 ))
             }
             Ok(None) if buf.len() > MAX_AUTH_MESSAGE => {
-                return Err(LoginError::refused(sqlstate::PROTOCOL_VIOLATION, "authentication message too long"))
+                return Err(LoginError::refused(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "authentication message too long",
+                ))
             }
             Ok(None) => {}
-            Err(e) => return Err(LoginError::refused(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+            Err(e) => {
+                return Err(LoginError::refused(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    e.to_string(),
+                ))
+            }
         }
         if stream.read_buf(&mut buf).await? == 0 {
             return Err(LoginError::Io(std::io::ErrorKind::UnexpectedEof.into()));
@@ -135,13 +156,20 @@ async fn md5_exchange(stream: &mut ClientStream, user: &UserConfig) -> Result<bo
     send(stream, &out).await?;
     let frame = read_password_message(stream).await?;
     let Some(response) = parse_password(frame.body()) else {
-        return Err(LoginError::refused(sqlstate::PROTOCOL_VIOLATION, "malformed password message"));
+        return Err(LoginError::refused(
+            sqlstate::PROTOCOL_VIOLATION,
+            "malformed password message",
+        ));
     };
     let secret = StoredSecret::parse(user.password.as_deref().unwrap_or(""));
     Ok(verify_md5_response(&user.name, &secret, salt, response))
 }
 
-async fn scram_exchange(ctx: &Context, stream: &mut ClientStream, user: &UserConfig) -> Result<bool, LoginError> {
+async fn scram_exchange(
+    ctx: &Context,
+    stream: &mut ClientStream,
+    user: &UserConfig,
+) -> Result<bool, LoginError> {
     let Some(verifier) = ctx.scram_verifier(user) else {
         return Ok(false);
     };
@@ -151,7 +179,10 @@ async fn scram_exchange(ctx: &Context, stream: &mut ClientStream, user: &UserCon
 
     let frame = read_password_message(stream).await?;
     let Some((mechanism, data)) = parse_sasl_initial(frame.body()) else {
-        return Err(LoginError::refused(sqlstate::PROTOCOL_VIOLATION, "malformed SASLInitialResponse"));
+        return Err(LoginError::refused(
+            sqlstate::PROTOCOL_VIOLATION,
+            "malformed SASLInitialResponse",
+        ));
     };
     if mechanism != b"SCRAM-SHA-256" {
         return Err(LoginError::refused(
@@ -162,7 +193,12 @@ async fn scram_exchange(ctx: &Context, stream: &mut ClientStream, user: &UserCon
     let mut server = ScramServer::new(verifier);
     let first = match server.client_first(data) {
         Ok(f) => f,
-        Err(e) => return Err(LoginError::refused(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+        Err(e) => {
+            return Err(LoginError::refused(
+                sqlstate::PROTOCOL_VIOLATION,
+                e.to_string(),
+            ))
+        }
     };
     out.clear();
     authentication_sasl_continue(&mut out, &first);

@@ -29,9 +29,14 @@ pub enum Fabricated {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expect {
     /// ParseComplete. `statement` is the renamed statement's hash, confirmed in the server's cache on success.
-    Parse { forward: bool, statement: Option<u64> },
+    Parse {
+        forward: bool,
+        statement: Option<u64>,
+    },
     Bind,
-    Close { forward: bool },
+    Close {
+        forward: bool,
+    },
     /// Describe: completes at RowDescription or NoData.
     Describe,
     /// Execute: completes at CommandComplete, EmptyQueryResponse or PortalSuspended.
@@ -39,7 +44,9 @@ pub enum Expect {
     /// Sync: completes at ReadyForQuery.
     Sync,
     /// Simple Query or FunctionCall: completes at ReadyForQuery. `forward: false` for shardpool's own queries.
-    Query { forward: bool },
+    Query {
+        forward: bool,
+    },
     /// A reply shardpool writes itself when this entry reaches the front of the queue.
     Fabricated(Fabricated),
 }
@@ -47,7 +54,9 @@ pub enum Expect {
 impl Expect {
     fn forwards(self) -> bool {
         match self {
-            Expect::Parse { forward, .. } | Expect::Close { forward } | Expect::Query { forward } => forward,
+            Expect::Parse { forward, .. }
+            | Expect::Close { forward }
+            | Expect::Query { forward } => forward,
             _ => true,
         }
     }
@@ -145,7 +154,9 @@ impl Relay {
         };
         match msg_tag {
             // Asynchronous messages may arrive at any time.
-            tag::NOTICE_RESPONSE | tag::NOTIFICATION_RESPONSE | tag::PARAMETER_STATUS => return Ok(out),
+            tag::NOTICE_RESPONSE | tag::NOTIFICATION_RESPONSE | tag::PARAMETER_STATUS => {
+                return Ok(out)
+            }
             tag::ERROR_RESPONSE => {
                 self.in_copy_in = false;
                 match front {
@@ -160,7 +171,10 @@ impl Relay {
                             if e == Expect::Fabricated(Fabricated::Error) {
                                 self.errors.pop_front();
                             }
-                            if let Expect::Parse { statement: Some(h), .. } = e {
+                            if let Expect::Parse {
+                                statement: Some(h), ..
+                            } = e
+                            {
                                 out.failed_statements.push(h);
                             }
                         }
@@ -169,7 +183,8 @@ impl Relay {
                 return Ok(out);
             }
             tag::READY_FOR_QUERY => {
-                let status = crate::protocol::backend::parse_ready_for_query(body).ok_or_else(desync)?;
+                let status =
+                    crate::protocol::backend::parse_ready_for_query(body).ok_or_else(desync)?;
                 match front {
                     Some(Expect::Sync) | Some(Expect::Query { .. }) => {
                         self.queue.pop_front();
@@ -185,7 +200,9 @@ impl Relay {
             }
             _ => {}
         }
-        let Some(front) = front else { return Err(desync()) };
+        let Some(front) = front else {
+            return Err(desync());
+        };
         let completes = match (front, msg_tag) {
             (Expect::Parse { statement, .. }, tag::PARSE_COMPLETE) => {
                 out.prepared = statement;
@@ -195,7 +212,10 @@ impl Relay {
             (Expect::Close { .. }, tag::CLOSE_COMPLETE) => true,
             (Expect::Describe, tag::PARAMETER_DESCRIPTION) => false,
             (Expect::Describe, tag::ROW_DESCRIPTION | tag::NO_DATA) => true,
-            (Expect::Execute, tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED) => true,
+            (
+                Expect::Execute,
+                tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED,
+            ) => true,
             (Expect::Execute | Expect::Query { .. }, tag::COPY_IN_RESPONSE) => {
                 self.in_copy_in = true;
                 out.copy_in = true;
@@ -245,7 +265,15 @@ mod tests {
     #[test]
     fn pipelined_extended_batch_completes_at_each_sync() {
         let mut r = Relay::default();
-        for e in [Expect::Parse { forward: true, statement: None }, Expect::Bind, Expect::Execute, Expect::Sync] {
+        for e in [
+            Expect::Parse {
+                forward: true,
+                statement: None,
+            },
+            Expect::Bind,
+            Expect::Execute,
+            Expect::Sync,
+        ] {
             r.push(e);
         }
         for e in [Expect::Bind, Expect::Execute, Expect::Sync] {
@@ -261,13 +289,19 @@ mod tests {
     #[test]
     fn error_skips_to_sync_and_reports_failed_statements() {
         let mut r = Relay::default();
-        r.push(Expect::Parse { forward: false, statement: Some(7) });
+        r.push(Expect::Parse {
+            forward: false,
+            statement: Some(7),
+        });
         r.push(Expect::Bind);
         r.push(Expect::Fabricated(Fabricated::CloseComplete));
         r.push(Expect::Execute);
         r.push(Expect::Sync);
         let o = r.on_server_message(b'E', b"").unwrap();
-        assert!(o.forward, "the error of an injected Parse still reaches the client");
+        assert!(
+            o.forward,
+            "the error of an injected Parse still reaches the client"
+        );
         assert_eq!(o.failed_statements, vec![7]);
         assert_eq!(r.len(), 1);
         let mut out = BytesMut::new();

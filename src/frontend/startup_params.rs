@@ -13,10 +13,16 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
 /// Compares encodings and similar values the way Postgres treats their spellings ("UTF8" = "utf-8").
 fn normalized(v: &str) -> String {
-    v.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_lowercase()).collect()
+    v.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
 }
 
-fn baseline_value<'a>(baseline: &'a BTreeMap<String, String>, name: &str) -> Option<(&'a str, &'a str)> {
+fn baseline_value<'a>(
+    baseline: &'a BTreeMap<String, String>,
+    name: &str,
+) -> Option<(&'a str, &'a str)> {
     baseline
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -57,8 +63,14 @@ pub fn startup_settings(
 
 /// The ParameterStatus set a client is told at login: the server's values, with the client's own startup values
 /// for the parameters it set.
-pub fn initial_status(params: &StartupParams, baseline: &BTreeMap<String, String>) -> HashMap<String, String> {
-    let mut told: HashMap<String, String> = baseline.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+pub fn initial_status(
+    params: &StartupParams,
+    baseline: &BTreeMap<String, String>,
+) -> HashMap<String, String> {
+    let mut told: HashMap<String, String> = baseline
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let mut apply = |name: &str, value: &str| {
         if let Some((canonical, base)) = baseline_value(baseline, name) {
             if normalized(base) != normalized(value) {
@@ -86,16 +98,23 @@ mod tests {
     fn params(pairs: &[(&str, &str)]) -> StartupParams {
         StartupParams {
             minor_version: 0,
-            params: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            params: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
     #[test]
     fn defaults_cost_nothing_and_others_become_sets() {
-        let baseline: BTreeMap<_, _> = [("client_encoding", "UTF8"), ("application_name", ""), ("TimeZone", "UTC")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let baseline: BTreeMap<_, _> = [
+            ("client_encoding", "UTF8"),
+            ("application_name", ""),
+            ("TimeZone", "UTC"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
         let p = params(&[
             ("user", "u"),
             ("client_encoding", "utf-8"),

@@ -94,7 +94,9 @@ pub fn empty_query_response(buf: &mut BytesMut) {
 }
 
 pub fn command_complete(buf: &mut BytesMut, command_tag: &str) {
-    put_message(buf, tag::COMMAND_COMPLETE, |b| put_cstr(b, command_tag.as_bytes()));
+    put_message(buf, tag::COMMAND_COMPLETE, |b| {
+        put_cstr(b, command_tag.as_bytes())
+    });
 }
 
 /// NegotiateProtocolVersion: we speak 3.0 and no `_pq_` options.
@@ -129,7 +131,13 @@ impl Severity {
 }
 
 /// Writes an ErrorResponse ('E') or, for notice severities, a NoticeResponse ('N').
-pub fn error_response(buf: &mut BytesMut, severity: Severity, code: &str, message: &str, detail: Option<&str>) {
+pub fn error_response(
+    buf: &mut BytesMut,
+    severity: Severity,
+    code: &str,
+    message: &str,
+    detail: Option<&str>,
+) {
     let msg_tag = match severity {
         Severity::Error | Severity::Fatal => tag::ERROR_RESPONSE,
         Severity::Notice | Severity::Warning => tag::NOTICE_RESPONSE,
@@ -203,7 +211,9 @@ impl ErrorFields {
             if field == 0 {
                 break;
             }
-            let Some((value, next)) = read_cstr(body, pos + 1) else { break };
+            let Some((value, next)) = read_cstr(body, pos + 1) else {
+                break;
+            };
             let value = String::from_utf8_lossy(value).into_owned();
             match field {
                 b'V' => out.severity = value,
@@ -249,7 +259,13 @@ mod tests {
     #[test]
     fn error_response_round_trips_through_the_parser() {
         let mut buf = BytesMut::new();
-        error_response(&mut buf, Severity::Fatal, "28P01", "password authentication failed", None);
+        error_response(
+            &mut buf,
+            Severity::Fatal,
+            "28P01",
+            "password authentication failed",
+            None,
+        );
         let f = split_frame(&mut buf).unwrap().unwrap();
         assert_eq!(f.tag, b'E');
         let e = ErrorFields::parse(f.body());
@@ -264,7 +280,10 @@ mod tests {
         assert_eq!(&buf[..], b"Z\x00\x00\x00\x05T");
         let mut buf = BytesMut::new();
         data_row(&mut buf, &[Some("ab"), None]);
-        assert_eq!(&buf[..], b"D\x00\x00\x00\x10\x00\x02\x00\x00\x00\x02ab\xff\xff\xff\xff");
+        assert_eq!(
+            &buf[..],
+            b"D\x00\x00\x00\x10\x00\x02\x00\x00\x00\x02ab\xff\xff\xff\xff"
+        );
     }
 
     #[test]

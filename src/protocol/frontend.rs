@@ -155,18 +155,27 @@ mod tests {
         write_parse(&mut out, b"sp_abc", v.query, v.param_types);
         let g = split_frame(&mut out).unwrap().unwrap();
         let w = parse_parse(g.body()).unwrap();
-        assert_eq!((w.name, w.query, w.param_types), (&b"sp_abc"[..], v.query, v.param_types));
+        assert_eq!(
+            (w.name, w.query, w.param_types),
+            (&b"sp_abc"[..], v.query, v.param_types)
+        );
     }
 
     #[test]
     fn malformed_bodies_are_rejected_not_panicked_on() {
         assert_eq!(parse_parse(b"s1\x00SELECT"), None);
-        assert_eq!(parse_parse(b"s1\x00SELECT\x00\x00\x02\x00\x00\x00\x17"), None);
+        assert_eq!(
+            parse_parse(b"s1\x00SELECT\x00\x00\x02\x00\x00\x00\x17"),
+            None
+        );
         assert_eq!(parse_parse(b"s1\x00SELECT\x00\xff\xff"), None);
         assert_eq!(parse_bind(b"portal"), None);
         assert_eq!(parse_target(b"Xname\x00"), None);
         assert_eq!(parse_target(b"S"), None);
-        assert_eq!(parse_sasl_initial(b"SCRAM-SHA-256\x00\x00\x00\x00\x09abc"), None);
+        assert_eq!(
+            parse_sasl_initial(b"SCRAM-SHA-256\x00\x00\x00\x00\x09abc"),
+            None
+        );
         assert_eq!(
             parse_sasl_initial(b"SCRAM-SHA-256\x00\x00\x00\x00\x03abc"),
             Some((&b"SCRAM-SHA-256"[..], &b"abc"[..]))

@@ -95,7 +95,9 @@ pub fn decode(body: &[u8]) -> Result<StartupPacket, StartupError> {
         SSL_REQUEST_CODE if rest.is_empty() => Ok(StartupPacket::SslRequest),
         GSSENC_REQUEST_CODE if rest.is_empty() => Ok(StartupPacket::GssEncRequest),
         CANCEL_REQUEST_CODE => decode_cancel(rest),
-        SSL_REQUEST_CODE | GSSENC_REQUEST_CODE => Err(StartupError::Malformed("request with a body")),
+        SSL_REQUEST_CODE | GSSENC_REQUEST_CODE => {
+            Err(StartupError::Malformed("request with a body"))
+        }
         _ => decode_startup(code, rest),
     }
 }
@@ -118,21 +120,27 @@ fn decode_startup(code: u32, rest: &[u8]) -> Result<StartupPacket, StartupError>
     let mut params = BTreeMap::new();
     let mut pos = 0;
     loop {
-        let (name, next) = read_cstr(rest, pos).ok_or(StartupError::Malformed("unterminated parameter name"))?;
+        let (name, next) =
+            read_cstr(rest, pos).ok_or(StartupError::Malformed("unterminated parameter name"))?;
         if name.is_empty() {
             if next != rest.len() {
                 return Err(StartupError::Malformed("bytes after the terminator"));
             }
             break;
         }
-        let (value, next) = read_cstr(rest, next).ok_or(StartupError::Malformed("unterminated parameter value"))?;
-        let name = std::str::from_utf8(name).map_err(|_| StartupError::Malformed("parameter name is not UTF-8"))?;
-        let value = std::str::from_utf8(value).map_err(|_| StartupError::Malformed("parameter value is not UTF-8"))?;
+        let (value, next) =
+            read_cstr(rest, next).ok_or(StartupError::Malformed("unterminated parameter value"))?;
+        let name = std::str::from_utf8(name)
+            .map_err(|_| StartupError::Malformed("parameter name is not UTF-8"))?;
+        let value = std::str::from_utf8(value)
+            .map_err(|_| StartupError::Malformed("parameter value is not UTF-8"))?;
         params.insert(name.to_owned(), value.to_owned());
         pos = next;
     }
     if params.get("user").is_none_or(|u| u.is_empty()) {
-        return Err(StartupError::Malformed("no PostgreSQL user name specified in startup packet"));
+        return Err(StartupError::Malformed(
+            "no PostgreSQL user name specified in startup packet",
+        ));
     }
     Ok(StartupPacket::Startup(StartupParams {
         minor_version: minor,
@@ -177,8 +185,15 @@ mod tests {
 
     #[test]
     fn round_trips_a_startup_message() {
-        let raw = encode_startup(&[("user", "app"), ("database", "db"), ("application_name", "x")]);
-        assert_eq!(check_length(raw[..4].try_into().unwrap()).unwrap(), raw.len());
+        let raw = encode_startup(&[
+            ("user", "app"),
+            ("database", "db"),
+            ("application_name", "x"),
+        ]);
+        assert_eq!(
+            check_length(raw[..4].try_into().unwrap()).unwrap(),
+            raw.len()
+        );
         match decode(body_of(&raw)).unwrap() {
             StartupPacket::Startup(p) => {
                 assert_eq!(p.user(), "app");
@@ -192,14 +207,22 @@ mod tests {
     #[test]
     fn database_defaults_to_user() {
         let raw = encode_startup(&[("user", "app")]);
-        let StartupPacket::Startup(p) = decode(body_of(&raw)).unwrap() else { panic!() };
+        let StartupPacket::Startup(p) = decode(body_of(&raw)).unwrap() else {
+            panic!()
+        };
         assert_eq!(p.database(), "app");
     }
 
     #[test]
     fn decodes_the_special_requests() {
-        assert_eq!(decode(&SSL_REQUEST_CODE.to_be_bytes()).unwrap(), StartupPacket::SslRequest);
-        assert_eq!(decode(&GSSENC_REQUEST_CODE.to_be_bytes()).unwrap(), StartupPacket::GssEncRequest);
+        assert_eq!(
+            decode(&SSL_REQUEST_CODE.to_be_bytes()).unwrap(),
+            StartupPacket::SslRequest
+        );
+        assert_eq!(
+            decode(&GSSENC_REQUEST_CODE.to_be_bytes()).unwrap(),
+            StartupPacket::GssEncRequest
+        );
         let c = encode_cancel(CancelKey { pid: 7, secret: -3 });
         assert_eq!(
             decode(body_of(&c)).unwrap(),
@@ -212,13 +235,13 @@ mod tests {
         let cases: &[&[u8]] = &[
             b"",
             b"\x00\x01",
-            b"\x00\x02\x00\x00user\x00x\x00\x00",        // protocol 2
-            b"\x00\x03\x00\x00user\x00x\x00",            // no terminator
-            b"\x00\x03\x00\x00user\x00",                 // value missing
-            b"\x00\x03\x00\x00database\x00d\x00\x00",    // no user
+            b"\x00\x02\x00\x00user\x00x\x00\x00", // protocol 2
+            b"\x00\x03\x00\x00user\x00x\x00",     // no terminator
+            b"\x00\x03\x00\x00user\x00",          // value missing
+            b"\x00\x03\x00\x00database\x00d\x00\x00", // no user
             b"\x00\x03\x00\x00user\x00x\x00\x00trailing", // bytes after terminator
-            b"\x00\x03\x00\x00user\x00\xff\x00\x00",     // not UTF-8
-            b"\x04\xd2\x16\x2e\x00\x00\x00\x01",         // cancel too short
+            b"\x00\x03\x00\x00user\x00\xff\x00\x00", // not UTF-8
+            b"\x04\xd2\x16\x2e\x00\x00\x00\x01",  // cancel too short
         ];
         for c in cases {
             assert!(decode(c).is_err(), "{c:?}");

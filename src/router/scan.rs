@@ -36,7 +36,10 @@ fn skip_token(b: &[u8], i: usize) -> usize {
     match b[i] {
         b'\'' => skip_quoted(b, i + 1, b'\''),
         b'"' => skip_quoted(b, i + 1, b'"'),
-        b'-' if b.get(i + 1) == Some(&b'-') => b[i..].iter().position(|&c| c == b'\n').map_or(b.len(), |p| i + p + 1),
+        b'-' if b.get(i + 1) == Some(&b'-') => b[i..]
+            .iter()
+            .position(|&c| c == b'\n')
+            .map_or(b.len(), |p| i + p + 1),
         b'/' if b.get(i + 1) == Some(&b'*') => skip_block_comment(b, i + 2),
         b'$' => skip_dollar(b, i),
         _ => i + 1,
@@ -141,7 +144,8 @@ impl<'a> Iterator for Words<'a> {
         self.skip_space();
         let b = self.s.as_bytes();
         let start = self.pos;
-        while self.pos < b.len() && (b[self.pos].is_ascii_alphanumeric() || b[self.pos] == b'_' || b[self.pos] >= 0x80)
+        while self.pos < b.len()
+            && (b[self.pos].is_ascii_alphanumeric() || b[self.pos] == b'_' || b[self.pos] >= 0x80)
         {
             self.pos += 1;
         }
@@ -181,7 +185,14 @@ mod tests {
     fn splits_at_top_level_semicolons_only() {
         let sql = "SET a = 'x;y'; select $$;$$, \"q;\" -- c;\n; /* ; /* ; */ */ BEGIN;; ";
         let v: Vec<_> = statements(sql).collect();
-        assert_eq!(v, vec!["SET a = 'x;y'", "select $$;$$, \"q;\" -- c;", "/* ; /* ; */ */ BEGIN"]);
+        assert_eq!(
+            v,
+            vec![
+                "SET a = 'x;y'",
+                "select $$;$$, \"q;\" -- c;",
+                "/* ; /* ; */ */ BEGIN"
+            ]
+        );
     }
 
     #[test]
@@ -203,9 +214,18 @@ mod tests {
 
     #[test]
     fn finds_words_outside_literals() {
-        assert!(contains_word_ci("select PG_ADVISORY_LOCK(1)", "pg_advisory_lock"));
-        assert!(!contains_word_ci("select 'pg_advisory_lock(1)'", "pg_advisory_lock"));
-        assert!(!contains_word_ci("select 1 -- pg_advisory_lock", "pg_advisory_lock"));
+        assert!(contains_word_ci(
+            "select PG_ADVISORY_LOCK(1)",
+            "pg_advisory_lock"
+        ));
+        assert!(!contains_word_ci(
+            "select 'pg_advisory_lock(1)'",
+            "pg_advisory_lock"
+        ));
+        assert!(!contains_word_ci(
+            "select 1 -- pg_advisory_lock",
+            "pg_advisory_lock"
+        ));
     }
 
     #[test]

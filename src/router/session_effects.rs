@@ -19,9 +19,11 @@ impl Setting {
         match name {
             "role" => "RESET ROLE".into(),
             "session_authorization" => "RESET SESSION AUTHORIZATION".into(),
-            "session_characteristics" => "RESET default_transaction_isolation; RESET default_transaction_read_only; \
+            "session_characteristics" => {
+                "RESET default_transaction_isolation; RESET default_transaction_read_only; \
                                           RESET default_transaction_deferrable"
-                .into(),
+                    .into()
+            }
             other => format!("RESET {}", quote_name(other)),
         }
     }
@@ -114,7 +116,8 @@ pub fn statement_effect(stmt: &str) -> Option<SessionEffect> {
         }
         return None;
     }
-    if contains_word_ci(stmt, "pg_advisory_lock") || contains_word_ci(stmt, "pg_try_advisory_lock") {
+    if contains_word_ci(stmt, "pg_advisory_lock") || contains_word_ci(stmt, "pg_try_advisory_lock")
+    {
         return Some(SessionEffect::NeedsSession("session advisory locks"));
     }
     None
@@ -169,7 +172,7 @@ fn set_effect(mut words: Words<'_>) -> Option<SessionEffect> {
     let (full, after) = dotted_name(name, words.rest());
     let value = after
         .strip_prefix('=')
-        .or_else(|| strip_keyword(after, "TO"))?
+        .or_else(|| strip_keyword(&after, "TO"))?
         .trim();
     if value.is_empty() {
         return None;
@@ -204,12 +207,16 @@ fn dotted_name(first: &str, rest: &str) -> (String, String) {
 fn strip_keyword<'a>(s: &'a str, k: &str) -> Option<&'a str> {
     let head = s.get(..k.len())?;
     let tail = &s[k.len()..];
-    (head.eq_ignore_ascii_case(k) && tail.starts_with(|c: char| c.is_whitespace() || c == '\'')).then_some(tail)
+    (head.eq_ignore_ascii_case(k) && tail.starts_with(|c: char| c.is_whitespace() || c == '\''))
+        .then_some(tail)
 }
 
 fn quote_name(name: &str) -> String {
     // GUC names are identifiers, possibly dotted; they contain only [a-z0-9_.] once lower-cased.
-    if name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.') {
+    if name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+    {
         name.to_owned()
     } else {
         format!("\"{}\"", name.replace('"', "\"\""))
@@ -278,26 +285,68 @@ mod tests {
 
     #[test]
     fn recognises_set_forms() {
-        assert_eq!(statement_effect("SET search_path = a, b"), Some(set("search_path", "SET search_path TO a, b")));
-        assert_eq!(statement_effect("set SESSION DateStyle to 'ISO'"), Some(set("datestyle", "SET datestyle TO 'ISO'")));
-        assert_eq!(statement_effect("SET TIME ZONE 'UTC'"), Some(set("timezone", "SET TIME ZONE 'UTC'")));
-        assert_eq!(statement_effect("SET myapp.user_id = '42'"), Some(set("myapp.user_id", "SET myapp.user_id TO '42'")));
-        assert_eq!(statement_effect("SET ROLE reader"), Some(set("role", "SET ROLE reader")));
+        assert_eq!(
+            statement_effect("SET search_path = a, b"),
+            Some(set("search_path", "SET search_path TO a, b"))
+        );
+        assert_eq!(
+            statement_effect("set SESSION DateStyle to 'ISO'"),
+            Some(set("datestyle", "SET datestyle TO 'ISO'"))
+        );
+        assert_eq!(
+            statement_effect("SET TIME ZONE 'UTC'"),
+            Some(set("timezone", "SET TIME ZONE 'UTC'"))
+        );
+        assert_eq!(
+            statement_effect("SET myapp.user_id = '42'"),
+            Some(set("myapp.user_id", "SET myapp.user_id TO '42'"))
+        );
+        assert_eq!(
+            statement_effect("SET ROLE reader"),
+            Some(set("role", "SET ROLE reader"))
+        );
         assert_eq!(statement_effect("SET LOCAL statement_timeout = 5"), None);
-        assert_eq!(statement_effect("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"), None);
-        assert_eq!(statement_effect("SET work_mem TO DEFAULT"), Some(SessionEffect::Reset("work_mem".into())));
+        assert_eq!(
+            statement_effect("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+            None
+        );
+        assert_eq!(
+            statement_effect("SET work_mem TO DEFAULT"),
+            Some(SessionEffect::Reset("work_mem".into()))
+        );
     }
 
     #[test]
     fn recognises_resets_and_session_features() {
         assert_eq!(statement_effect("RESET ALL"), Some(SessionEffect::ResetAll));
-        assert_eq!(statement_effect("reset TimeZone"), Some(SessionEffect::Reset("timezone".into())));
-        assert_eq!(statement_effect("DISCARD ALL"), Some(SessionEffect::DiscardAll));
-        assert_eq!(statement_effect("DEALLOCATE PREPARE s1"), Some(SessionEffect::Deallocate("s1".into())));
-        assert_eq!(statement_effect("deallocate all"), Some(SessionEffect::DeallocateAll));
-        assert_eq!(statement_effect("LISTEN chan"), Some(SessionEffect::NeedsSession("LISTEN")));
-        assert!(matches!(statement_effect("CREATE TEMP TABLE t (a int)"), Some(SessionEffect::NeedsSession(_))));
-        assert!(matches!(statement_effect("select pg_advisory_lock(1)"), Some(SessionEffect::NeedsSession(_))));
+        assert_eq!(
+            statement_effect("reset TimeZone"),
+            Some(SessionEffect::Reset("timezone".into()))
+        );
+        assert_eq!(
+            statement_effect("DISCARD ALL"),
+            Some(SessionEffect::DiscardAll)
+        );
+        assert_eq!(
+            statement_effect("DEALLOCATE PREPARE s1"),
+            Some(SessionEffect::Deallocate("s1".into()))
+        );
+        assert_eq!(
+            statement_effect("deallocate all"),
+            Some(SessionEffect::DeallocateAll)
+        );
+        assert_eq!(
+            statement_effect("LISTEN chan"),
+            Some(SessionEffect::NeedsSession("LISTEN"))
+        );
+        assert!(matches!(
+            statement_effect("CREATE TEMP TABLE t (a int)"),
+            Some(SessionEffect::NeedsSession(_))
+        ));
+        assert!(matches!(
+            statement_effect("select pg_advisory_lock(1)"),
+            Some(SessionEffect::NeedsSession(_))
+        ));
         assert_eq!(statement_effect("select pg_advisory_xact_lock(1)"), None);
         assert_eq!(statement_effect("CREATE TABLE t (a int)"), None);
         assert_eq!(statement_effect("SELECT 'SET x = 1'"), None);
@@ -306,7 +355,10 @@ mod tests {
     #[test]
     fn multi_statement_strings() {
         let e = effects("BEGIN; SET a = 1; SELECT 1; RESET b; COMMIT");
-        assert_eq!(e, vec![set("a", "SET a TO 1"), SessionEffect::Reset("b".into())]);
+        assert_eq!(
+            e,
+            vec![set("a", "SET a TO 1"), SessionEffect::Reset("b".into())]
+        );
     }
 
     #[test]
@@ -319,6 +371,9 @@ mod tests {
                 ("search_path".into(), "x".into())
             ]
         );
-        assert_eq!(Setting::from_startup("TimeZone", "it's").apply, "SET timezone TO 'it''s'");
+        assert_eq!(
+            Setting::from_startup("TimeZone", "it's").apply,
+            "SET timezone TO 'it''s'"
+        );
     }
 }

@@ -34,6 +34,14 @@ impl Session {
     pub(super) async fn run_attached(&mut self) -> Result<(), SessionError> {
         let idle_tx_timeout = self.ctx.config().general.idle_transaction_timeout.enabled();
         loop {
+            // Messages that arrived in the same read as the one that started this transaction.
+            while let Some(frame) =
+                split_frame(&mut self.cin).map_err(|e| protocol_violation(e.to_string()))?
+            {
+                if self.on_client_frame(frame)? == Flow::ClientGone {
+                    return Err(SessionError::ClientGone);
+                }
+            }
             self.relay.emit_fabricated(&mut self.cout);
             if self.can_release() {
                 self.release();
@@ -42,7 +50,10 @@ impl Session {
             let waiting_on_client = self.relay.is_empty()
                 && self.sout.is_empty()
                 && self.cout.is_empty()
-                && self.server.as_ref().is_some_and(|s| s.status != TxStatus::Idle);
+                && self
+                    .server
+                    .as_ref()
+                    .is_some_and(|s| s.status != TxStatus::Idle);
             let event = match (idle_tx_timeout, waiting_on_client) {
                 (Some(t), true) => match tokio::time::timeout(t, self.pump()).await {
                     Ok(r) => r?,
@@ -57,13 +68,6 @@ impl Session {
             };
             if event.server_data {
                 self.on_server_data()?;
-            }
-            if event.client_data {
-                while let Some(frame) = split_frame(&mut self.cin).map_err(|e| protocol_violation(e.to_string()))? {
-                    if self.on_client_frame(frame)? == Flow::ClientGone {
-                        return Err(SessionError::ClientGone);
-                    }
-                }
             }
             if event.client_eof {
                 return Err(SessionError::ClientGone);
@@ -85,7 +89,9 @@ impl Session {
             write_some(cx, Pin::new(&mut *stream), sout).map_err(SessionError::ServerIo)?;
             let before = cout.len();
             write_some(cx, Pin::new(&mut *client), cout).map_err(SessionError::ClientIo)?;
-            stats.bytes_sent.fetch_add((before - cout.len()) as u64, Ordering::Relaxed);
+            stats
+                .bytes_sent
+                .fetch_add((before - cout.len()) as u64, Ordering::Relaxed);
             if sout.len() < HIGH_WATER {
                 reserve(cin);
                 match poll_read_buf(Pin::new(&mut *client), cx, cin) {
@@ -102,7 +108,9 @@ impl Session {
                 reserve(sin);
                 match poll_read_buf(Pin::new(&mut *stream), cx, sin) {
                     Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(SessionError::ServerIo(io::ErrorKind::UnexpectedEof.into())))
+                        return Poll::Ready(Err(SessionError::ServerIo(
+                            io::ErrorKind::UnexpectedEof.into(),
+                        )))
                     }
                     Poll::Ready(Ok(_)) => ev.server_data = true,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ServerIo(e))),
@@ -125,7 +133,9 @@ impl Session {
 
     /// Accounts for and forwards every whole server message in the server's read buffer.
     fn on_server_data(&mut self) -> Result<(), SessionError> {
-        let Some(mut server) = self.server.take() else { return Ok(()) };
+        let Some(mut server) = self.server.take() else {
+            return Ok(());
+        };
         let result = self.process_server_messages(&mut server);
         if result.is_err() {
             server.broken = true;
@@ -134,8 +144,13 @@ impl Session {
         result
     }
 
-    fn process_server_messages(&mut self, server: &mut crate::backend::ServerConn) -> Result<(), SessionError> {
-        while let Some(frame) = split_frame(&mut server.rbuf).map_err(|e| SessionError::ServerProtocol(e.to_string()))? {
+    fn process_server_messages(
+        &mut self,
+        server: &mut crate::backend::ServerConn,
+    ) -> Result<(), SessionError> {
+        while let Some(frame) = split_frame(&mut server.rbuf)
+            .map_err(|e| SessionError::ServerProtocol(e.to_string()))?
+        {
             self.relay.emit_fabricated(&mut self.cout);
             let outcome = self
                 .relay
@@ -143,6 +158,9 @@ impl Session {
                 .map_err(|e| SessionError::ServerProtocol(e.to_string()))?;
             for h in &outcome.failed_statements {
                 server.statements.remove(*h);
+            }
+            if let Some(h) = outcome.prepared {
+                self.ctx.remember_statement(h);
             }
             let mut forward = outcome.forward;
             match frame.tag {
@@ -159,7 +177,9 @@ impl Session {
                 tag::ERROR_RESPONSE if outcome.forward => {
                     self.batch_failed = true;
                     let fields = ErrorFields::parse(frame.body());
-                    if fields.code == sqlstate::FEATURE_NOT_SUPPORTED && fields.message.contains("cached plan") {
+                    if fields.code == sqlstate::FEATURE_NOT_SUPPORTED
+                        && fields.message.contains("cached plan")
+                    {
                         // The result type changed under DDL: every statement prepared on this server may be stale.
                         server.needs_deallocate = true;
                     }
@@ -200,7 +220,11 @@ fn reserve(buf: &mut BytesMut) {
 }
 
 /// Writes as much of `buf` as the socket takes now; registers for wakeup if it is full.
-fn write_some<W: AsyncWrite + ?Sized>(cx: &mut Context<'_>, mut w: Pin<&mut W>, buf: &mut BytesMut) -> io::Result<()> {
+fn write_some<W: AsyncWrite + ?Sized>(
+    cx: &mut Context<'_>,
+    mut w: Pin<&mut W>,
+    buf: &mut BytesMut,
+) -> io::Result<()> {
     while !buf.is_empty() {
         match w.as_mut().poll_write(cx, buf) {
             Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),

@@ -26,7 +26,8 @@ impl Session {
         if self.relay.skip_until_sync {
             if frame.tag == tag::SYNC {
                 self.relay.skip_until_sync = false;
-                self.relay.push(Expect::Fabricated(Fabricated::ReadyForQuery));
+                self.relay
+                    .push(Expect::Fabricated(Fabricated::ReadyForQuery));
             }
             return Ok(Flow::Continue);
         }
@@ -53,10 +54,15 @@ impl Session {
                 self.sout.extend_from_slice(&frame.raw);
                 self.relay.push(Expect::Query { forward: true });
             }
-            tag::FLUSH | tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => self.sout.extend_from_slice(&frame.raw),
+            tag::FLUSH | tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
+                self.sout.extend_from_slice(&frame.raw)
+            }
             tag::TERMINATE => return Ok(Flow::ClientGone),
             other => {
-                return Err(protocol_violation(format!("invalid frontend message type {:?}", other as char)));
+                return Err(protocol_violation(format!(
+                    "invalid frontend message type {:?}",
+                    other as char
+                )));
             }
         }
         Ok(Flow::Continue)
@@ -69,7 +75,8 @@ impl Session {
     }
 
     fn forward_query(&mut self, frame: Frame) -> Result<(), SessionError> {
-        let sql = query_text(frame.body()).ok_or_else(|| protocol_violation("malformed Query message".into()))?;
+        let sql = query_text(frame.body())
+            .ok_or_else(|| protocol_violation("malformed Query message".into()))?;
         let sql = String::from_utf8_lossy(sql);
         let found = effects(&sql);
         if !found.is_empty() && !self.accept_effects(&found, tag::QUERY)? {
@@ -93,7 +100,11 @@ impl Session {
     }
 
     /// Records session effects and applies the session-feature policy. Returns false if the message was refused.
-    fn accept_effects(&mut self, found: &[SessionEffect], msg_tag: u8) -> Result<bool, SessionError> {
+    fn accept_effects(
+        &mut self,
+        found: &[SessionEffect],
+        msg_tag: u8,
+    ) -> Result<bool, SessionError> {
         for e in found {
             match e {
                 SessionEffect::NeedsSession(feature) => {
@@ -109,7 +120,11 @@ impl Session {
                         return Ok(false);
                     }
                     if self.pinned.is_none() {
-                        tracing::debug!(client = self.registration.info.id, feature, "pinning server to client");
+                        tracing::debug!(
+                            client = self.registration.info.id,
+                            feature,
+                            "pinning server to client"
+                        );
                     }
                     self.pinned.get_or_insert(feature);
                 }
@@ -137,14 +152,16 @@ impl Session {
         err.write(&mut buf);
         self.relay.push_error(buf);
         if msg_tag == tag::QUERY {
-            self.relay.push(Expect::Fabricated(Fabricated::ReadyForQuery));
+            self.relay
+                .push(Expect::Fabricated(Fabricated::ReadyForQuery));
         } else {
             self.relay.skip_until_sync = true;
         }
     }
 
     fn forward_parse(&mut self, frame: &Frame) -> Result<(), SessionError> {
-        let view = parse_parse(frame.body()).ok_or_else(|| protocol_violation("malformed Parse message".into()))?;
+        let view = parse_parse(frame.body())
+            .ok_or_else(|| protocol_violation("malformed Parse message".into()))?;
         let sql = String::from_utf8_lossy(view.query);
         let found = effects(&sql);
         if !found.is_empty() && !self.accept_effects(&found, tag::PARSE)? {
@@ -158,15 +175,19 @@ impl Session {
             });
             return Ok(());
         }
-        let def = self.statements.define(view.name, view.query, view.param_types);
+        let def = self
+            .statements
+            .define(view.name, view.query, view.param_types);
         if !found.is_empty() {
             // Effects of a named statement take hold each time it runs, not when it is prepared.
-            self.pending_effects.truncate(self.pending_effects.len() - found.len());
+            self.pending_effects
+                .truncate(self.pending_effects.len() - found.len());
             self.statement_effects.insert(def.hash, found);
         }
         let server = self.server_mut()?;
         if server.statements.touch(def.hash) {
-            self.relay.push(Expect::Fabricated(Fabricated::ParseComplete));
+            self.relay
+                .push(Expect::Fabricated(Fabricated::ParseComplete));
         } else {
             self.prepare_on_server(&def, true)?;
         }
@@ -184,10 +205,20 @@ impl Session {
     fn prepare_on_server(&mut self, def: &StatementDef, forward: bool) -> Result<(), SessionError> {
         let evicted = self.server_mut()?.statements.insert(def.hash);
         if let Some(old) = evicted {
-            write_target(&mut self.sout, tag::CLOSE, b'S', format!("sp{old:016x}").as_bytes());
+            write_target(
+                &mut self.sout,
+                tag::CLOSE,
+                b'S',
+                format!("sp{old:016x}").as_bytes(),
+            );
             self.relay.push(Expect::Close { forward: false });
         }
-        write_parse(&mut self.sout, &def.server_name, &def.query, &def.param_types);
+        write_parse(
+            &mut self.sout,
+            &def.server_name,
+            &def.query,
+            &def.param_types,
+        );
         self.relay.push(Expect::Parse {
             forward,
             statement: Some(def.hash),
@@ -196,7 +227,8 @@ impl Session {
     }
 
     fn forward_bind(&mut self, frame: &Frame) -> Result<(), SessionError> {
-        let view = parse_bind(frame.body()).ok_or_else(|| protocol_violation("malformed Bind message".into()))?;
+        let view = parse_bind(frame.body())
+            .ok_or_else(|| protocol_violation("malformed Bind message".into()))?;
         match self.statements.get(view.statement).cloned() {
             Some(def) if !view.statement.is_empty() => {
                 self.ensure_prepared(&def)?;
@@ -212,7 +244,8 @@ impl Session {
     }
 
     fn forward_describe(&mut self, frame: &Frame) -> Result<(), SessionError> {
-        let view = parse_target(frame.body()).ok_or_else(|| protocol_violation("malformed Describe message".into()))?;
+        let view = parse_target(frame.body())
+            .ok_or_else(|| protocol_violation("malformed Describe message".into()))?;
         match self.statements.get(view.name).cloned() {
             Some(def) if view.kind == b'S' && !view.name.is_empty() => {
                 self.ensure_prepared(&def)?;
@@ -224,16 +257,43 @@ impl Session {
         Ok(())
     }
 
+    /// A named Parse of a text some server already accepted, outside a transaction: recorded and answered here, and
+    /// prepared on a server only when it is first bound or described. This matters beyond saving a round trip:
+    /// clients that prepare synchronously while their other connections hold every pooled server (pgbench
+    /// `-M prepared` does exactly that) would otherwise wait for a server that cannot come back.
+    pub(super) fn parse_locally(&mut self, frame: &Frame) -> Result<bool, SessionError> {
+        let view = parse_parse(frame.body())
+            .ok_or_else(|| protocol_violation("malformed Parse message".into()))?;
+        if view.name.is_empty() {
+            return Ok(false);
+        }
+        let probe = StatementDef::new(view.query, view.param_types);
+        if !self.ctx.statement_is_known(probe.hash) {
+            return Ok(false);
+        }
+        let sql = String::from_utf8_lossy(view.query);
+        if !effects(&sql).is_empty() {
+            return Ok(false);
+        }
+        self.statements
+            .define(view.name, view.query, view.param_types);
+        crate::protocol::backend::parse_complete(&mut self.cout);
+        Ok(true)
+    }
+
     /// Close of a named statement: the client's name goes away, the server keeps the shared statement cached.
     /// Returns false for portals and the unnamed statement, which go to the server.
     pub(super) fn close_statement_locally(&mut self, frame: &Frame) -> bool {
-        let Some(view) = parse_target(frame.body()) else { return false };
+        let Some(view) = parse_target(frame.body()) else {
+            return false;
+        };
         if view.kind != b'S' || view.name.is_empty() {
             return false;
         }
         self.statements.close(view.name);
         if self.server.is_some() {
-            self.relay.push(Expect::Fabricated(Fabricated::CloseComplete));
+            self.relay
+                .push(Expect::Fabricated(Fabricated::CloseComplete));
         } else {
             close_complete(&mut self.cout);
         }
@@ -243,14 +303,17 @@ impl Session {
     /// A lone `DEALLOCATE name|ALL` outside a transaction, for statements shardpool renamed: nothing to do on any
     /// server, so answer it here. Returns false if the query needs a server.
     pub(super) fn deallocate_locally(&mut self, frame: &Frame) -> Result<bool, SessionError> {
-        let sql = query_text(frame.body()).ok_or_else(|| protocol_violation("malformed Query message".into()))?;
+        let sql = query_text(frame.body())
+            .ok_or_else(|| protocol_violation("malformed Query message".into()))?;
         let head = sql.get(..10).unwrap_or(sql);
         if !head.eq_ignore_ascii_case(b"deallocate") {
             return Ok(false);
         }
         let sql = String::from_utf8_lossy(sql);
         let tag_text = match effects(&sql).as_slice() {
-            [SessionEffect::Deallocate(name)] if self.statements.close(name.as_bytes()) => "DEALLOCATE",
+            [SessionEffect::Deallocate(name)] if self.statements.close(name.as_bytes()) => {
+                "DEALLOCATE"
+            }
             [SessionEffect::DeallocateAll] if self.pinned.is_none() => {
                 self.statements.clear();
                 self.statement_effects.clear();

@@ -176,7 +176,7 @@ impl Session {
                 }
                 self.sout = BytesMut::new();
             }
-            if *shutdown.borrow() {
+            if self.ctx.is_shutting_down() {
                 return Err(SessionError::Terminated(ClientError::fatal(
                     sqlstate::ADMIN_SHUTDOWN,
                     "terminating connection due to administrator command",
@@ -197,7 +197,10 @@ impl Session {
             if n == 0 {
                 return Ok(None);
             }
-            self.pool.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+            self.pool
+                .stats
+                .bytes_received
+                .fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 
@@ -218,6 +221,7 @@ impl Session {
             }
             tag::FLUSH | tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => Ok(true),
             tag::CLOSE => Ok(self.close_statement_locally(frame)),
+            tag::PARSE => self.parse_locally(frame),
             tag::QUERY => self.deallocate_locally(frame),
             _ => Ok(false),
         }
@@ -234,9 +238,9 @@ impl Session {
             Err(e) => {
                 tracing::warn!(client = info.id, error = %e, "checkout failed");
                 use crate::error::ReportableError;
-                let ce = e
-                    .client_error()
-                    .unwrap_or_else(|| ClientError::error(sqlstate::INTERNAL_ERROR, "shardpool: checkout failed"));
+                let ce = e.client_error().unwrap_or_else(|| {
+                    ClientError::error(sqlstate::INTERNAL_ERROR, "shardpool: checkout failed")
+                });
                 self.reject(first.tag, &ce);
                 return Ok(());
             }
@@ -289,7 +293,8 @@ impl Session {
         }
         server.applied = self.settings.clone();
         crate::protocol::frontend::write_query(&mut self.sout, &sql);
-        self.relay.push(super::relay::Expect::Query { forward: false });
+        self.relay
+            .push(super::relay::Expect::Query { forward: false });
     }
 
     /// Whether the attached server can go back to the pool now.
@@ -299,16 +304,23 @@ impl Session {
             && self.relay.is_empty()
             && !self.relay.in_copy_in
             && self.sout.is_empty()
-            && self.server.as_ref().is_some_and(|s| s.status == TxStatus::Idle)
+            && self
+                .server
+                .as_ref()
+                .is_some_and(|s| s.status == TxStatus::Idle)
     }
 
     fn release(&mut self) {
-        let Some(server) = self.server.take() else { return };
+        let Some(server) = self.server.take() else {
+            return;
+        };
         self.registration.info.set_server(None);
         if let Some(t) = self.xact_started.take() {
             let stats = &self.pool.stats;
             stats.xact_count.fetch_add(1, Ordering::Relaxed);
-            stats.xact_time_us.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+            stats
+                .xact_time_us
+                .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
         self.pool.checkin(server);
     }
@@ -349,7 +361,10 @@ impl Session {
             .stats
             .bytes_sent
             .fetch_add(self.cout.len() as u64, Ordering::Relaxed);
-        self.client.write_all(&self.cout).await.map_err(SessionError::ClientIo)?;
+        self.client
+            .write_all(&self.cout)
+            .await
+            .map_err(SessionError::ClientIo)?;
         self.client.flush().await.map_err(SessionError::ClientIo)?;
         self.cout.clear();
         Ok(())
@@ -399,7 +414,10 @@ async fn sleep_or_forever(d: Option<std::time::Duration>) {
 }
 
 /// Sends a CancelRequest for whatever `key`'s backend is running. Best effort: failures are only logged.
-pub async fn cancel_on_server(addr: std::net::SocketAddr, key: crate::protocol::startup::CancelKey) {
+pub async fn cancel_on_server(
+    addr: std::net::SocketAddr,
+    key: crate::protocol::startup::CancelKey,
+) {
     let packet = crate::protocol::startup::encode_cancel(key);
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
