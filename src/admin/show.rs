@@ -261,7 +261,7 @@ fn stats(ctx: &Arc<Context>) -> Output {
     let rows = per_db
         .into_iter()
         .map(|(db, t)| {
-            let avg = |total: u64, n: u64| if n == 0 { 0 } else { total / n };
+            let avg = |total: u64, n: u64| total.checked_div(n).unwrap_or(0);
             vec![
                 s(db),
                 s(t[0]),

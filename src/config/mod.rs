@@ -189,6 +189,16 @@ pub enum AuthMethod {
     Trust,
 }
 
+impl std::fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AuthMethod::ScramSha256 => "scram-sha-256",
+            AuthMethod::Md5 => "md5",
+            AuthMethod::Trust => "trust",
+        })
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
@@ -224,7 +234,7 @@ impl UserConfig {
         }
         match self.password.as_deref() {
             Some(p)
-                if !p.starts_with("SCRAM-SHA-256$") && !(p.len() == 35 && p.starts_with("md5")) =>
+                if !(p.starts_with("SCRAM-SHA-256$") || p.len() == 35 && p.starts_with("md5")) =>
             {
                 Some(p)
             }

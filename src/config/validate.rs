@@ -80,7 +80,7 @@ impl Config {
             let pw = u.password.as_deref();
             match (u.auth, pw) {
                 (AuthMethod::Trust, _) => {}
-                (_, None) => problem(key("password"), format!("required for auth = {:?}", u.auth)),
+                (_, None) => problem(key("password"), format!("required for auth = \"{}\"", u.auth)),
                 (AuthMethod::Md5, Some(p)) if p.starts_with("SCRAM-SHA-256$") => problem(
                     key("password"),
                     "a SCRAM verifier cannot answer md5 authentication; give a plain password or md5 hash".into(),

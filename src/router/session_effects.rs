@@ -55,6 +55,11 @@ pub enum SessionEffect {
 pub fn effects(sql: &str) -> Vec<SessionEffect> {
     // Fast exit for the common case: one statement that starts with a keyword nothing here cares about.
     let mut out = Vec::new();
+    if !sql.contains(';') {
+        // One statement (the common case): no splitting pass needed.
+        out.extend(statement_effect(sql));
+        return out;
+    }
     for stmt in statements(sql) {
         if let Some(e) = statement_effect(stmt) {
             out.push(e);
@@ -116,11 +121,25 @@ pub fn statement_effect(stmt: &str) -> Option<SessionEffect> {
         }
         return None;
     }
-    if contains_word_ci(stmt, "pg_advisory_lock") || contains_word_ci(stmt, "pg_try_advisory_lock")
+    // Cheap raw prefilter before the literal-aware scan: most statements never mention advisory locks.
+    if raw_contains_ci(stmt.as_bytes(), b"advisory")
+        && (contains_word_ci(stmt, "pg_advisory_lock")
+            || contains_word_ci(stmt, "pg_try_advisory_lock"))
     {
         return Some(SessionEffect::NeedsSession("session advisory locks"));
     }
     None
+}
+
+fn raw_contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    let Some(&first) = needle.first() else {
+        return true;
+    };
+    let first = first.to_ascii_lowercase();
+    hay.len() >= needle.len()
+        && (0..=hay.len() - needle.len()).any(|i| {
+            hay[i] | 0x20 == first && hay[i..i + needle.len()].eq_ignore_ascii_case(needle)
+        })
 }
 
 fn set_effect(mut words: Words<'_>) -> Option<SessionEffect> {
