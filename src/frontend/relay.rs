@@ -158,6 +158,9 @@ impl Relay {
                 return Ok(out)
             }
             tag::ERROR_RESPONSE => {
+                // An error always reaches the client, except one raised by shardpool's own simple query: when an
+                // injected Parse fails, the client's Bind that needed it fails with it.
+                out.forward = !matches!(front, Some(Expect::Query { forward: false }));
                 self.in_copy_in = false;
                 match front {
                     Some(Expect::Query { .. }) | Some(Expect::Sync) | None => {}
