@@ -52,8 +52,9 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// Set when the connection is in a state nobody should inherit (desync, I/O error); it is closed, not pooled.
     pub broken: bool,
-    /// A "cached plan must not change result type" error was seen: DEALLOCATE ALL before the next client uses it.
-    pub needs_deallocate: bool,
+    /// Statements whose plan went stale under DDL ("cached plan must not change result type"): closed on the
+    /// server before they are prepared again.
+    pub stale: std::collections::HashSet<u64>,
     /// Keeps the pool's connection count right however the connection ends.
     pub(crate) slot: Option<super::pool::Slot>,
 }
@@ -80,7 +81,7 @@ impl ServerConn {
             created: now,
             last_used: now,
             broken: false,
-            needs_deallocate: false,
+            stale: std::collections::HashSet::new(),
             slot: None,
         }
     }
@@ -137,5 +138,6 @@ impl ServerConn {
     pub fn forget_session_state(&mut self) {
         self.applied.clear();
         self.statements.clear();
+        self.stale.clear();
     }
 }

@@ -33,12 +33,17 @@ pub enum Expect {
         forward: bool,
         statement: Option<u64>,
     },
-    Bind,
+    /// BindComplete. `statement` is the renamed statement bound, if any (for re-preparing after DDL).
+    Bind {
+        statement: Option<u64>,
+    },
     Close {
         forward: bool,
     },
-    /// Describe: completes at RowDescription or NoData.
-    Describe,
+    /// Describe: completes at RowDescription or NoData. `statement` as for Bind (Describe of a statement).
+    Describe {
+        statement: Option<u64>,
+    },
     /// Execute: completes at CommandComplete, EmptyQueryResponse or PortalSuspended.
     Execute,
     /// Sync: completes at ReadyForQuery.
@@ -75,6 +80,8 @@ pub struct Outcome {
     pub failed_statements: Vec<u64>,
     /// A statement confirmed prepared.
     pub prepared: Option<u64>,
+    /// For an ErrorResponse: the entry it answered.
+    pub failed: Option<Expect>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -93,6 +100,10 @@ pub struct Relay {
     /// The client sent a message shardpool rejected itself; discard until Sync as the server would.
     pub skip_until_sync: bool,
     errors: VecDeque<BytesMut>,
+    /// Replies completed since the last ReadyForQuery: how far the current batch got.
+    pub binds_done: usize,
+    pub describes_done: usize,
+    pub executes_done: usize,
 }
 
 impl Relay {
@@ -104,6 +115,15 @@ impl Relay {
     pub fn push_error(&mut self, encoded: BytesMut) {
         self.errors.push_back(encoded);
         self.queue.push_back(Expect::Fabricated(Fabricated::Error));
+    }
+
+    /// Makes the next ReadyForQuery shardpool's own: used when a failed batch will be re-sent.
+    pub fn swallow_next_ready(&mut self) {
+        if let Some(front) = self.queue.front_mut() {
+            if *front == Expect::Sync {
+                *front = Expect::Query { forward: false };
+            }
+        }
     }
 
     /// Nothing outstanding: every message sent has been answered.
@@ -161,6 +181,7 @@ impl Relay {
                 // An error always reaches the client, except one raised by shardpool's own simple query: when an
                 // injected Parse fails, the client's Bind that needed it fails with it.
                 out.forward = !matches!(front, Some(Expect::Query { forward: false }));
+                out.failed = front;
                 self.in_copy_in = false;
                 match front {
                     Some(Expect::Query { .. }) | Some(Expect::Sync) | None => {}
@@ -195,6 +216,9 @@ impl Relay {
                     _ => return Err(desync()),
                 }
                 self.in_copy_in = false;
+                self.binds_done = 0;
+                self.describes_done = 0;
+                self.executes_done = 0;
                 if out.forward {
                     self.status = Some(status);
                 }
@@ -211,10 +235,16 @@ impl Relay {
                 out.prepared = statement;
                 true
             }
-            (Expect::Bind, tag::BIND_COMPLETE) => true,
+            (Expect::Bind { .. }, tag::BIND_COMPLETE) => {
+                self.binds_done += 1;
+                true
+            }
             (Expect::Close { .. }, tag::CLOSE_COMPLETE) => true,
-            (Expect::Describe, tag::PARAMETER_DESCRIPTION) => false,
-            (Expect::Describe, tag::ROW_DESCRIPTION | tag::NO_DATA) => true,
+            (Expect::Describe { .. }, tag::PARAMETER_DESCRIPTION) => false,
+            (Expect::Describe { .. }, tag::ROW_DESCRIPTION | tag::NO_DATA) => {
+                self.describes_done += 1;
+                true
+            }
             (
                 Expect::Execute,
                 tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED,
@@ -273,13 +303,17 @@ mod tests {
                 forward: true,
                 statement: None,
             },
-            Expect::Bind,
+            Expect::Bind { statement: None },
             Expect::Execute,
             Expect::Sync,
         ] {
             r.push(e);
         }
-        for e in [Expect::Bind, Expect::Execute, Expect::Sync] {
+        for e in [
+            Expect::Bind { statement: None },
+            Expect::Execute,
+            Expect::Sync,
+        ] {
             r.push(e);
         }
         assert!(feed(&mut r, b"12DDC").iter().all(|f| *f));
@@ -296,7 +330,7 @@ mod tests {
             forward: false,
             statement: Some(7),
         });
-        r.push(Expect::Bind);
+        r.push(Expect::Bind { statement: None });
         r.push(Expect::Fabricated(Fabricated::CloseComplete));
         r.push(Expect::Execute);
         r.push(Expect::Sync);
@@ -319,7 +353,7 @@ mod tests {
         let mut r = Relay::default();
         r.push(Expect::Query { forward: false });
         r.push(Expect::Fabricated(Fabricated::ParseComplete));
-        r.push(Expect::Bind);
+        r.push(Expect::Bind { statement: None });
         r.push(Expect::Sync);
         assert_eq!(feed(&mut r, b"CCSZ"), vec![false, false, false, false]);
         let mut out = BytesMut::new();
@@ -331,7 +365,7 @@ mod tests {
     #[test]
     fn copy_in_from_extended_protocol_drops_the_ignored_sync() {
         let mut r = Relay::default();
-        r.push(Expect::Bind);
+        r.push(Expect::Bind { statement: None });
         r.push(Expect::Execute);
         r.push(Expect::Sync);
         feed(&mut r, b"2");
@@ -346,7 +380,7 @@ mod tests {
     fn unexpected_messages_are_a_desync() {
         let mut r = Relay::default();
         assert!(r.on_server_message(b'2', b"").is_err());
-        r.push(Expect::Bind);
+        r.push(Expect::Bind { statement: None });
         assert!(r.on_server_message(b'C', b"").is_err());
         assert!(r.on_server_message(b'Z', b"X").is_err());
     }

@@ -118,6 +118,7 @@ pub struct TestProxy {
 
 impl TestProxy {
     pub async fn start(toml: &str) -> TestProxy {
+        init_logging();
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("shardpool.toml");
         std::fs::write(&config_path, toml).unwrap();
@@ -162,6 +163,19 @@ impl TestProxy {
     pub async fn admin(&self, sql: &str) -> Vec<std::collections::HashMap<String, String>> {
         admin_rows(&connect(&self.admin_url()).await, sql).await
     }
+}
+
+/// Logs to the test's output when RUST_LOG is set (e.g. RUST_LOG=shardpool=trace cargo test ...).
+pub fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+    });
 }
 
 pub async fn connect(url: &str) -> tokio_postgres::Client {

@@ -15,6 +15,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::{protocol_violation, Flow, Session, SessionError};
 use crate::error::{sqlstate, ClientError};
+use crate::frontend::relay::Expect;
 use crate::protocol::backend::{parse_command_complete, parse_parameter_status, ErrorFields};
 use crate::protocol::framing::split_frame;
 use crate::protocol::{tag, TxStatus};
@@ -133,15 +134,73 @@ impl Session {
 
     /// Accounts for and forwards every whole server message in the server's read buffer.
     fn on_server_data(&mut self) -> Result<(), SessionError> {
-        let Some(mut server) = self.server.take() else {
-            return Ok(());
-        };
-        let result = self.process_server_messages(&mut server);
-        if result.is_err() {
-            server.broken = true;
+        loop {
+            let Some(mut server) = self.server.take() else {
+                return Ok(());
+            };
+            let result = self.process_server_messages(&mut server);
+            if result.is_err() {
+                server.broken = true;
+            }
+            self.server = Some(server);
+            result?;
+            let Some(frames) = self.replay.take() else {
+                return Ok(());
+            };
+            tracing::debug!(
+                client = self.registration.info.id,
+                "statement went stale under DDL; re-preparing and retrying"
+            );
+            self.replayed = true;
+            for f in frames {
+                self.on_client_frame(f)?;
+            }
         }
-        self.server = Some(server);
-        result
+    }
+
+    /// Decides whether the batch whose Bind or Describe just failed with a stale plan can be re-sent without the
+    /// client noticing, and if so arranges the replay. Safe means: it ran in an implicit transaction, no Execute of it
+    /// completed (nothing it did is visible or lost), the client sent nothing after its Sync, this is not already a
+    /// retry, and the client will learn the new result shape from the replay (the failed message is a Describe, or a
+    /// Describe comes before the next Execute) — rows in a shape the client never saw described would break it, which
+    /// is why Postgres raises this error in the first place.
+    fn plan_retry(&mut self, failed_tag: u8) -> bool {
+        let safe = !self.replayed
+            && self.relay.status() == TxStatus::Idle
+            && self.relay.executes_done == 0
+            && self.relay.len() == 1
+            && self.batch.is_empty()
+            && self.last_batch.last().is_some_and(|f| f.tag == tag::SYNC);
+        if !safe {
+            return false;
+        }
+        // The failed message is the (n + 1)-th of its kind in the batch, n being how many of that kind completed.
+        let done = if failed_tag == tag::BIND {
+            self.relay.binds_done
+        } else {
+            self.relay.describes_done
+        };
+        let Some(start) = self
+            .last_batch
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.tag == failed_tag)
+            .nth(done)
+            .map(|(i, _)| i)
+        else {
+            return false;
+        };
+        let redescribed = failed_tag == tag::DESCRIBE
+            || self.last_batch[start..]
+                .iter()
+                .take_while(|f| f.tag != tag::EXECUTE)
+                .any(|f| f.tag == tag::DESCRIBE);
+        if !redescribed {
+            return false;
+        }
+        self.relay.swallow_next_ready();
+        self.replay = Some(self.last_batch.split_off(start));
+        true
     }
 
     fn process_server_messages(
@@ -164,6 +223,15 @@ impl Session {
             }
             let mut forward = outcome.forward;
             match frame.tag {
+                tag::PARAMETER_DESCRIPTION if forward => {
+                    self.held_parameter_description = Some(frame.raw.clone());
+                    forward = false;
+                }
+                tag::ROW_DESCRIPTION | tag::NO_DATA if forward => {
+                    if let Some(held) = self.held_parameter_description.take() {
+                        self.cout.extend_from_slice(&held);
+                    }
+                }
                 tag::PARAMETER_STATUS => {
                     if let Some((k, v)) = parse_parameter_status(frame.body()) {
                         // The client hears of a value only when it differs from what it was told before.
@@ -175,14 +243,19 @@ impl Session {
                     }
                 }
                 tag::ERROR_RESPONSE if outcome.forward => {
-                    self.batch_failed = true;
+                    self.held_parameter_description = None;
                     let fields = ErrorFields::parse(frame.body());
-                    if fields.code == sqlstate::FEATURE_NOT_SUPPORTED
-                        && fields.message.contains("cached plan")
-                    {
-                        // The result type changed under DDL: every statement prepared on this server may be stale.
-                        server.needs_deallocate = true;
+                    let stale = match outcome.failed {
+                        Some(Expect::Bind { statement: Some(h) }) => Some((h, tag::BIND)),
+                        Some(Expect::Describe { statement: Some(h) }) => Some((h, tag::DESCRIBE)),
+                        _ => None,
+                    };
+                    if let Some((h, failed_tag)) = stale.filter(|_| is_stale_plan_error(&fields)) {
+                        server.statements.remove(h);
+                        server.stale.insert(h);
+                        forward = !self.plan_retry(failed_tag);
                     }
+                    self.batch_failed |= forward;
                 }
                 tag::COMMAND_COMPLETE if outcome.forward => {
                     self.last_was_rollback = parse_command_complete(frame.body()) == b"ROLLBACK";
@@ -191,7 +264,12 @@ impl Session {
             }
             if let Some(status) = outcome.ready {
                 server.status = status;
+                if !outcome.forward && self.replay.is_some() {
+                    // The failed batch's ReadyForQuery: the server is clean again, re-send the batch.
+                    break;
+                }
                 if outcome.forward {
+                    self.replayed = false;
                     self.pool.stats.query_count.fetch_add(1, Ordering::Relaxed);
                     if status == TxStatus::Idle {
                         if !self.batch_failed && !self.last_was_rollback {
@@ -211,6 +289,13 @@ impl Session {
         self.relay.emit_fabricated(&mut self.cout);
         Ok(())
     }
+}
+
+/// "cached plan must not change result type": Postgres' plancache refusing a statement whose result columns changed.
+fn is_stale_plan_error(e: &ErrorFields) -> bool {
+    e.code == sqlstate::FEATURE_NOT_SUPPORTED
+        && e.message
+            .contains("cached plan must not change result type")
 }
 
 fn reserve(buf: &mut BytesMut) {

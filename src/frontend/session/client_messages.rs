@@ -31,6 +31,12 @@ impl Session {
             }
             return Ok(Flow::Continue);
         }
+        if self.server.is_some() {
+            self.batch.push(frame.clone());
+            if frame.tag == tag::SYNC {
+                self.last_batch = std::mem::take(&mut self.batch);
+            }
+        }
         match frame.tag {
             tag::QUERY => self.forward_query(frame)?,
             tag::PARSE => self.forward_parse(&frame)?,
@@ -203,6 +209,12 @@ impl Session {
     }
 
     fn prepare_on_server(&mut self, def: &StatementDef, forward: bool) -> Result<(), SessionError> {
+        let server = self.server_mut()?;
+        if server.stale.remove(&def.hash) {
+            // Closing a statement that is not there is not an error, so this is safe whatever the server has.
+            write_target(&mut self.sout, tag::CLOSE, b'S', &def.server_name);
+            self.relay.push(Expect::Close { forward: false });
+        }
         let evicted = self.server_mut()?.statements.insert(def.hash);
         if let Some(old) = evicted {
             write_target(
@@ -229,31 +241,39 @@ impl Session {
     fn forward_bind(&mut self, frame: &Frame) -> Result<(), SessionError> {
         let view = parse_bind(frame.body())
             .ok_or_else(|| protocol_violation("malformed Bind message".into()))?;
-        match self.statements.get(view.statement).cloned() {
+        let statement = match self.statements.get(view.statement).cloned() {
             Some(def) if !view.statement.is_empty() => {
                 self.ensure_prepared(&def)?;
                 if let Some(found) = self.statement_effects.get(&def.hash) {
                     self.pending_effects.extend(found.iter().cloned());
                 }
                 write_bind(&mut self.sout, view.portal, &def.server_name, view.rest);
+                Some(def.hash)
             }
-            _ => self.sout.extend_from_slice(&frame.raw),
-        }
-        self.relay.push(Expect::Bind);
+            _ => {
+                self.sout.extend_from_slice(&frame.raw);
+                None
+            }
+        };
+        self.relay.push(Expect::Bind { statement });
         Ok(())
     }
 
     fn forward_describe(&mut self, frame: &Frame) -> Result<(), SessionError> {
         let view = parse_target(frame.body())
             .ok_or_else(|| protocol_violation("malformed Describe message".into()))?;
-        match self.statements.get(view.name).cloned() {
+        let statement = match self.statements.get(view.name).cloned() {
             Some(def) if view.kind == b'S' && !view.name.is_empty() => {
                 self.ensure_prepared(&def)?;
                 write_target(&mut self.sout, tag::DESCRIBE, b'S', &def.server_name);
+                Some(def.hash)
             }
-            _ => self.sout.extend_from_slice(&frame.raw),
-        }
-        self.relay.push(Expect::Describe);
+            _ => {
+                self.sout.extend_from_slice(&frame.raw);
+                None
+            }
+        };
+        self.relay.push(Expect::Describe { statement });
         Ok(())
     }
 

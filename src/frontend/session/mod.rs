@@ -78,6 +78,15 @@ pub struct Session {
     pinned: Option<&'static str>,
     batch_failed: bool,
     last_was_rollback: bool,
+    /// Client messages of the batch being sent (since the last Sync) and of the previous one, kept so a batch that
+    /// failed only because a statement went stale under DDL can be re-sent once, transparently.
+    batch: Vec<Frame>,
+    last_batch: Vec<Frame>,
+    replay: Option<Vec<Frame>>,
+    replayed: bool,
+    /// A Describe's ParameterDescription, held until its RowDescription/NoData arrives: if the Describe fails and is
+    /// re-sent, the client must not receive the first half twice.
+    held_parameter_description: Option<bytes::Bytes>,
     xact_started: Option<Instant>,
 }
 
@@ -115,6 +124,11 @@ impl Session {
             pinned: None,
             batch_failed: false,
             last_was_rollback: false,
+            batch: Vec::new(),
+            last_batch: Vec::new(),
+            replay: None,
+            replayed: false,
+            held_parameter_description: None,
             xact_started: None,
         }
     }
@@ -270,15 +284,10 @@ impl Session {
 
     /// Queues the SET/RESET statements that make `server` match this client's settings; replies are swallowed.
     fn sync_settings(&mut self, server: &mut ServerConn) {
-        if server.applied == self.settings && !server.needs_deallocate {
+        if server.applied == self.settings {
             return;
         }
         let mut sql = String::new();
-        if server.needs_deallocate {
-            sql.push_str("DEALLOCATE ALL; ");
-            server.statements.clear();
-            server.needs_deallocate = false;
-        }
         for (name, apply) in &self.settings {
             if server.applied.get(name) != Some(apply) {
                 sql.push_str(apply);
