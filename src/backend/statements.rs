@@ -3,13 +3,37 @@
 //! cache is bounded: past its capacity the least recently used statement is closed on the server.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Keys here are already xxh3 hashes of the statement text: hashing them again would be wasted work.
+#[derive(Default)]
+pub struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A map keyed by statement hashes.
+pub type HashKeyed<V> = HashMap<u64, V, BuildHasherDefault<IdentityHasher>>;
 
 #[derive(Debug, Default)]
 pub struct StatementCache {
     capacity: usize,
     tick: u64,
     /// Statement hash -> last use tick.
-    entries: HashMap<u64, u64>,
+    entries: HashKeyed<u64>,
 }
 
 impl StatementCache {
@@ -17,7 +41,7 @@ impl StatementCache {
         StatementCache {
             capacity: capacity.max(1),
             tick: 0,
-            entries: HashMap::new(),
+            entries: HashKeyed::default(),
         }
     }
 

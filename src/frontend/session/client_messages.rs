@@ -34,7 +34,9 @@ impl Session {
         if self.server.is_some() {
             self.batch.push(frame.clone());
             if frame.tag == tag::SYNC {
-                self.last_batch = std::mem::take(&mut self.batch);
+                // Swap rather than take, so both vectors keep their capacity across batches.
+                std::mem::swap(&mut self.batch, &mut self.last_batch);
+                self.batch.clear();
             }
         }
         match frame.tag {

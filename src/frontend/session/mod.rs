@@ -65,7 +65,7 @@ pub struct Session {
     relay: Relay,
     statements: ClientStatements,
     /// Session effects (SET/RESET) of named statements, replayed each time one is executed.
-    statement_effects: HashMap<u64, Vec<SessionEffect>>,
+    statement_effects: crate::backend::statements::HashKeyed<Vec<SessionEffect>>,
     /// Settings from the startup packet: what RESET returns to.
     startup_settings: BTreeMap<String, String>,
     /// The client's current session settings, re-applied on every server it gets.
@@ -88,6 +88,7 @@ pub struct Session {
     /// re-sent, the client must not receive the first half twice.
     held_parameter_description: Option<bytes::Bytes>,
     xact_started: Option<Instant>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Session {
@@ -103,7 +104,9 @@ impl Session {
     ) -> Session {
         let session_features = ctx.config().general.session_features;
         pool.stats.clients.fetch_add(1, Ordering::Relaxed);
+        let shutdown = ctx.shutdown_signal();
         Session {
+            shutdown,
             ctx,
             client,
             registration,
@@ -116,7 +119,7 @@ impl Session {
             sout: BytesMut::new(),
             relay: Relay::default(),
             statements: ClientStatements::default(),
-            statement_effects: HashMap::new(),
+            statement_effects: Default::default(),
             settings: startup_settings.clone(),
             startup_settings,
             pending_effects: Vec::new(),
@@ -174,8 +177,7 @@ impl Session {
 
     /// Waits for the client's next whole message while no server is attached. `None` means the client left.
     async fn next_idle_frame(&mut self) -> Result<Option<Frame>, SessionError> {
-        let general = self.ctx.config().general.clone();
-        let mut shutdown = self.ctx.shutdown_signal();
+        let idle_timeout = self.ctx.config().general.client_idle_timeout.enabled();
         loop {
             match split_frame(&mut self.cin) {
                 Ok(Some(f)) => return Ok(Some(f)),
@@ -200,13 +202,13 @@ impl Session {
             let read = self.client.read_idle(&mut self.cin);
             let n = tokio::select! {
                 r = read => r.map_err(SessionError::ClientIo)?,
-                _ = sleep_or_forever(general.client_idle_timeout.enabled()) => {
+                _ = sleep_or_forever(idle_timeout) => {
                     return Err(SessionError::Terminated(ClientError::fatal(
                         sqlstate::IDLE_SESSION_TIMEOUT,
                         "terminating connection due to idle-session timeout",
                     )));
                 }
-                _ = shutdown.changed() => continue,
+                _ = self.shutdown.changed() => continue,
             };
             if n == 0 {
                 return Ok(None);
@@ -262,6 +264,9 @@ impl Session {
         info.set_state(ClientState::Active);
         info.set_server(Some((server.addr, server.cancel_key, server.id)));
         self.sync_settings(&mut server);
+        // One allocation each for the transaction instead of a chain of regrowths.
+        self.sout.reserve(4096);
+        self.cout.reserve(4096);
         self.xact_started = Some(Instant::now());
         self.batch_failed = false;
         self.last_was_rollback = false;
