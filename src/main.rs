@@ -21,6 +21,9 @@ struct Cli {
     /// Config file (TOML). See config/shardpool.toml.
     #[arg(short, long, default_value = "config/shardpool.toml")]
     config: PathBuf,
+    /// Log format: "text" for people, "json" for log pipelines (one JSON object per line). Level: RUST_LOG.
+    #[arg(long, default_value = "text")]
+    log_format: String,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -41,12 +44,14 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format.as_str() {
+        "json" => logs.json().init(),
+        "text" => logs.init(),
+        other => anyhow::bail!("unknown --log-format {other:?} (text or json)"),
+    }
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
             Config::load(&cli.config)?;
