@@ -65,7 +65,7 @@ pub async fn connect(
     target: &ServerTarget,
     timeout: Duration,
     statement_capacity: usize,
-) -> Result<ServerConn, ConnectError> {
+) -> Result<Box<ServerConn>, ConnectError> {
     let addr_text = format!("{}:{}", target.host, target.port);
     let fut = login(target, &addr_text, statement_capacity);
     tokio::time::timeout(timeout, fut)
@@ -79,7 +79,7 @@ async fn login(
     target: &ServerTarget,
     addr_text: &str,
     statement_capacity: usize,
-) -> Result<ServerConn, ConnectError> {
+) -> Result<Box<ServerConn>, ConnectError> {
     let addr: SocketAddr = tokio::net::lookup_host(addr_text)
         .await
         .map_err(|_| ConnectError::Resolve(addr_text.to_owned()))?
@@ -97,13 +97,13 @@ async fn login(
             addr: addr_text.to_owned(),
             source,
         })?;
-    let mut conn = ServerConn::new(
+    let mut conn = Box::new(ServerConn::new(
         stream,
         addr,
         CancelKey { pid: 0, secret: 0 },
         BTreeMap::new(),
         statement_capacity,
-    );
+    ));
     let startup = encode_startup(&[("user", &target.user), ("database", &target.database)]);
     conn.stream
         .write_all(&startup)

@@ -128,7 +128,11 @@ impl PauseGate {
     }
 }
 
-type WaiterTx = oneshot::Sender<Result<ServerConn, PoolError>>;
+/// Connections travel boxed: moving them between pool and sessions copies a pointer, and an idle session's
+/// `Option<Box<ServerConn>>` costs 8 bytes instead of the whole connection's size.
+pub type Lent = Box<ServerConn>;
+
+type WaiterTx = oneshot::Sender<Result<Lent, PoolError>>;
 
 struct Waiter {
     tx: WaiterTx,
@@ -137,7 +141,7 @@ struct Waiter {
 
 #[derive(Default)]
 struct Inner {
-    idle: VecDeque<ServerConn>,
+    idle: VecDeque<Lent>,
     waiters: VecDeque<Waiter>,
     /// Live connections: idle + lent + being opened.
     total: usize,
@@ -267,7 +271,7 @@ impl Pool {
     }
 
     /// Borrows a server connection, waiting in line (FIFO) up to the checkout timeout.
-    pub async fn checkout(self: &Arc<Self>) -> Result<ServerConn, PoolError> {
+    pub async fn checkout(self: &Arc<Self>) -> Result<Lent, PoolError> {
         let started = Instant::now();
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
         let result = self.checkout_inner().await;
@@ -278,7 +282,7 @@ impl Pool {
         result
     }
 
-    async fn checkout_inner(self: &Arc<Self>) -> Result<ServerConn, PoolError> {
+    async fn checkout_inner(self: &Arc<Self>) -> Result<Lent, PoolError> {
         if self.gate.is_paused() {
             self.gate.wait_resumed().await;
         }
@@ -320,7 +324,7 @@ impl Pool {
     }
 
     /// Decides whether an idle connection may be lent: not too old, and alive if it sat idle for a while.
-    async fn validate(&self, mut conn: ServerConn, config: &PoolConfig) -> Option<ServerConn> {
+    async fn validate(&self, mut conn: Lent, config: &PoolConfig) -> Option<Lent> {
         if config.lifetime.is_some_and(|l| conn.created.elapsed() >= l) {
             return None;
         }
@@ -345,7 +349,7 @@ impl Pool {
     }
 
     /// Returns a clean connection (transaction status idle, no replies pending): to the oldest waiter, else idle.
-    pub fn checkin(&self, mut conn: ServerConn) {
+    pub fn checkin(&self, mut conn: Lent) {
         let config = self.config.load();
         if conn.broken
             || self.is_closed()
@@ -515,9 +519,9 @@ impl Pool {
 }
 
 async fn wait_for_handoff(
-    mut rx: oneshot::Receiver<Result<ServerConn, PoolError>>,
+    mut rx: oneshot::Receiver<Result<Lent, PoolError>>,
     timeout: Duration,
-) -> Result<ServerConn, PoolError> {
+) -> Result<Lent, PoolError> {
     tokio::select! {
         r = &mut rx => r.unwrap_or(Err(PoolError::Closed)),
         _ = tokio::time::sleep(timeout) => {

@@ -60,12 +60,13 @@ pub async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let ctx = Arc::clone(&ctx);
         let acceptor = tls.load_full();
-        tokio::spawn(async move {
+        let fut = async move {
             ctx.connections.fetch_add(1, Ordering::Relaxed);
             let guard = ConnectionGuard(Arc::clone(&ctx));
             handle(ctx, tcp, peer, acceptor).await;
             drop(guard);
-        });
+        };
+        tokio::spawn(fut);
     }
 }
 
@@ -82,7 +83,7 @@ async fn handle(
         .is_some_and(|t| t.mode == crate::config::TlsMode::Require);
     let login_timeout = config.general.client_login_timeout.0;
     let started = tokio::time::timeout(login_timeout, async {
-        let hs = handshake(tcp, tls.as_deref(), require_tls).await;
+        let hs = Box::pin(handshake(tcp, tls.as_deref(), require_tls)).await;
         match hs {
             Ok(Handshake::Cancel(key)) => {
                 if let Some(client) = ctx.client_by_cancel_key(&key) {
@@ -150,14 +151,14 @@ async fn handle(
 
     if logged_in.admin {
         send_login_ok(&mut stream, &crate::admin::server_params(), key).await;
-        crate::admin::run(ctx, stream, registration).await;
+        Box::pin(crate::admin::run(ctx, stream, registration)).await;
         return;
     }
     let Some(pool) = ctx.pool(&logged_in.database, &logged_in.user) else {
         let e = ClientError::fatal(sqlstate::INVALID_CATALOG_NAME, "database was removed");
         return refuse(&mut stream, &e).await;
     };
-    let baseline = match pool.server_params().await {
+    let baseline = match Box::pin(pool.server_params()).await {
         Ok(b) => b,
         Err(e) => {
             let mut ce = e.client_error().unwrap_or_else(|| {
@@ -173,9 +174,7 @@ async fn handle(
         &config.general.ignore_startup_parameters,
         &baseline,
     );
-    let mut sorted: Vec<_> = told.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    sorted.sort();
-    send_login_ok(&mut stream, &sorted, key).await;
+    send_login_ok(&mut stream, &told.all(), key).await;
     let mode = config
         .databases
         .get(&logged_in.database)
@@ -190,7 +189,7 @@ async fn handle(
         settings,
         told,
     );
-    if let Err(e) = session.run().await {
+    if let Err(e) = Box::pin(session.run()).await {
         tracing::info!(%peer, error = %e, "session ended with an error");
     }
 }

@@ -4,6 +4,7 @@
 //! returns to. Values equal to the server's defaults are dropped, so most clients need no SET at all.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::protocol::startup::StartupParams;
 use crate::router::session_effects::{startup_options, Setting};
@@ -61,20 +62,57 @@ pub fn startup_settings(
     out
 }
 
+/// What a client has been told in ParameterStatus messages: the pool's baseline (shared by every client of the
+/// pool) and the values where this client differs.
+#[derive(Debug)]
+pub struct Told {
+    base: Arc<BTreeMap<String, String>>,
+    own: HashMap<String, String>,
+}
+
+impl Told {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.own
+            .get(name)
+            .or_else(|| self.base.get(name))
+            .map(String::as_str)
+    }
+
+    pub fn set(&mut self, name: &str, value: &str) {
+        if self.base.get(name).map(String::as_str) == Some(value) {
+            self.own.remove(name);
+        } else {
+            self.own.insert(name.to_owned(), value.to_owned());
+        }
+    }
+
+    /// Every (name, value), sorted, for the login reply.
+    pub fn all(&self) -> Vec<(String, String)> {
+        let mut v: BTreeMap<&str, &str> = self
+            .base
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        for (k, val) in &self.own {
+            v.insert(k, val);
+        }
+        v.into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+}
+
 /// The ParameterStatus set a client is told at login: the server's values, with the client's own startup values
 /// for the parameters it set.
-pub fn initial_status(
-    params: &StartupParams,
-    baseline: &BTreeMap<String, String>,
-) -> HashMap<String, String> {
-    let mut told: HashMap<String, String> = baseline
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+pub fn initial_status(params: &StartupParams, baseline: &Arc<BTreeMap<String, String>>) -> Told {
+    let mut told = Told {
+        base: Arc::clone(baseline),
+        own: HashMap::new(),
+    };
     let mut apply = |name: &str, value: &str| {
         if let Some((canonical, base)) = baseline_value(baseline, name) {
             if normalized(base) != normalized(value) {
-                told.insert(canonical.to_owned(), value.to_owned());
+                told.set(canonical, value);
             }
         }
     };
@@ -126,9 +164,14 @@ mod tests {
         assert_eq!(s.len(), 2, "{s:?}");
         assert_eq!(s["application_name"], "SET application_name TO 'app'");
         assert_eq!(s["timezone"], "SET timezone TO 'Asia/Tokyo'");
-        let told = initial_status(&p, &baseline);
-        assert_eq!(told["application_name"], "app");
-        assert_eq!(told["TimeZone"], "Asia/Tokyo");
-        assert_eq!(told["client_encoding"], "UTF8");
+        let told = initial_status(&p, &Arc::new(baseline.clone()));
+        assert_eq!(told.get("application_name"), Some("app"));
+        assert_eq!(told.get("TimeZone"), Some("Asia/Tokyo"));
+        assert_eq!(told.get("client_encoding"), Some("UTF8"));
+        assert_eq!(
+            told.own.len(),
+            2,
+            "only the differences are stored per client"
+        );
     }
 }

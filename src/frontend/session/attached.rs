@@ -235,9 +235,9 @@ impl Session {
                 tag::PARAMETER_STATUS => {
                     if let Some((k, v)) = parse_parameter_status(frame.body()) {
                         // The client hears of a value only when it differs from what it was told before.
-                        forward = self.told.get(&k) != Some(&v);
+                        forward = self.told.get(&k) != Some(v.as_str());
                         if forward {
-                            self.told.insert(k.clone(), v.clone());
+                            self.told.set(&k, &v);
                         }
                         server.reported.insert(k, v);
                     }

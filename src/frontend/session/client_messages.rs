@@ -78,7 +78,7 @@ impl Session {
 
     fn server_mut(&mut self) -> Result<&mut ServerConn, SessionError> {
         self.server
-            .as_mut()
+            .as_deref_mut()
             .ok_or_else(|| SessionError::ServerProtocol("no server attached".into()))
     }
 

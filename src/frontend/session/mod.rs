@@ -7,7 +7,7 @@
 mod attached;
 mod client_messages;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -60,7 +60,7 @@ pub struct Session {
     session_features: SessionFeatures,
     cin: BytesMut,
     cout: BytesMut,
-    server: Option<ServerConn>,
+    server: Option<Box<ServerConn>>,
     sout: BytesMut,
     relay: Relay,
     statements: ClientStatements,
@@ -72,8 +72,9 @@ pub struct Session {
     settings: BTreeMap<String, String>,
     /// Effects seen in the transaction in progress; they take hold only if it commits.
     pending_effects: Vec<SessionEffect>,
-    /// ParameterStatus values the client has been told.
-    told: HashMap<String, String>,
+    /// ParameterStatus values the client has been told: the pool's shared baseline, plus this client's own values
+    /// where they differ (sharing the baseline keeps an idle client small).
+    told: super::startup_params::Told,
     /// Why this client keeps its server (LISTEN, temp tables...), if it does.
     pinned: Option<&'static str>,
     batch_failed: bool,
@@ -100,7 +101,7 @@ impl Session {
         pool: Arc<Pool>,
         mode: PoolMode,
         startup_settings: BTreeMap<String, String>,
-        told: HashMap<String, String>,
+        told: super::startup_params::Told,
     ) -> Session {
         let session_features = ctx.config().general.session_features;
         pool.stats.clients.fetch_add(1, Ordering::Relaxed);
@@ -140,7 +141,7 @@ impl Session {
     pub async fn run(mut self) -> Result<(), SessionError> {
         let result = self.serve().await;
         if let Some(server) = self.server.take() {
-            self.give_back_after_disconnect(server).await;
+            Box::pin(self.give_back_after_disconnect(server)).await;
         }
         match result {
             Err(SessionError::ClientGone) => Ok(()),
@@ -164,14 +165,15 @@ impl Session {
                 }
                 continue;
             }
-            self.attach(Route::Primary, &frame).await?;
+            // The attached state's futures are boxed: an idle session's task then holds only what idleness needs.
+            Box::pin(self.attach(Route::Primary, &frame)).await?;
             if self.server.is_none() {
                 continue; // attach failed and the client was told
             }
             if self.on_client_frame(frame)? == Flow::ClientGone {
                 return Err(SessionError::ClientGone);
             }
-            self.run_attached().await?;
+            Box::pin(self.run_attached()).await?;
         }
     }
 
@@ -341,7 +343,7 @@ impl Session {
 
     /// The client left (or was thrown out) while holding a server. An idle-in-transaction server is rolled back and
     /// reused; one still busy with a query is cancelled and closed, so nobody can inherit its unfinished work.
-    async fn give_back_after_disconnect(&mut self, mut server: ServerConn) {
+    async fn give_back_after_disconnect(&mut self, mut server: Box<ServerConn>) {
         self.registration.info.set_server(None);
         let config = self.pool.config();
         let busy = !self.relay.is_empty() || self.relay.in_copy_in || !self.sout.is_empty();
