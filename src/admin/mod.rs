@@ -18,8 +18,8 @@ use crate::protocol::backend::{
     row_description_text, Severity,
 };
 use crate::protocol::framing::split_frame;
-use crate::protocol::frontend::{parse_parse, query_text};
-use crate::protocol::{tag, TxStatus};
+use crate::protocol::frontend::{parse_bind, parse_parse, parse_target, query_text};
+use crate::protocol::{read_cstr, tag, TxStatus};
 
 /// A command's result: an optional table and the CommandComplete tag.
 #[derive(Debug, Default)]
@@ -162,49 +162,124 @@ pub async fn run(ctx: Arc<Context>, mut stream: ClientStream, _registration: Cli
                 }
                 ready_for_query(&mut out, TxStatus::Idle);
             }
-            tag::PARSE => {
-                state.query = parse_parse(frame.body())
-                    .map(|p| String::from_utf8_lossy(p.query).into_owned());
-                state.result = None;
-                put_message(&mut out, tag::PARSE_COMPLETE, |_| {});
+            tag::PARSE => match parse_parse(frame.body()) {
+                Some(p) => {
+                    let sql = String::from_utf8_lossy(p.query).into_owned();
+                    state.statements.insert(p.name.to_vec(), sql);
+                    put_message(&mut out, tag::PARSE_COMPLETE, |_| {});
+                }
+                None => state.fail(&mut out, sqlstate::PROTOCOL_VIOLATION, "malformed Parse"),
+            },
+            tag::BIND => {
+                let Some(b) = parse_bind(frame.body()) else {
+                    state.fail(&mut out, sqlstate::PROTOCOL_VIOLATION, "malformed Bind");
+                    continue;
+                };
+                let Some(sql) = state.statements.get(b.statement).cloned() else {
+                    let msg = format!(
+                        "prepared statement \"{}\" does not exist",
+                        String::from_utf8_lossy(b.statement)
+                    );
+                    state.fail(&mut out, UNDEFINED_STATEMENT, &msg);
+                    continue;
+                };
+                state
+                    .portals
+                    .insert(b.portal.to_vec(), Portal { sql, result: None });
+                put_message(&mut out, tag::BIND_COMPLETE, |_| {});
             }
-            tag::BIND => put_message(&mut out, tag::BIND_COMPLETE, |_| {}),
-            tag::DESCRIBE | tag::EXECUTE => {
-                if state.result.is_none() {
-                    let sql = state.query.clone().unwrap_or_default();
+            tag::DESCRIBE => {
+                let Some(t) = parse_target(frame.body()) else {
+                    state.fail(&mut out, sqlstate::PROTOCOL_VIOLATION, "malformed Describe");
+                    continue;
+                };
+                let (sql, cached) = if t.kind == b'S' {
+                    match state.statements.get(t.name) {
+                        Some(sql) => (sql.clone(), None),
+                        None => {
+                            state.fail(
+                                &mut out,
+                                UNDEFINED_STATEMENT,
+                                "prepared statement does not exist",
+                            );
+                            continue;
+                        }
+                    }
+                } else {
+                    match state.portals.get_mut(t.name) {
+                        Some(p) => (p.sql.clone(), Some(&mut p.result)),
+                        None => {
+                            state.fail(&mut out, UNDEFINED_PORTAL, "portal does not exist");
+                            continue;
+                        }
+                    }
+                };
+                // Only SHOW has a row shape to describe, and running it has no side effect; a control command
+                // (PAUSE, RELOAD...) must run once, at Execute, so it is described as returning no rows.
+                let columns = if is_show(&sql) {
                     match execute(&ctx, &sql).await {
-                        Ok(o) => state.result = Some(o),
+                        Ok(o) => {
+                            let columns = o.columns.clone();
+                            if let Some(slot) = cached {
+                                *slot = Some(o); // Execute returns exactly what was described
+                            }
+                            columns
+                        }
                         Err(e) => {
                             write_error(&mut out, &e);
                             state.failed = true;
                             continue;
                         }
                     }
-                }
-                let Some(o) = state.result.as_ref() else {
-                    continue;
-                };
-                if frame.tag == tag::DESCRIBE {
-                    if frame.body().first() == Some(&b'S') {
-                        put_message(&mut out, tag::PARAMETER_DESCRIPTION, |b| {
-                            b.extend_from_slice(&[0, 0])
-                        });
-                    }
-                    if o.columns.is_empty() {
-                        put_message(&mut out, tag::NO_DATA, |_| {});
-                    } else {
-                        row_description_text(&mut out, &o.columns);
-                    }
                 } else {
-                    write_output(&mut out, o, false);
+                    Vec::new()
+                };
+                if t.kind == b'S' {
+                    put_message(&mut out, tag::PARAMETER_DESCRIPTION, |b| {
+                        b.extend_from_slice(&[0, 0])
+                    });
+                }
+                if columns.is_empty() {
+                    put_message(&mut out, tag::NO_DATA, |_| {});
+                } else {
+                    row_description_text(&mut out, &columns);
                 }
             }
-            tag::CLOSE => put_message(&mut out, tag::CLOSE_COMPLETE, |_| {}),
-            tag::SYNC => {
-                state = Extended {
-                    query: state.query.take(),
-                    ..Extended::default()
+            tag::EXECUTE => {
+                let name = read_cstr(frame.body(), 0)
+                    .map(|(n, _)| n)
+                    .unwrap_or_default();
+                let Some(portal) = state.portals.get_mut(name) else {
+                    state.fail(&mut out, UNDEFINED_PORTAL, "portal does not exist");
+                    continue;
                 };
+                let result = match portal.result.take() {
+                    Some(o) => Ok(o),
+                    None => execute(&ctx, &portal.sql.clone()).await,
+                };
+                match result {
+                    Ok(o) => write_output(&mut out, &o, false),
+                    Err(e) => {
+                        write_error(&mut out, &e);
+                        state.failed = true;
+                        continue;
+                    }
+                }
+            }
+            tag::CLOSE => {
+                if let Some(t) = parse_target(frame.body()) {
+                    if t.kind == b'S' {
+                        state.statements.remove(t.name);
+                    } else {
+                        state.portals.remove(t.name);
+                    }
+                }
+                put_message(&mut out, tag::CLOSE_COMPLETE, |_| {});
+            }
+            tag::SYNC => {
+                // Outside a transaction block, portals last until Sync; statements until closed.
+                state.portals.clear();
+                state.failed = false;
                 ready_for_query(&mut out, TxStatus::Idle);
             }
             tag::FLUSH => {}
@@ -234,9 +309,35 @@ pub async fn run(ctx: Arc<Context>, mut stream: ClientStream, _registration: Cli
     }
 }
 
+/// SQLSTATEs for extended-protocol references to things never created (Postgres' errcodes.txt).
+const UNDEFINED_STATEMENT: &str = "26000";
+const UNDEFINED_PORTAL: &str = "34000";
+
+fn is_show(sql: &str) -> bool {
+    sql.split_whitespace()
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case("SHOW"))
+}
+
+/// Extended-protocol state: statements by name (until Close) and portals by name (until Sync), each remembering its
+/// own command, so a driver may prepare several statements before running any of them.
 #[derive(Default)]
 struct Extended {
-    query: Option<String>,
-    result: Option<Output>,
+    statements: std::collections::HashMap<Vec<u8>, String>,
+    portals: std::collections::HashMap<Vec<u8>, Portal>,
+    /// An error was reported: skip messages until Sync, as Postgres does.
     failed: bool,
+}
+
+struct Portal {
+    sql: String,
+    /// Computed by Describe of the portal, handed to its Execute.
+    result: Option<Output>,
+}
+
+impl Extended {
+    fn fail(&mut self, out: &mut BytesMut, code: &str, message: &str) {
+        error_response(out, Severity::Error, code, message, None);
+        self.failed = true;
+    }
 }

@@ -239,11 +239,12 @@ fn stats(ctx: &Arc<Context>) -> Output {
         .map(|d| d.as_secs_f64())
         .unwrap_or(1.0)
         .max(1.0);
-    let mut per_db: std::collections::BTreeMap<String, [u64; 7]> = Default::default();
+    let mut per_db: std::collections::BTreeMap<String, [u64; 8]> = Default::default();
     for p in ctx.pools() {
         let st = &p.stats;
         let e = per_db.entry(p.database.clone()).or_default();
         for (i, v) in [
+            &st.server_assignment_count,
             &st.xact_count,
             &st.query_count,
             &st.bytes_received,
@@ -261,29 +262,42 @@ fn stats(ctx: &Arc<Context>) -> Output {
     let rows = per_db
         .into_iter()
         .map(|(db, t)| {
+            let [assignments, xacts, queries, received, sent, xact_us, query_us, wait_us] = t;
             let avg = |total: u64, n: u64| total.checked_div(n).unwrap_or(0);
+            let per_sec = |v: u64| s((v as f64 / uptime) as u64);
+            // Prepared-statement counters are not tracked: reported as 0, like the cancel-request columns.
             vec![
                 s(db),
-                s(t[0]),
-                s(t[1]),
-                s(t[2]),
-                s(t[3]),
-                s(t[4]),
-                s(t[5]),
-                s(t[6]),
-                s((t[0] as f64 / uptime) as u64),
-                s((t[1] as f64 / uptime) as u64),
-                s((t[2] as f64 / uptime) as u64),
-                s((t[3] as f64 / uptime) as u64),
-                s(avg(t[4], t[0])),
-                s(avg(t[5], t[1])),
-                s(avg(t[6], t[0])),
+                s(assignments),
+                s(xacts),
+                s(queries),
+                s(received),
+                s(sent),
+                s(xact_us),
+                s(query_us),
+                s(wait_us),
+                s(0),
+                s(0),
+                s(0),
+                per_sec(assignments),
+                per_sec(xacts),
+                per_sec(queries),
+                per_sec(received),
+                per_sec(sent),
+                s(avg(xact_us, xacts)),
+                s(avg(query_us, queries)),
+                s(avg(wait_us, assignments)),
+                s(0),
+                s(0),
+                s(0),
             ]
         })
         .collect();
+    // PgBouncer's columns and order (src/stats.c, admin_database_stats).
     Output::table(
         vec![
             "database",
+            "total_server_assignment_count",
             "total_xact_count",
             "total_query_count",
             "total_received",
@@ -291,6 +305,10 @@ fn stats(ctx: &Arc<Context>) -> Output {
             "total_xact_time",
             "total_query_time",
             "total_wait_time",
+            "total_client_parse_count",
+            "total_server_parse_count",
+            "total_bind_count",
+            "avg_server_assignment_count",
             "avg_xact_count",
             "avg_query_count",
             "avg_recv",
@@ -298,6 +316,9 @@ fn stats(ctx: &Arc<Context>) -> Output {
             "avg_xact_time",
             "avg_query_time",
             "avg_wait_time",
+            "avg_client_parse_count",
+            "avg_server_parse_count",
+            "avg_bind_count",
         ],
         rows,
     )

@@ -81,6 +81,8 @@ impl ReportableError for PoolError {
 /// Counters for SHOW STATS / SHOW POOLS. Plain atomics: the hot path only ever adds.
 #[derive(Debug, Default)]
 pub struct PoolStats {
+    /// Server connections handed to a client (successful checkouts).
+    pub server_assignment_count: AtomicU64,
     pub xact_count: AtomicU64,
     pub query_count: AtomicU64,
     pub bytes_received: AtomicU64,
@@ -276,6 +278,11 @@ impl Pool {
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
         let result = self.checkout_inner().await;
         self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        if result.is_ok() {
+            self.stats
+                .server_assignment_count
+                .fetch_add(1, Ordering::Relaxed);
+        }
         self.stats
             .wait_time_us
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);

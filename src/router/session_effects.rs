@@ -83,6 +83,13 @@ pub fn statement_effect(stmt: &str) -> Option<SessionEffect> {
         if kw(name, "SESSION") {
             return Some(SessionEffect::Reset("session_authorization".into()));
         }
+        if kw(name, "TIME") {
+            // RESET TIME ZONE, the SQL-standard spelling of RESET timezone.
+            return match words.next() {
+                Some(w) if kw(w, "ZONE") => Some(SessionEffect::Reset("timezone".into())),
+                _ => None,
+            };
+        }
         let rest = words.rest();
         return Some(SessionEffect::Reset(dotted_name(name, rest).0));
     }
@@ -340,6 +347,10 @@ mod tests {
         assert_eq!(statement_effect("RESET ALL"), Some(SessionEffect::ResetAll));
         assert_eq!(
             statement_effect("reset TimeZone"),
+            Some(SessionEffect::Reset("timezone".into()))
+        );
+        assert_eq!(
+            statement_effect("RESET TIME ZONE"),
             Some(SessionEffect::Reset("timezone".into()))
         );
         assert_eq!(

@@ -48,13 +48,17 @@ impl Session {
                 self.release();
                 return self.flush_client().await;
             }
-            let waiting_on_client = self.relay.is_empty()
+            let idle_in_transaction = self.relay.is_empty()
                 && self.sout.is_empty()
-                && self.cout.is_empty()
                 && self
                     .server
                     .as_ref()
                     .is_some_and(|s| s.status != TxStatus::Idle);
+            if idle_in_transaction && idle_tx_timeout.is_some() && !self.cout.is_empty() {
+                // Every reply is in: deliver it now, so the timeout below times the client's silence.
+                self.flush_client().await?;
+            }
+            let waiting_on_client = idle_in_transaction && self.cout.is_empty();
             let event = match (idle_tx_timeout, waiting_on_client) {
                 (Some(t), true) => match tokio::time::timeout(t, self.pump()).await {
                     Ok(r) => r?,

@@ -168,7 +168,11 @@ impl Session {
             // The attached state's futures are boxed: an idle session's task then holds only what idleness needs.
             Box::pin(self.attach(Route::Primary, &frame)).await?;
             if self.server.is_none() {
-                continue; // attach failed and the client was told
+                // Attach failed and the error is queued for the client: send it before waiting for more input.
+                if self.cin.is_empty() {
+                    self.flush_client().await?;
+                }
+                continue;
             }
             if self.on_client_frame(frame)? == Flow::ClientGone {
                 return Err(SessionError::ClientGone);

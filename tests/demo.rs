@@ -1,0 +1,185 @@
+//! `shardpool demo` as a user runs it: it prints a psql URL that works (the sample table has its 100 rows), and
+//! Ctrl-C (SIGINT) stops it cleanly, taking its Postgres servers and their files with it.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// The demo process, killed if the test fails before it exits by itself.
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// What the demo printed that the test needs.
+#[derive(Default)]
+struct Printed {
+    url: Option<String>,
+    data_dir: Option<PathBuf>,
+    primary_port: Option<u16>,
+    replica_port: Option<u16>,
+    lines: Vec<String>,
+}
+
+impl Printed {
+    fn take(&mut self, line: &str) {
+        self.lines.push(line.to_owned());
+        // "  primary  postgres on 127.0.0.1:PORT (data in DIR)"
+        if let Some(rest) = line.trim().strip_prefix("primary") {
+            if let Some((_, after)) = rest.split_once("127.0.0.1:") {
+                self.primary_port = after.split_whitespace().next().and_then(|p| p.parse().ok());
+            }
+            if let Some((_, dir)) = rest.split_once("(data in ") {
+                self.data_dir = Some(PathBuf::from(dir.trim_end().trim_end_matches(')')));
+            }
+        }
+        // "  replica  postgres on 127.0.0.1:PORT (streaming from the primary)"
+        if let Some(rest) = line.trim().strip_prefix("replica") {
+            if let Some((_, after)) = rest.split_once("127.0.0.1:") {
+                self.replica_port = after.split_whitespace().next().and_then(|p| p.parse().ok());
+            }
+        }
+        // "  connect:  psql postgres://app:app@127.0.0.1:PORT/app"
+        if let Some((_, url)) = line.split_once("psql postgres://") {
+            self.url = Some(format!(
+                "postgres://{}",
+                url.split_whitespace().next().unwrap_or("")
+            ));
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.url.is_some()
+            && self.data_dir.is_some()
+            && self.primary_port.is_some()
+            && self.replica_port.is_some()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_the_sample_data_and_cleans_up_on_sigint() {
+    let port = shardpool::pgcluster::free_port();
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(common::bin("shardpool"))
+        .args(["demo", "--port", &port.to_string()])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut demo = Demo(child);
+    let log = || std::fs::read_to_string(stderr.path()).unwrap_or_default();
+
+    // Read stdout on a thread (blocking pipe), line by line, until the URL shows up.
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut printed = Printed::default();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !printed.complete() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left.min(Duration::from_millis(200))) {
+            Ok(line) => printed.take(&line),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(status) = demo.0.try_wait().unwrap() {
+                    panic!(
+                        "demo exited with {status} before printing its URL:\n{}\n{}",
+                        printed.lines.join("\n"),
+                        log()
+                    );
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "demo printed no URL within 180 s:\n{}\n{}",
+                    printed.lines.join("\n"),
+                    log()
+                );
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!(
+                "demo closed stdout without printing its URL:\n{}\n{}",
+                printed.lines.join("\n"),
+                log()
+            ),
+        }
+    }
+    let url = printed.url.clone().unwrap();
+    let data_dir = printed.data_dir.clone().unwrap();
+    let primary_port = printed.primary_port.unwrap();
+    let replica_port = printed.replica_port.unwrap();
+    assert!(
+        url.contains(&format!("127.0.0.1:{port}/")),
+        "the URL is not on --port {port}: {url}"
+    );
+    assert!(
+        data_dir.is_dir(),
+        "printed data dir {data_dir:?} does not exist"
+    );
+
+    let client = common::connect(&url).await;
+    let accounts: i64 = client
+        .query_one("SELECT count(*) FROM accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(accounts, 100);
+    drop(client);
+
+    kill(Pid::from_raw(demo.0.id() as i32), Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = demo.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "demo did not exit within 60 s of SIGINT:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "demo exited with {status}:\n{}", log());
+
+    // Its servers and their files are gone.
+    common::eventually(
+        Duration::from_secs(30),
+        "the demo's data dir is removed",
+        || async { !data_dir.exists() },
+    )
+    .await;
+    common::eventually(
+        Duration::from_secs(30),
+        "the demo's primary and replica stop listening",
+        || async {
+            [primary_port, replica_port]
+                .iter()
+                .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_err())
+        },
+    )
+    .await;
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "shardpool still listening on {port}"
+    );
+}
