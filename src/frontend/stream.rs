@@ -33,7 +33,14 @@ impl ClientStream {
                 }
                 match s.try_read_buf(buf) {
                     Ok(n) => return Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // Readiness can be stale (left over from the last read): give the buffer back before
+                        // waiting again, or every idle client would sit on a full read buffer.
+                        if buf.is_empty() {
+                            *buf = BytesMut::new();
+                        }
+                        continue;
+                    }
                     Err(e) => return Err(e),
                 }
             },
