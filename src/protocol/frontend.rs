@@ -139,6 +139,33 @@ pub fn parse_sasl_initial(body: &[u8]) -> Option<(&[u8], &[u8])> {
     (len >= 0 && len as usize == data.len()).then_some((mechanism, data))
 }
 
+/// Why a client message can never be valid, judged from its type and body alone; `None` if it may be. The session
+/// checks this before borrowing a server, so a broken client is refused at once instead of first waiting in the
+/// pool's queue (and, if that times out, having its garbage answered as "no server available").
+pub fn malformed(msg_tag: u8, body: &[u8]) -> Option<String> {
+    let what = match msg_tag {
+        tag::QUERY if query_text(body).is_none() => "Query",
+        tag::PARSE if parse_parse(body).is_none() => "Parse",
+        tag::BIND if parse_bind(body).is_none() => "Bind",
+        tag::DESCRIBE if parse_target(body).is_none() => "Describe",
+        tag::QUERY
+        | tag::PARSE
+        | tag::BIND
+        | tag::DESCRIBE
+        | tag::CLOSE
+        | tag::EXECUTE
+        | tag::SYNC
+        | tag::FLUSH
+        | tag::FUNCTION_CALL
+        | tag::COPY_DATA
+        | tag::COPY_DONE
+        | tag::COPY_FAIL
+        | tag::TERMINATE => return None,
+        other => return Some(format!("invalid frontend message type {:?}", other as char)),
+    };
+    Some(format!("malformed {what} message"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +207,29 @@ mod tests {
             parse_sasl_initial(b"SCRAM-SHA-256\x00\x00\x00\x00\x03abc"),
             Some((&b"SCRAM-SHA-256"[..], &b"abc"[..]))
         );
+    }
+
+    #[test]
+    fn malformed_names_what_can_never_be_valid() {
+        assert_eq!(malformed(tag::QUERY, b"SELECT 1\x00"), None);
+        assert_eq!(malformed(tag::SYNC, b""), None);
+        assert_eq!(malformed(tag::BIND, b"\x00\x00\xff\xff"), None); // the server judges the rest
+        assert_eq!(
+            malformed(tag::QUERY, b"SELECT 1").as_deref(),
+            Some("malformed Query message")
+        );
+        assert_eq!(
+            malformed(tag::BIND, b"portal").as_deref(),
+            Some("malformed Bind message")
+        );
+        assert_eq!(
+            malformed(tag::DESCRIBE, b"Xs\x00").as_deref(),
+            Some("malformed Describe message")
+        );
+        assert_eq!(
+            malformed(b'z', b"").as_deref(),
+            Some("invalid frontend message type 'z'")
+        );
+        assert!(malformed(tag::PASSWORD, b"pw\x00").is_some());
     }
 }

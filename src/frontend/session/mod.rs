@@ -228,6 +228,9 @@ impl Session {
 
     /// Messages that need no server: returns true if answered here.
     fn answer_locally(&mut self, frame: &Frame) -> Result<bool, SessionError> {
+        if let Some(why) = crate::protocol::frontend::malformed(frame.tag, frame.body()) {
+            return Err(protocol_violation(why));
+        }
         if self.relay.skip_until_sync {
             if frame.tag == tag::SYNC {
                 self.relay.skip_until_sync = false;
