@@ -37,6 +37,10 @@ impl HandshakeError {
     /// What to tell the client before closing, if the connection is still usable for that.
     pub fn client_error(&self) -> Option<ClientError> {
         match self {
+            HandshakeError::Packet(StartupError::NoUser) => Some(ClientError::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                StartupError::NoUser.to_string(),
+            )),
             HandshakeError::Packet(e) => Some(ClientError::fatal(
                 sqlstate::PROTOCOL_VIOLATION,
                 e.to_string(),

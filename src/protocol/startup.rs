@@ -25,6 +25,9 @@ pub enum StartupError {
     UnsupportedProtocol { major: u16, minor: u16 },
     #[error("invalid startup packet layout: {0}")]
     Malformed(&'static str),
+    /// Well-formed but without a user name; Postgres answers this one with 28000, not 08P01.
+    #[error("no PostgreSQL user name specified in startup packet")]
+    NoUser,
 }
 
 /// A cancel key as handed to clients in BackendKeyData. Protocol 3.0 keys are a pid and a 32-bit secret.
@@ -138,9 +141,7 @@ fn decode_startup(code: u32, rest: &[u8]) -> Result<StartupPacket, StartupError>
         pos = next;
     }
     if params.get("user").is_none_or(|u| u.is_empty()) {
-        return Err(StartupError::Malformed(
-            "no PostgreSQL user name specified in startup packet",
-        ));
+        return Err(StartupError::NoUser);
     }
     Ok(StartupPacket::Startup(StartupParams {
         minor_version: minor,
@@ -246,6 +247,10 @@ mod tests {
         for c in cases {
             assert!(decode(c).is_err(), "{c:?}");
         }
+        assert_eq!(
+            decode(b"\x00\x03\x00\x00user\x00\x00\x00"),
+            Err(StartupError::NoUser)
+        );
         assert!(check_length(9_999_999i32.to_be_bytes()).is_err());
         assert!(check_length(4i32.to_be_bytes()).is_err());
         assert!(check_length((-5i32).to_be_bytes()).is_err());
