@@ -55,7 +55,11 @@ pub async fn login(
 ) -> Result<LoggedIn, LoginError> {
     let config = ctx.config();
     let user_name = params.user();
-    if params.params.contains_key("replication") {
+    if params
+        .params
+        .get("replication")
+        .is_some_and(|v| !is_false(v))
+    {
         return Err(LoginError::refused(
             sqlstate::FEATURE_NOT_SUPPORTED,
             "shardpool does not support replication connections",
@@ -106,6 +110,17 @@ pub async fn login(
         database,
         admin: false,
     })
+}
+
+/// Whether a startup parameter value is a boolean false as Postgres' `parse_bool` reads it ("replication=false" is an
+/// ordinary connection there, not a replication one).
+fn is_false(value: &str) -> bool {
+    let v = value.to_ascii_lowercase();
+    !v.is_empty()
+        && ("false".starts_with(&v)
+            || "no".starts_with(&v)
+            || (v.len() >= 2 && "off".starts_with(&v))
+            || v == "0")
 }
 
 async fn send(stream: &mut ClientStream, buf: &BytesMut) -> Result<(), LoginError> {
@@ -224,6 +239,19 @@ impl Context {
             StoredSecret::Scram(v) => Some(v),
             StoredSecret::Md5(_) => None,
             StoredSecret::Plain(p) => Some(self.cached_verifier(&user.name, &p)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn false_spellings_of_replication() {
+        for v in ["false", "f", "FALSE", "off", "of", "no", "n", "0"] {
+            assert!(super::is_false(v), "{v}");
+        }
+        for v in ["true", "on", "o", "1", "yes", "database", ""] {
+            assert!(!super::is_false(v), "{v}");
         }
     }
 }
