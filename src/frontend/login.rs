@@ -4,14 +4,15 @@
 //!
 //! Reference: PostgreSQL docs 55.2.1 "Start-up" (authentication message flow) and 55.3 "SASL Authentication".
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::BytesMut;
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::stream::ClientStream;
 use crate::auth::md5::verify_md5_response;
-use crate::auth::scram::{ScramServer, ScramVerifier};
+use crate::auth::scram::{ScramServer, ScramVerifier, DEFAULT_ITERATIONS};
 use crate::auth::{random_salt4, StoredSecret};
 use crate::config::{AuthMethod, UserConfig, ADMIN_DATABASE};
 use crate::context::Context;
@@ -72,6 +73,8 @@ pub async fn login(
         )
     };
     let Some(user) = config.user(user_name).cloned() else {
+        // As Postgres does: a SCRAM exchange that can only fail, so an unknown name looks like a wrong password.
+        scram_with(stream, mock_verifier(user_name)).await?;
         return Err(failed());
     };
     let ok = match user.auth {
@@ -188,6 +191,30 @@ async fn scram_exchange(
     let Some(verifier) = ctx.scram_verifier(user) else {
         return Ok(false);
     };
+    scram_with(stream, verifier).await
+}
+
+/// A verifier no password matches, with a salt stable per user name (like Postgres' `scram_mock_salt`), so probing
+/// an unknown name twice looks like probing a real user twice.
+fn mock_verifier(user: &str) -> ScramVerifier {
+    static SECRET: OnceLock<[u8; 32]> = OnceLock::new();
+    let secret = SECRET.get_or_init(rand::random);
+    let digest = Sha256::new()
+        .chain_update(secret)
+        .chain_update(user.as_bytes())
+        .finalize();
+    ScramVerifier {
+        iterations: DEFAULT_ITERATIONS,
+        salt: digest[..16].to_vec(),
+        stored_key: rand::random(),
+        server_key: rand::random(),
+    }
+}
+
+async fn scram_with(
+    stream: &mut ClientStream,
+    verifier: ScramVerifier,
+) -> Result<bool, LoginError> {
     let mut out = BytesMut::new();
     authentication_sasl(&mut out, &["SCRAM-SHA-256"]);
     send(stream, &out).await?;
