@@ -21,7 +21,7 @@ use crate::protocol::backend::{
     authentication_md5, authentication_sasl, authentication_sasl_continue,
     authentication_sasl_final,
 };
-use crate::protocol::framing::split_frame;
+use crate::protocol::framing::{peek_header, HEADER_LEN};
 use crate::protocol::frontend::{parse_password, parse_sasl_initial};
 use crate::protocol::startup::StartupParams;
 use crate::protocol::{tag, Frame};
@@ -132,39 +132,33 @@ async fn send(stream: &mut ClientStream, buf: &BytesMut) -> Result<(), LoginErro
     Ok(())
 }
 
-/// Reads one password-family message ('p'); anything else during authentication is a protocol violation.
+/// Reads one password-family message ('p'); anything else during authentication is a protocol violation. Reads
+/// exactly that message and no further: whatever a client pipelined behind it belongs to the session.
 async fn read_password_message(stream: &mut ClientStream) -> Result<Frame, LoginError> {
-    let mut buf = BytesMut::with_capacity(512);
-    loop {
-        match split_frame(&mut buf) {
-            Ok(Some(f)) if f.tag == tag::PASSWORD => return Ok(f),
-            Ok(Some(f)) => {
-                return Err(LoginError::refused(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    format!(
-                        "expected password response, got message type {:?}",
-                        f.tag as char
-                    ),
-                ))
-            }
-            Ok(None) if buf.len() > MAX_AUTH_MESSAGE => {
-                return Err(LoginError::refused(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    "authentication message too long",
-                ))
-            }
-            Ok(None) => {}
-            Err(e) => {
-                return Err(LoginError::refused(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    e.to_string(),
-                ))
-            }
-        }
-        if stream.read_buf(&mut buf).await? == 0 {
-            return Err(LoginError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-        }
+    let violation = |m: String| LoginError::refused(sqlstate::PROTOCOL_VIOLATION, m);
+    let mut header = [0u8; HEADER_LEN];
+    stream.read_exact(&mut header).await?;
+    let (msg_tag, total) = match peek_header(&header) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Err(violation("short message header".into())),
+        Err(e) => return Err(violation(e.to_string())),
+    };
+    if msg_tag != tag::PASSWORD {
+        return Err(violation(format!(
+            "expected password response, got message type {:?}",
+            msg_tag as char
+        )));
     }
+    if total > MAX_AUTH_MESSAGE {
+        return Err(violation("authentication message too long".into()));
+    }
+    let mut raw = BytesMut::zeroed(total);
+    raw[..HEADER_LEN].copy_from_slice(&header);
+    stream.read_exact(&mut raw[HEADER_LEN..]).await?;
+    Ok(Frame {
+        tag: msg_tag,
+        raw: raw.freeze(),
+    })
 }
 
 async fn md5_exchange(stream: &mut ClientStream, user: &UserConfig) -> Result<bool, LoginError> {
