@@ -60,22 +60,30 @@ pub async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let ctx = Arc::clone(&ctx);
         let acceptor = tls.load_full();
-        let fut = async move {
+        tokio::spawn(async move {
             ctx.connections.fetch_add(1, Ordering::Relaxed);
             let guard = ConnectionGuard(Arc::clone(&ctx));
-            handle(ctx, tcp, peer, acceptor).await;
+            // The startup phase runs in its own heap future, so the task that lives as long as the client holds only
+            // the session: an idle client costs what its session state costs, not the largest login step.
+            let session = Box::pin(establish(ctx, tcp, peer, acceptor)).await;
+            if let Some(session) = session {
+                if let Err(e) = Box::pin(session.run()).await {
+                    tracing::info!(%peer, error = %e, "session ended with an error");
+                }
+            }
             drop(guard);
-        };
-        tokio::spawn(fut);
+        });
     }
 }
 
-async fn handle(
+/// Handshake, login and login replies. Returns the session to run, or `None` when the connection was a cancel
+/// request, was refused, or was an admin console session (which has run to its end here).
+async fn establish(
     ctx: Arc<Context>,
     tcp: TcpStream,
     peer: SocketAddr,
     tls: Option<Arc<TlsAcceptor>>,
-) {
+) -> Option<Session> {
     let config = ctx.config();
     let require_tls = config
         .tls
@@ -102,7 +110,7 @@ async fn handle(
     })
     .await;
     let Ok(Some((mut stream, params))) = started else {
-        return;
+        return None;
     };
 
     if ctx.connections.load(Ordering::Relaxed) > config.general.max_client_conn {
@@ -110,14 +118,16 @@ async fn handle(
             sqlstate::TOO_MANY_CONNECTIONS,
             "sorry, too many clients already",
         );
-        return refuse(&mut stream, &e).await;
+        refuse(&mut stream, &e).await;
+        return None;
     }
     if ctx.is_shutting_down() {
         let e = ClientError::fatal(
             sqlstate::CANNOT_CONNECT_NOW,
             "the database system is shutting down",
         );
-        return refuse(&mut stream, &e).await;
+        refuse(&mut stream, &e).await;
+        return None;
     }
     let mut out = BytesMut::new();
     let options = params.protocol_options();
@@ -131,9 +141,10 @@ async fn handle(
             Ok(Ok(l)) => l,
             Ok(Err(LoginError::Refused(e))) => {
                 tracing::info!(%peer, user = params.user(), error = %e.message, "login refused");
-                return refuse(&mut stream, &e).await;
+                refuse(&mut stream, &e).await;
+                return None;
             }
-            Ok(Err(LoginError::Io(_))) | Err(_) => return,
+            Ok(Err(LoginError::Io(_))) | Err(_) => return None,
         };
     let app_name = params
         .params
@@ -152,11 +163,12 @@ async fn handle(
     if logged_in.admin {
         send_login_ok(&mut stream, &crate::admin::server_params(), key).await;
         Box::pin(crate::admin::run(ctx, stream, registration)).await;
-        return;
+        return None;
     }
     let Some(pool) = ctx.pool(&logged_in.database, &logged_in.user) else {
         let e = ClientError::fatal(sqlstate::INVALID_CATALOG_NAME, "database was removed");
-        return refuse(&mut stream, &e).await;
+        refuse(&mut stream, &e).await;
+        return None;
     };
     let baseline = match Box::pin(pool.server_params()).await {
         Ok(b) => b,
@@ -165,7 +177,8 @@ async fn handle(
                 ClientError::fatal(sqlstate::CONNECTION_FAILURE, "server unavailable")
             });
             ce.severity = crate::protocol::backend::Severity::Fatal;
-            return refuse(&mut stream, &ce).await;
+            refuse(&mut stream, &ce).await;
+            return None;
         }
     };
     let told = initial_status(&params, &baseline);
@@ -189,9 +202,7 @@ async fn handle(
         settings,
         told,
     );
-    if let Err(e) = Box::pin(session.run()).await {
-        tracing::info!(%peer, error = %e, "session ended with an error");
-    }
+    Some(session)
 }
 
 async fn send_login_ok(
