@@ -174,6 +174,7 @@ impl Session {
             && self.relay.executes_done == 0
             && self.relay.len() == 1
             && self.batch.is_empty()
+            && self.last_batch_whole
             && self.last_batch.last().is_some_and(|f| f.tag == tag::SYNC);
         if !safe {
             return false;

@@ -31,14 +31,7 @@ impl Session {
             }
             return Ok(Flow::Continue);
         }
-        if self.server.is_some() {
-            self.batch.push(frame.clone());
-            if frame.tag == tag::SYNC {
-                // Swap rather than take, so both vectors keep their capacity across batches.
-                std::mem::swap(&mut self.batch, &mut self.last_batch);
-                self.batch.clear();
-            }
-        }
+        self.log_batch(&frame);
         match frame.tag {
             tag::QUERY => self.forward_query(frame)?,
             tag::PARSE => self.forward_parse(&frame)?,
@@ -74,6 +67,30 @@ impl Session {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// Keeps the extended-protocol batch in flight, for a transparent re-send after DDL (see `plan_retry`). Simple
+    /// queries are never re-sent, and a batch that grows past a bound without a Sync is not kept whole: it then cannot
+    /// be re-sent, but memory stays bounded whatever the client sends.
+    fn log_batch(&mut self, frame: &Frame) {
+        const MAX_LOGGED: usize = 64;
+        if self.server.is_none() || frame.tag == tag::QUERY {
+            return;
+        }
+        if self.batch.len() < MAX_LOGGED {
+            self.batch.push(frame.clone());
+        } else {
+            self.batch_truncated = true;
+        }
+        if frame.tag == tag::SYNC {
+            // Swap rather than take, so both vectors keep their capacity across batches.
+            std::mem::swap(&mut self.batch, &mut self.last_batch);
+            self.batch.clear();
+            self.last_batch_whole = !std::mem::take(&mut self.batch_truncated);
+            if !self.last_batch_whole {
+                self.last_batch.clear();
+            }
+        }
     }
 
     fn server_mut(&mut self) -> Result<&mut ServerConn, SessionError> {

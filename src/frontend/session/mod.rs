@@ -85,6 +85,8 @@ pub struct Session {
     last_batch: Vec<Frame>,
     replay: Option<Vec<Frame>>,
     replayed: bool,
+    batch_truncated: bool,
+    last_batch_whole: bool,
     /// A Describe's ParameterDescription, held until its RowDescription/NoData arrives: if the Describe fails and is
     /// re-sent, the client must not receive the first half twice.
     held_parameter_description: Option<bytes::Bytes>,
@@ -132,6 +134,8 @@ impl Session {
             last_batch: Vec::new(),
             replay: None,
             replayed: false,
+            batch_truncated: false,
+            last_batch_whole: false,
             held_parameter_description: None,
             xact_started: None,
         }
