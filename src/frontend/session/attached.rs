@@ -278,7 +278,7 @@ impl Session {
                     self.pool.stats.query_count.fetch_add(1, Ordering::Relaxed);
                     if status == TxStatus::Idle {
                         if !self.batch_failed && !self.last_was_rollback {
-                            self.commit_effects();
+                            self.commit_effects(server);
                         } else {
                             self.pending_effects.clear();
                         }

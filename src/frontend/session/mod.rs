@@ -397,23 +397,34 @@ impl Session {
         Ok(())
     }
 
-    /// Applies a committed transaction's session effects to the client's settings.
-    fn commit_effects(&mut self) {
+    /// Applies a committed transaction's session effects to the client's settings, and records them as the state of
+    /// `server`, where they just ran: the next client to get it must have them undone.
+    fn commit_effects(&mut self, server: &mut ServerConn) {
         for effect in std::mem::take(&mut self.pending_effects) {
             match effect {
                 SessionEffect::Set(s) => {
+                    server.applied.insert(s.name.clone(), s.apply.clone());
                     self.settings.insert(s.name, s.apply);
                 }
-                SessionEffect::Reset(name) => match self.startup_settings.get(&name) {
-                    Some(v) => {
-                        self.settings.insert(name, v.clone());
+                SessionEffect::Reset(name) => {
+                    // The server is back at its own default, which is not the client's startup value (if any):
+                    // that one is re-applied at the next attach.
+                    server.applied.remove(&name);
+                    match self.startup_settings.get(&name) {
+                        Some(v) => {
+                            self.settings.insert(name, v.clone());
+                        }
+                        None => {
+                            self.settings.remove(&name);
+                        }
                     }
-                    None => {
-                        self.settings.remove(&name);
-                    }
-                },
-                SessionEffect::ResetAll => self.settings = self.startup_settings.clone(),
+                }
+                SessionEffect::ResetAll => {
+                    server.applied.clear();
+                    self.settings = self.startup_settings.clone();
+                }
                 SessionEffect::DiscardAll => {
+                    server.applied.clear();
                     self.settings = self.startup_settings.clone();
                     self.pinned = None;
                 }
