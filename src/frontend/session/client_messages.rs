@@ -15,7 +15,8 @@ use crate::frontend::prepared::StatementDef;
 use crate::frontend::relay::{Expect, Fabricated};
 use crate::protocol::backend::{close_complete, command_complete, ready_for_query};
 use crate::protocol::frontend::{
-    parse_bind, parse_parse, parse_target, query_text, write_bind, write_parse, write_target,
+    parse_bind, parse_parse, parse_target, query_text, write_bind, write_parse, write_sync,
+    write_target,
 };
 use crate::protocol::{tag, Frame, TxStatus};
 use crate::router::session_effects::{effects, SessionEffect};
@@ -25,9 +26,10 @@ impl Session {
     pub(super) fn on_client_frame(&mut self, frame: Frame) -> Result<Flow, SessionError> {
         if self.relay.skip_until_sync {
             if frame.tag == tag::SYNC {
+                // The server failed the batch too (see `refuse_in_line`): its ReadyForQuery has the real status.
                 self.relay.skip_until_sync = false;
-                self.relay
-                    .push(Expect::Fabricated(Fabricated::ReadyForQuery));
+                self.sout.extend_from_slice(&frame.raw);
+                self.relay.push(Expect::Sync);
             }
             return Ok(Flow::Continue);
         }
@@ -170,16 +172,32 @@ impl Session {
         Ok(true)
     }
 
-    /// Answers with an error in the reply order the client expects, without a server round trip.
+    /// Answers with an error in the reply order the client expects. The server is made to fail as well, with a Parse
+    /// it rejects (its own error swallowed), so that the transaction the refused message was part of (an explicit
+    /// block, or the implicit one of an extended-protocol batch) is aborted exactly as if the statement had failed
+    /// on Postgres, and the ReadyForQuery the client gets is the server's, with the real transaction status.
     fn refuse_in_line(&mut self, msg_tag: u8, err: &ClientError) {
-        // Queue it behind the replies still owed so ordering holds; a simple query also gets its ReadyForQuery.
+        // Queue it behind the replies still owed so ordering holds.
         let mut buf = BytesMut::new();
         err.write(&mut buf);
         self.relay.push_error(buf);
+        write_parse(
+            &mut self.sout,
+            b"shardpool_refused",
+            b"shardpool refused this statement",
+            &[0, 0],
+        );
+        self.relay.push(Expect::Parse {
+            forward: false,
+            statement: None,
+        });
+        self.batch_failed = true;
         if msg_tag == tag::QUERY {
-            self.relay
-                .push(Expect::Fabricated(Fabricated::ReadyForQuery));
+            // A simple query ends with its ReadyForQuery: Sync on the client's behalf.
+            write_sync(&mut self.sout);
+            self.relay.push(Expect::Sync);
         } else {
+            // The server now skips to the client's Sync; so does shardpool, which then forwards that Sync.
             self.relay.skip_until_sync = true;
         }
     }
