@@ -104,15 +104,36 @@ pub struct Relay {
     pub binds_done: usize,
     pub describes_done: usize,
     pub executes_done: usize,
+    /// The server failed an extended-protocol message before the batch's Sync was even queued, so it is discarding
+    /// everything up to that Sync: messages sent meanwhile get no reply and must not be waited for.
+    server_skipping: bool,
+    /// Injected Parses the server discarded that way, to drop from its statement cache.
+    discarded_statements: Vec<u64>,
 }
 
 impl Relay {
     pub fn push(&mut self, e: Expect) {
+        if self.server_skipping {
+            match e {
+                Expect::Sync => self.server_skipping = false,
+                Expect::Parse {
+                    statement: Some(h), ..
+                } => {
+                    self.discarded_statements.push(h);
+                    return;
+                }
+                // Postgres answers nothing until the Sync, so neither does shardpool.
+                _ => return,
+            }
+        }
         self.queue.push_back(e);
     }
 
     /// Queues an error shardpool raised itself, to be written when it reaches the front.
     pub fn push_error(&mut self, encoded: BytesMut) {
+        if self.server_skipping {
+            return;
+        }
         self.errors.push_back(encoded);
         self.queue.push_back(Expect::Fabricated(Fabricated::Error));
     }
@@ -126,9 +147,9 @@ impl Relay {
         }
     }
 
-    /// Nothing outstanding: every message sent has been answered.
+    /// Nothing outstanding: every message sent has been answered (and the server is not waiting for a Sync).
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queue.is_empty() && !self.server_skipping
     }
 
     pub fn len(&self) -> usize {
@@ -138,6 +159,7 @@ impl Relay {
     pub fn clear(&mut self) {
         self.queue.clear();
         self.in_copy_in = false;
+        self.server_skipping = false;
     }
 
     pub fn status(&self) -> TxStatus {
@@ -166,6 +188,7 @@ impl Relay {
         let front = self.queue.front().copied();
         let mut out = Outcome {
             forward: front.is_none_or(Expect::forwards),
+            failed_statements: std::mem::take(&mut self.discarded_statements),
             ..Outcome::default()
         };
         let desync = || Desync {
@@ -186,9 +209,12 @@ impl Relay {
                 match front {
                     Some(Expect::Query { .. }) | Some(Expect::Sync) | None => {}
                     Some(_) => {
-                        // This entry failed; the server skips everything up to the next Sync.
+                        // This entry failed; the server skips everything up to the next Sync. If that Sync is
+                        // not queued yet, what the client sends before it will be skipped too.
+                        self.server_skipping = true;
                         while let Some(e) = self.queue.front().copied() {
                             if matches!(e, Expect::Sync | Expect::Query { .. }) {
+                                self.server_skipping = false;
                                 break;
                             }
                             self.queue.pop_front();
@@ -374,6 +400,31 @@ mod tests {
         r.push(Expect::Sync); // the client's Sync after CopyDone
         feed(&mut r, b"CZ");
         assert!(r.is_empty() && !r.in_copy_in);
+    }
+
+    #[test]
+    fn messages_sent_after_an_error_but_before_the_sync_get_no_reply() {
+        let mut r = Relay::default();
+        r.push(Expect::Bind { statement: None });
+        // The server reports the Bind's error before the client's Execute and Sync have even been read.
+        r.on_server_message(b'E', b"").unwrap();
+        assert!(!r.is_empty(), "a Sync is still owed");
+        r.push(Expect::Execute);
+        r.push(Expect::Parse {
+            forward: false,
+            statement: Some(9),
+        });
+        r.push(Expect::Fabricated(Fabricated::ParseComplete));
+        r.push(Expect::Sync);
+        assert_eq!(r.len(), 1);
+        let o = r.on_server_message(b'Z', b"I").unwrap();
+        assert_eq!(o.failed_statements, vec![9]);
+        assert!(r.is_empty());
+        // The next batch is answered normally.
+        r.push(Expect::Bind { statement: None });
+        r.push(Expect::Sync);
+        feed(&mut r, b"2Z");
+        assert!(r.is_empty());
     }
 
     #[test]
