@@ -54,6 +54,9 @@ pub enum Expect {
     },
     /// A reply shardpool writes itself when this entry reaches the front of the queue.
     Fabricated(Fabricated),
+    /// A Parse shardpool sends so that the server fails the batch of a message shardpool refused itself: it always
+    /// fails, and its error is swallowed (the client gets shardpool's own error instead).
+    Refused,
 }
 
 impl Expect {
@@ -62,8 +65,16 @@ impl Expect {
             Expect::Parse { forward, .. }
             | Expect::Close { forward }
             | Expect::Query { forward } => forward,
+            Expect::Refused => false,
             _ => true,
         }
+    }
+
+    /// Whether the server's error for this entry reaches the client: every error does, including those of the
+    /// Parse/Close shardpool injects for the client's statements (the client must learn why its statement failed),
+    /// except those of shardpool's own queries and of a refusal.
+    fn forwards_error(self) -> bool {
+        !matches!(self, Expect::Query { forward: false } | Expect::Refused)
     }
 }
 
@@ -201,9 +212,10 @@ impl Relay {
                 return Ok(out)
             }
             tag::ERROR_RESPONSE => {
-                // An error always reaches the client, except one raised by shardpool's own simple query: when an
-                // injected Parse fails, the client's Bind that needed it fails with it.
-                out.forward = !matches!(front, Some(Expect::Query { forward: false }));
+                // An error reaches the client, except one raised by shardpool's own simple query or by the Parse a
+                // refusal sends to abort the server's transaction: when an injected Parse fails, the client's Bind
+                // that needed it fails with it.
+                out.forward = front.is_none_or(Expect::forwards_error);
                 out.failed = front;
                 self.in_copy_in = false;
                 match front {
@@ -261,6 +273,7 @@ impl Relay {
                 out.prepared = statement;
                 true
             }
+            (Expect::Refused, tag::PARSE_COMPLETE) => true,
             (Expect::Bind { .. }, tag::BIND_COMPLETE) => {
                 self.binds_done += 1;
                 true
@@ -424,6 +437,20 @@ mod tests {
         r.push(Expect::Bind { statement: None });
         r.push(Expect::Sync);
         feed(&mut r, b"2Z");
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_refusal_parse_error_is_swallowed_and_the_sync_answered() {
+        let mut r = Relay::default();
+        r.push_error(BytesMut::from(&b"E\0\0\0\x04"[..]));
+        r.push(Expect::Refused);
+        let mut out = BytesMut::new();
+        r.emit_fabricated(&mut out);
+        assert_eq!(&out[..], b"E\0\0\0\x04", "shardpool's own error comes first");
+        assert!(!r.on_server_message(b'E', b"").unwrap().forward);
+        r.push(Expect::Sync);
+        assert_eq!(feed(&mut r, b"Z"), vec![true]);
         assert!(r.is_empty());
     }
 

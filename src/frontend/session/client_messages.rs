@@ -187,10 +187,7 @@ impl Session {
             b"shardpool refused this statement",
             &[0, 0],
         );
-        self.relay.push(Expect::Parse {
-            forward: false,
-            statement: None,
-        });
+        self.relay.push(Expect::Refused);
         self.batch_failed = true;
         if msg_tag == tag::QUERY {
             // A simple query ends with its ReadyForQuery: Sync on the client's behalf.
