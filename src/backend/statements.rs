@@ -32,8 +32,9 @@ pub type HashKeyed<V> = HashMap<u64, V, BuildHasherDefault<IdentityHasher>>;
 pub struct StatementCache {
     capacity: usize,
     tick: u64,
-    /// Statement hash -> last use tick.
-    entries: HashKeyed<u64>,
+    /// Statement hash -> last use tick, and whether the server confirmed it (ParseComplete) or its Parse is still
+    /// on its way.
+    entries: HashKeyed<(u64, bool)>,
 }
 
 impl StatementCache {
@@ -49,11 +50,23 @@ impl StatementCache {
     pub fn touch(&mut self, hash: u64) -> bool {
         self.tick += 1;
         match self.entries.get_mut(&hash) {
-            Some(t) => {
+            Some((t, _)) => {
                 *t = self.tick;
                 true
             }
             None => false,
+        }
+    }
+
+    /// True once the server answered the statement's Parse with ParseComplete.
+    pub fn is_confirmed(&self, hash: u64) -> bool {
+        self.entries.get(&hash).is_some_and(|(_, c)| *c)
+    }
+
+    /// The server answered the statement's Parse with ParseComplete.
+    pub fn confirm(&mut self, hash: u64) {
+        if let Some((_, c)) = self.entries.get_mut(&hash) {
+            *c = true;
         }
     }
 
@@ -64,7 +77,7 @@ impl StatementCache {
             let victim = self
                 .entries
                 .iter()
-                .min_by_key(|(_, t)| **t)
+                .min_by_key(|(_, (t, _))| *t)
                 .map(|(h, _)| *h);
             if let Some(v) = victim {
                 self.entries.remove(&v);
@@ -73,7 +86,8 @@ impl StatementCache {
         } else {
             None
         };
-        self.entries.insert(hash, self.tick);
+        let confirmed = self.entries.get(&hash).is_some_and(|(_, c)| *c);
+        self.entries.insert(hash, (self.tick, confirmed));
         evicted
     }
 
@@ -110,5 +124,16 @@ mod tests {
         assert!(c.touch(1) && c.touch(3) && !c.touch(2));
         c.remove(3);
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn statements_are_pending_until_confirmed() {
+        let mut c = StatementCache::new(4);
+        c.insert(1);
+        assert!(c.touch(1) && !c.is_confirmed(1));
+        c.confirm(1);
+        assert!(c.is_confirmed(1));
+        c.remove(1);
+        assert!(!c.is_confirmed(1) && !c.touch(1));
     }
 }

@@ -225,6 +225,7 @@ impl Session {
             }
             if let Some(h) = outcome.prepared {
                 self.ctx.remember_statement(h);
+                server.statements.confirm(h);
             }
             let mut forward = outcome.forward;
             match frame.tag {

@@ -225,11 +225,26 @@ impl Session {
             self.statement_effects.insert(def.hash, found);
         }
         let server = self.server_mut()?;
-        if server.statements.touch(def.hash) {
+        if !server.statements.touch(def.hash) {
+            self.prepare_on_server(&def, true)?;
+        } else if server.statements.is_confirmed(def.hash) {
             self.relay
                 .push(Expect::Fabricated(Fabricated::ParseComplete));
         } else {
-            self.prepare_on_server(&def, true)?;
+            // Its Parse is still on its way (pipelined) and may yet fail: this Parse must get the server's own answer,
+            // so close and parse it again (same text: the same success, or the same error).
+            write_target(&mut self.sout, tag::CLOSE, b'S', &def.server_name);
+            self.relay.push(Expect::Close { forward: false });
+            write_parse(
+                &mut self.sout,
+                &def.server_name,
+                &def.query,
+                &def.param_types,
+            );
+            self.relay.push(Expect::Parse {
+                forward: true,
+                statement: Some(def.hash),
+            });
         }
         Ok(())
     }
