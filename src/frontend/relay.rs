@@ -447,7 +447,11 @@ mod tests {
         r.push(Expect::Refused);
         let mut out = BytesMut::new();
         r.emit_fabricated(&mut out);
-        assert_eq!(&out[..], b"E\0\0\0\x04", "shardpool's own error comes first");
+        assert_eq!(
+            &out[..],
+            b"E\0\0\0\x04",
+            "shardpool's own error comes first"
+        );
         assert!(!r.on_server_message(b'E', b"").unwrap().forward);
         r.push(Expect::Sync);
         assert_eq!(feed(&mut r, b"Z"), vec![true]);
