@@ -129,7 +129,12 @@ impl Session {
             }
         })
         .await
-        .inspect_err(|_| {
+        .inspect_err(|e| {
+            // A client that vanished says nothing about the server: the relay still knows its state, so it can be
+            // rolled back and reused. Only an error on the server side makes it unfit.
+            if matches!(e, SessionError::ClientIo(_)) {
+                return;
+            }
             if let Some(s) = self.server.as_mut() {
                 s.broken = true;
             }
