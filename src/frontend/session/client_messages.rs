@@ -227,12 +227,15 @@ impl Session {
         let server = self.server_mut()?;
         if !server.statements.touch(def.hash) {
             self.prepare_on_server(&def, true)?;
-        } else if server.statements.is_confirmed(def.hash) {
+        } else if server.statements.is_confirmed(def.hash) && self.relay.status() == TxStatus::Idle
+        {
             self.relay
                 .push(Expect::Fabricated(Fabricated::ParseComplete));
         } else {
-            // Its Parse is still on its way (pipelined) and may yet fail: this Parse must get the server's own answer,
-            // so close and parse it again (same text: the same success, or the same error).
+            // Its Parse is still on its way (pipelined) and may yet fail, or we are inside a transaction, where a
+            // stale shared copy (DDL since it was prepared) could not be retried after its error: this Parse must get
+            // the server's own answer, so close and parse it again (same text: the same success, or the same error,
+            // and a plan for the schema as it is now, as a direct connection would get).
             write_target(&mut self.sout, tag::CLOSE, b'S', &def.server_name);
             self.relay.push(Expect::Close { forward: false });
             write_parse(

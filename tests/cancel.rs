@@ -1,0 +1,346 @@
+//! Query cancellation through shardpool: a client's CancelRequest (sent to the proxy with the key the proxy gave it)
+//! must cancel exactly that client's running query on whichever server runs it, nothing else; a wrong key or a
+//! cancel of an idle client must cancel nothing.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{eventually, sqlstate, Backend};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_postgres::NoTls;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Every test runs under this bound, so a hang fails the test instead of stalling the suite.
+async fn bounded(test: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(std::time::Duration::from_secs(240), test)
+        .await
+        .expect("test did not finish within 240 s");
+}
+
+/// Whether a query whose text contains `marker` is running (state active) on the server, seen directly.
+async fn running(direct: &tokio_postgres::Client, marker: &str) -> bool {
+    // The pattern is split so this query's own text never matches it.
+    let (head, tail) = marker.split_at(marker.len() / 2);
+    let n: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE state = 'active' AND pid <> pg_backend_pid() AND query LIKE '%' || $1 || $2 || '%'",
+            &[&head, &tail],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    n > 0
+}
+
+/// Sends a raw CancelRequest (16 bytes: length 16, code 80877102, pid, secret) and waits until the proxy has
+/// handled it and closed the connection, so the caller knows the request was fully processed.
+async fn raw_cancel(port: u16, pid: i32, secret: i32) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut pkt = Vec::with_capacity(16);
+    pkt.extend_from_slice(&16i32.to_be_bytes());
+    pkt.extend_from_slice(&80_877_102i32.to_be_bytes());
+    pkt.extend_from_slice(&pid.to_be_bytes());
+    pkt.extend_from_slice(&secret.to_be_bytes());
+    s.write_all(&pkt).await.unwrap();
+    let mut rest = Vec::new();
+    let n = timeout(LIMIT, s.read_to_end(&mut rest))
+        .await
+        .expect("proxy did not close the cancel connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "a CancelRequest gets no reply, got {rest:?}");
+}
+
+/// The (pid, secret) BackendKeyData the proxy gave a client, read with a raw login.
+mod raw {
+    use bytes::{Buf, BufMut, BytesMut};
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub struct Raw {
+        stream: TcpStream,
+        buf: BytesMut,
+        pub key: (i32, i32),
+    }
+
+    impl Raw {
+        pub async fn connect(port: u16, user: &str, password: &str, db: &str) -> Raw {
+            let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let mut raw = Raw {
+                stream,
+                buf: BytesMut::new(),
+                key: (0, 0),
+            };
+            let mut body = BytesMut::new();
+            body.put_i32(196_608);
+            for s in ["user", user, "database", db] {
+                body.put_slice(s.as_bytes());
+                body.put_u8(0);
+            }
+            body.put_u8(0);
+            let mut pkt = BytesMut::new();
+            pkt.put_i32(body.len() as i32 + 4);
+            pkt.put_slice(&body);
+            raw.stream.write_all(&pkt).await.unwrap();
+            let mut scram: Option<ScramSha256> = None;
+            loop {
+                let (tag, mut body) = raw.next().await;
+                match tag {
+                    b'R' => match body.get_i32() {
+                        0 => {}
+                        10 => {
+                            let s = ScramSha256::new(
+                                password.as_bytes(),
+                                ChannelBinding::unsupported(),
+                            );
+                            let mut p = BytesMut::new();
+                            p.put_slice(b"SCRAM-SHA-256\0");
+                            p.put_i32(s.message().len() as i32);
+                            p.put_slice(s.message());
+                            raw.send(b'p', &p).await;
+                            scram = Some(s);
+                        }
+                        11 => {
+                            let s = scram.as_mut().unwrap();
+                            s.update(&body).unwrap();
+                            let m = s.message().to_vec();
+                            raw.send(b'p', &m).await;
+                        }
+                        12 => scram.as_mut().unwrap().finish(&body).unwrap(),
+                        other => panic!("unexpected authentication request {other}"),
+                    },
+                    b'K' => raw.key = (body.get_i32(), body.get_i32()),
+                    b'E' => panic!("login failed: {body:?}"),
+                    b'Z' => return raw,
+                    _ => {}
+                }
+            }
+        }
+
+        pub async fn send(&mut self, tag: u8, body: &[u8]) {
+            let mut m = BytesMut::new();
+            m.put_u8(tag);
+            m.put_i32(body.len() as i32 + 4);
+            m.put_slice(body);
+            self.stream.write_all(&m).await.unwrap();
+        }
+
+        pub async fn next(&mut self) -> (u8, BytesMut) {
+            loop {
+                if self.buf.len() >= 5 {
+                    let len = i32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                    if self.buf.len() > len {
+                        let mut frame = self.buf.split_to(len + 1);
+                        let tag = frame[0];
+                        frame.advance(5);
+                        return (tag, frame);
+                    }
+                }
+                let n = self.stream.read_buf(&mut self.buf).await.unwrap();
+                assert!(n > 0, "connection closed");
+            }
+        }
+
+        /// Runs a simple query and returns the first column of each row.
+        pub async fn query(&mut self, sql: &str) -> Vec<String> {
+            let mut q = sql.as_bytes().to_vec();
+            q.push(0);
+            self.send(b'Q', &q).await;
+            let mut rows = Vec::new();
+            loop {
+                let (tag, mut body) = self.next().await;
+                match tag {
+                    b'D' => {
+                        body.advance(2);
+                        let len = body.get_i32() as usize;
+                        rows.push(String::from_utf8(body[..len].to_vec()).unwrap());
+                    }
+                    b'E' => panic!("query {sql:?} failed: {body:?}"),
+                    b'Z' => return rows,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_only_the_cancelled_query() {
+    bounded(async {
+        let backend = Backend::start().await;
+        let proxy = backend.proxy("pool_size = 2").await;
+        let direct = common::connect(&backend.direct_url()).await;
+        let victim = std::sync::Arc::new(proxy.connect().await);
+        let bystander = std::sync::Arc::new(proxy.connect().await);
+
+        let v = victim.clone();
+        let long = tokio::spawn(async move {
+            let r = v
+                .simple_query("SELECT pg_sleep(30) /* victim-sleep */")
+                .await;
+            (r, Instant::now())
+        });
+        eventually(LIMIT, "victim's pg_sleep(30) running", || {
+            running(&direct, "victim-sleep")
+        })
+        .await;
+        let b = bystander.clone();
+        let short = tokio::spawn(async move {
+            b.query_one("SELECT pg_sleep(2) /* bystander-sleep */, 7::int", &[])
+                .await
+                .map(|r| r.get::<_, i32>(1))
+        });
+        eventually(LIMIT, "bystander's pg_sleep(2) running", || {
+            running(&direct, "bystander-sleep")
+        })
+        .await;
+
+        let cancelled_at = Instant::now();
+        victim.cancel_token().cancel_query(NoTls).await.unwrap();
+        let (result, ended) = timeout(LIMIT, long).await.unwrap().unwrap();
+        let err = result.expect_err("the cancelled pg_sleep(30) must fail");
+        assert_eq!(sqlstate(&err), "57014", "{err}");
+        let took = ended.duration_since(cancelled_at);
+        assert!(
+            took < Duration::from_secs(5),
+            "cancel took {took:?} to take effect"
+        );
+
+        // The other client's query on the other server was not touched.
+        let seven = timeout(LIMIT, short).await.unwrap().unwrap();
+        assert_eq!(seven.unwrap(), 7, "the bystander's query must complete");
+
+        // The cancelled client goes on normally, and nothing is left running.
+        let row = timeout(LIMIT, victim.query_one("SELECT 41 + 1", &[]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.get::<_, i32>(0), 42);
+        assert!(!running(&direct, "victim-sleep").await);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_with_a_wrong_key_cancels_nothing() {
+    bounded(async {
+        let backend = Backend::start().await;
+        let proxy = backend.proxy("pool_size = 2").await;
+        let direct = common::connect(&backend.direct_url()).await;
+        let mut client = raw::Raw::connect(proxy.port, "app", "secret", common::DB).await;
+        let (pid, secret) = client.key;
+
+        // A 2-second query, with CancelRequests carrying wrong keys (right pid with a wrong secret, a wrong pid with the
+        // right secret, all zeros) sent while it runs: it must complete normally.
+        let mut q = b"SELECT pg_sleep(2) /* wrongkey-sleep */, 'done'".to_vec();
+        q.push(0);
+        client.send(b'Q', &q).await;
+        eventually(LIMIT, "pg_sleep(2) running", || {
+            running(&direct, "wrongkey-sleep")
+        })
+        .await;
+        raw_cancel(proxy.port, pid, secret.wrapping_add(1)).await;
+        raw_cancel(proxy.port, pid ^ 0x5a5a, secret).await;
+        raw_cancel(proxy.port, 0, 0).await;
+        assert!(
+            running(&direct, "wrongkey-sleep").await,
+            "the cancel requests must have been handled while the query ran"
+        );
+        let mut got = Vec::new();
+        loop {
+            let (tag, body) = timeout(LIMIT, client.next()).await.unwrap();
+            assert_ne!(tag, b'E', "a wrong-key cancel stopped the query: {body:?}");
+            if tag == b'D' {
+                got.push(body);
+            }
+            if tag == b'Z' {
+                break;
+            }
+        }
+        assert_eq!(got.len(), 1, "one row");
+        assert!(got[0].ends_with(b"done"), "{:?}", got[0]);
+
+        // The right key does cancel a query of this client: the wrong keys above were aimed at the right client.
+        let mut q = b"SELECT pg_sleep(30) /* rightkey-sleep */".to_vec();
+        q.push(0);
+        client.send(b'Q', &q).await;
+        eventually(LIMIT, "pg_sleep(30) running", || {
+            running(&direct, "rightkey-sleep")
+        })
+        .await;
+        // The right key does cancel it: the test above was aiming at the right client.
+        raw_cancel(proxy.port, pid, secret).await;
+        let code = timeout(Duration::from_secs(5), async {
+            loop {
+                let (tag, body) = client.next().await;
+                if tag == b'E' {
+                    return String::from_utf8_lossy(&body).into_owned();
+                }
+            }
+        })
+        .await
+        .expect("the right key must cancel within 5 s");
+        assert!(code.contains("C57014"), "error was {code:?}");
+        let (tag, _) = timeout(LIMIT, client.next()).await.unwrap();
+        assert_eq!(tag, b'Z');
+        assert_eq!(client.query("SELECT 5").await, vec!["5"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_of_an_idle_client_is_harmless() {
+    bounded(async {
+        let backend = Backend::start().await;
+        // One server: the idle client's last server is the very one the other client's query runs on.
+        let proxy = backend.proxy("pool_size = 1").await;
+        let direct = common::connect(&backend.direct_url()).await;
+        let mut idle = raw::Raw::connect(proxy.port, "app", "secret", common::DB).await;
+        let idle_pid = idle.query("SELECT pg_backend_pid()").await;
+        let (pid, secret) = idle.key;
+
+        let busy = std::sync::Arc::new(proxy.connect().await);
+        let b = busy.clone();
+        let sleeping = tokio::spawn(async move {
+            b.query_one(
+                "SELECT pg_sleep(3) /* idlecancel-sleep */, pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i32>(1))
+        });
+        eventually(LIMIT, "other client's pg_sleep(3) running", || {
+            running(&direct, "idlecancel-sleep")
+        })
+        .await;
+        raw_cancel(proxy.port, pid, secret).await;
+        assert!(
+            running(&direct, "idlecancel-sleep").await,
+            "the cancel request must have been handled while the other query ran"
+        );
+        // Also through tokio-postgres' own cancel path, for a tokio-postgres client that is idle.
+        let idle2 = proxy.connect().await;
+        idle2.cancel_token().cancel_query(NoTls).await.unwrap();
+
+        let busy_pid = timeout(LIMIT, sleeping)
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the other client's query must not be cancelled");
+        assert_eq!(
+            vec![busy_pid.to_string()],
+            idle_pid,
+            "both clients were served by the single server"
+        );
+        assert_eq!(idle.query("SELECT 'still fine'").await, vec!["still fine"]);
+        let row = idle2.query_one("SELECT 3", &[]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 3);
+    })
+    .await;
+}
