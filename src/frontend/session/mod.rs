@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::prepared::ClientStatements;
 use super::relay::Relay;
@@ -358,11 +358,21 @@ impl Session {
         self.registration.info.set_server(None);
         let config = self.pool.config();
         let busy = !self.relay.is_empty() || self.relay.in_copy_in || !self.sout.is_empty();
+        let timeout = config.connect_timeout;
         if busy || server.broken {
             cancel_on_server(server.addr, server.cancel_key).await;
+            // Hang up and wait (bounded) for the server to close its end: a backend has rolled back and released
+            // its locks by then, so whoever gets the freed pool slot cannot find them still held. Whatever the
+            // server still sends is read and discarded, so a backend blocked writing a result can get there.
+            let hang_up = async {
+                server.stream.shutdown().await?;
+                let mut sink = vec![0u8; 16 * 1024];
+                while server.stream.read(&mut sink).await? > 0 {}
+                Ok::<(), std::io::Error>(())
+            };
+            let _ = tokio::time::timeout(timeout, hang_up).await;
             return; // dropping closes it and frees its pool slot
         }
-        let timeout = config.connect_timeout;
         if server.status != TxStatus::Idle {
             match tokio::time::timeout(timeout, server.simple_query("ROLLBACK")).await {
                 Ok(Ok(None)) => {}
