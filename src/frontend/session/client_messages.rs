@@ -290,19 +290,31 @@ impl Session {
         Ok(())
     }
 
+    /// The client's named statement `name`, made ready on the attached server. `None` for the unnamed statement and
+    /// for names the client never prepared: those go to the server as sent, and it answers as Postgres does.
+    fn prepared_for(&mut self, name: &[u8]) -> Result<Option<Arc<StatementDef>>, SessionError> {
+        if name.is_empty() {
+            return Ok(None);
+        }
+        let Some(def) = self.statements.get(name).cloned() else {
+            return Ok(None);
+        };
+        self.ensure_prepared(&def)?;
+        Ok(Some(def))
+    }
+
     fn forward_bind(&mut self, frame: &Frame) -> Result<(), SessionError> {
         let view = parse_bind(frame.body())
             .ok_or_else(|| protocol_violation("malformed Bind message".into()))?;
-        let statement = match self.statements.get(view.statement).cloned() {
-            Some(def) if !view.statement.is_empty() => {
-                self.ensure_prepared(&def)?;
+        let statement = match self.prepared_for(view.statement)? {
+            Some(def) => {
                 if let Some(found) = self.statement_effects.get(&def.hash) {
                     self.pending_effects.extend(found.iter().cloned());
                 }
                 write_bind(&mut self.sout, view.portal, &def.server_name, view.rest);
                 Some(def.hash)
             }
-            _ => {
+            None => {
                 self.sout.extend_from_slice(&frame.raw);
                 None
             }
@@ -314,13 +326,17 @@ impl Session {
     fn forward_describe(&mut self, frame: &Frame) -> Result<(), SessionError> {
         let view = parse_target(frame.body())
             .ok_or_else(|| protocol_violation("malformed Describe message".into()))?;
-        let statement = match self.statements.get(view.name).cloned() {
-            Some(def) if view.kind == b'S' && !view.name.is_empty() => {
-                self.ensure_prepared(&def)?;
+        let def = if view.kind == b'S' {
+            self.prepared_for(view.name)?
+        } else {
+            None
+        };
+        let statement = match def {
+            Some(def) => {
                 write_target(&mut self.sout, tag::DESCRIBE, b'S', &def.server_name);
                 Some(def.hash)
             }
-            _ => {
+            None => {
                 self.sout.extend_from_slice(&frame.raw);
                 None
             }
