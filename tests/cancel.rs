@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::raw;
+
 use std::time::{Duration, Instant};
 
 use common::{eventually, sqlstate, Backend};
@@ -54,120 +56,6 @@ async fn raw_cancel(port: u16, pid: i32, secret: i32) {
         .expect("proxy did not close the cancel connection")
         .unwrap_or(0);
     assert_eq!(n, 0, "a CancelRequest gets no reply, got {rest:?}");
-}
-
-/// The (pid, secret) BackendKeyData the proxy gave a client, read with a raw login.
-mod raw {
-    use bytes::{Buf, BufMut, BytesMut};
-    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
-
-    pub struct Raw {
-        stream: TcpStream,
-        buf: BytesMut,
-        pub key: (i32, i32),
-    }
-
-    impl Raw {
-        pub async fn connect(port: u16, user: &str, password: &str, db: &str) -> Raw {
-            let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-            let mut raw = Raw {
-                stream,
-                buf: BytesMut::new(),
-                key: (0, 0),
-            };
-            let mut body = BytesMut::new();
-            body.put_i32(196_608);
-            for s in ["user", user, "database", db] {
-                body.put_slice(s.as_bytes());
-                body.put_u8(0);
-            }
-            body.put_u8(0);
-            let mut pkt = BytesMut::new();
-            pkt.put_i32(body.len() as i32 + 4);
-            pkt.put_slice(&body);
-            raw.stream.write_all(&pkt).await.unwrap();
-            let mut scram: Option<ScramSha256> = None;
-            loop {
-                let (tag, mut body) = raw.next().await;
-                match tag {
-                    b'R' => match body.get_i32() {
-                        0 => {}
-                        10 => {
-                            let s = ScramSha256::new(
-                                password.as_bytes(),
-                                ChannelBinding::unsupported(),
-                            );
-                            let mut p = BytesMut::new();
-                            p.put_slice(b"SCRAM-SHA-256\0");
-                            p.put_i32(s.message().len() as i32);
-                            p.put_slice(s.message());
-                            raw.send(b'p', &p).await;
-                            scram = Some(s);
-                        }
-                        11 => {
-                            let s = scram.as_mut().unwrap();
-                            s.update(&body).unwrap();
-                            let m = s.message().to_vec();
-                            raw.send(b'p', &m).await;
-                        }
-                        12 => scram.as_mut().unwrap().finish(&body).unwrap(),
-                        other => panic!("unexpected authentication request {other}"),
-                    },
-                    b'K' => raw.key = (body.get_i32(), body.get_i32()),
-                    b'E' => panic!("login failed: {body:?}"),
-                    b'Z' => return raw,
-                    _ => {}
-                }
-            }
-        }
-
-        pub async fn send(&mut self, tag: u8, body: &[u8]) {
-            let mut m = BytesMut::new();
-            m.put_u8(tag);
-            m.put_i32(body.len() as i32 + 4);
-            m.put_slice(body);
-            self.stream.write_all(&m).await.unwrap();
-        }
-
-        pub async fn next(&mut self) -> (u8, BytesMut) {
-            loop {
-                if self.buf.len() >= 5 {
-                    let len = i32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
-                    if self.buf.len() > len {
-                        let mut frame = self.buf.split_to(len + 1);
-                        let tag = frame[0];
-                        frame.advance(5);
-                        return (tag, frame);
-                    }
-                }
-                let n = self.stream.read_buf(&mut self.buf).await.unwrap();
-                assert!(n > 0, "connection closed");
-            }
-        }
-
-        /// Runs a simple query and returns the first column of each row.
-        pub async fn query(&mut self, sql: &str) -> Vec<String> {
-            let mut q = sql.as_bytes().to_vec();
-            q.push(0);
-            self.send(b'Q', &q).await;
-            let mut rows = Vec::new();
-            loop {
-                let (tag, mut body) = self.next().await;
-                match tag {
-                    b'D' => {
-                        body.advance(2);
-                        let len = body.get_i32() as usize;
-                        rows.push(String::from_utf8(body[..len].to_vec()).unwrap());
-                    }
-                    b'E' => panic!("query {sql:?} failed: {body:?}"),
-                    b'Z' => return rows,
-                    _ => {}
-                }
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,26 +5,7 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::Backend;
-
-fn pgbench(port: u16, args: &[&str]) -> String {
-    let out = Command::new(common::bin("pgbench"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app"])
-        .args(args)
-        .arg(common::DB)
-        .env("PGPASSWORD", "secret")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
-    text
-}
 
 fn processed(report: &str) -> (u64, u64) {
     let line = report
@@ -42,10 +23,10 @@ async fn pgbench_all_protocol_modes_200_clients_over_10_servers() {
     let proxy = backend.proxy("pool_size = 10").await;
     let port = proxy.port;
     tokio::task::spawn_blocking(move || {
-        pgbench(port, &["-i", "-s", "2", "-q"]);
+        common::pgbench(port, &["-i", "-s", "2", "-q"]);
         for mode in ["simple", "extended", "prepared"] {
             // -t keeps the amount of work fixed, so the assertion is exact: 200 clients x 10 transactions each.
-            let report = pgbench(port, &["-c", "200", "-j", "2", "-t", "10", "-M", mode]);
+            let report = common::pgbench(port, &["-c", "200", "-j", "2", "-t", "10", "-M", mode]);
             assert_eq!(processed(&report), (2000, 2000), "mode {mode}:\n{report}");
             assert!(
                 report.contains("number of failed transactions: 0 (0.000%)"),
@@ -53,7 +34,7 @@ async fn pgbench_all_protocol_modes_200_clients_over_10_servers() {
             );
         }
         // Select-only with prepared statements exercises the statement cache hardest.
-        let report = pgbench(
+        let report = common::pgbench(
             port,
             &["-S", "-c", "200", "-j", "2", "-t", "50", "-M", "prepared"],
         );

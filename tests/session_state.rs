@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::raw;
+
 use std::time::Duration;
 
 use common::{eventually, sqlstate, Backend, TestProxy};
@@ -438,157 +440,6 @@ async fn disconnect_mid_transaction_rolls_back_and_frees_the_server() {
     .await;
 }
 
-/// A minimal wire-protocol client (SCRAM login, simple query, message reader), for what tokio-postgres cannot do
-/// without the `futures` crate: reading a result row by row and walking away in the middle of it.
-mod raw {
-    use bytes::{Buf, BufMut, BytesMut};
-    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
-
-    pub struct Raw {
-        stream: TcpStream,
-        buf: BytesMut,
-    }
-
-    impl Raw {
-        pub async fn connect(port: u16, user: &str, password: &str, db: &str) -> Raw {
-            let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-            let mut raw = Raw {
-                stream,
-                buf: BytesMut::new(),
-            };
-            let mut body = BytesMut::new();
-            body.put_i32(196_608);
-            for s in ["user", user, "database", db] {
-                body.put_slice(s.as_bytes());
-                body.put_u8(0);
-            }
-            body.put_u8(0);
-            let mut pkt = BytesMut::new();
-            pkt.put_i32(body.len() as i32 + 4);
-            pkt.put_slice(&body);
-            raw.stream.write_all(&pkt).await.unwrap();
-            let mut scram: Option<ScramSha256> = None;
-            loop {
-                let (tag, mut body) = raw.next().await;
-                match tag {
-                    b'R' => match body.get_i32() {
-                        0 => {}
-                        10 => {
-                            let s = ScramSha256::new(
-                                password.as_bytes(),
-                                ChannelBinding::unsupported(),
-                            );
-                            let mut p = BytesMut::new();
-                            p.put_slice(b"SCRAM-SHA-256\0");
-                            p.put_i32(s.message().len() as i32);
-                            p.put_slice(s.message());
-                            raw.send(b'p', &p).await;
-                            scram = Some(s);
-                        }
-                        11 => {
-                            let s = scram.as_mut().unwrap();
-                            s.update(&body).unwrap();
-                            let m = s.message().to_vec();
-                            raw.send(b'p', &m).await;
-                        }
-                        12 => scram.as_mut().unwrap().finish(&body).unwrap(),
-                        other => panic!("unexpected authentication request {other}"),
-                    },
-                    b'E' => panic!("login failed: {body:?}"),
-                    b'Z' => return raw,
-                    _ => {}
-                }
-            }
-        }
-
-        pub async fn send(&mut self, tag: u8, body: &[u8]) {
-            let mut m = BytesMut::new();
-            m.put_u8(tag);
-            m.put_i32(body.len() as i32 + 4);
-            m.put_slice(body);
-            self.stream.write_all(&m).await.unwrap();
-        }
-
-        pub async fn send_query(&mut self, sql: &str) {
-            let mut q = sql.as_bytes().to_vec();
-            q.push(0);
-            self.send(b'Q', &q).await;
-        }
-
-        pub async fn next(&mut self) -> (u8, BytesMut) {
-            loop {
-                if self.buf.len() >= 5 {
-                    let len = i32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
-                    if self.buf.len() > len {
-                        let mut frame = self.buf.split_to(len + 1);
-                        let tag = frame[0];
-                        frame.advance(5);
-                        return (tag, frame);
-                    }
-                }
-                let n = self.stream.read_buf(&mut self.buf).await.unwrap();
-                assert!(n > 0, "connection closed");
-            }
-        }
-
-        /// Parse of `sql` as statement `name`, no parameter types.
-        pub async fn parse(&mut self, name: &str, sql: &str) {
-            let mut b = BytesMut::new();
-            for s in [name, sql] {
-                b.put_slice(s.as_bytes());
-                b.put_u8(0);
-            }
-            b.put_i16(0);
-            self.send(b'P', &b).await;
-        }
-
-        /// Bind of the unnamed statement to the unnamed portal (no parameters, text results), then Execute.
-        pub async fn bind_execute(&mut self) {
-            self.send(b'B', b"\0\0\0\0\0\0\0\0").await;
-            self.send(b'E', b"\0\0\0\0\0").await;
-        }
-
-        pub async fn sync(&mut self) {
-            self.send(b'S', b"").await;
-        }
-
-        /// Waits until a complete reply (ending in ReadyForQuery, idle-in-transaction) sits unread in the socket.
-        pub async fn wait_for_unread_ready(&mut self) {
-            assert!(self.buf.is_empty());
-            let mut peeked = vec![0u8; 4096];
-            loop {
-                let n = self.stream.peek(&mut peeked).await.unwrap();
-                assert!(n > 0, "connection closed");
-                if peeked[..n].ends_with(b"Z\0\0\0\x05T") {
-                    return;
-                }
-                tokio::task::yield_now().await;
-            }
-        }
-
-        /// Runs a simple query and returns the first column of each row.
-        pub async fn query(&mut self, sql: &str) -> Vec<String> {
-            self.send_query(sql).await;
-            let mut rows = Vec::new();
-            loop {
-                let (tag, mut body) = self.next().await;
-                match tag {
-                    b'D' => {
-                        body.advance(2);
-                        let len = body.get_i32() as usize;
-                        rows.push(String::from_utf8(body[..len].to_vec()).unwrap());
-                    }
-                    b'E' => panic!("query {sql:?} failed: {body:?}"),
-                    b'Z' => return rows,
-                    _ => {}
-                }
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_mid_result_does_not_leave_a_dirty_server() {
     bounded(async {
@@ -855,9 +706,9 @@ async fn session_features_error_mode_refuses_with_0a000() {
         // linger on the server for the next client.
         let mut r = raw::Raw::connect(proxy.port, "app", "secret", common::DB).await;
         r.parse("", "INSERT INTO kept VALUES (3)").await;
-        r.bind_execute().await;
+        r.bind_execute("").await;
         r.parse("", "SELECT pg_advisory_lock(1)").await;
-        r.bind_execute().await;
+        r.bind_execute("").await;
         r.sync().await;
         let mut replies = Vec::new();
         loop {

@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{sqlstate, Backend};
 
 async fn setup() -> (Backend, common::TestProxy) {
@@ -85,30 +83,19 @@ async fn pgbench_prepared_survives_ddl_between_runs() {
     std::fs::write(&script, "SELECT * FROM t;\n").unwrap();
     let port = proxy.port;
     let run = move |script: std::path::PathBuf| {
-        let out = Command::new(common::bin("pgbench"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "app",
-                "-n",
-                "-M",
-                "prepared",
-            ])
-            .args(["-c", "4", "-t", "20", "-f"])
-            .arg(&script)
-            .arg(common::DB)
-            .env("PGPASSWORD", "secret")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "{text}");
+        let script = script.to_string_lossy().into_owned();
+        let args = [
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            "4",
+            "-t",
+            "20",
+            "-f",
+            script.as_str(),
+        ];
+        let text = common::pgbench(port, &args);
         assert!(
             text.contains("number of transactions actually processed: 80/80"),
             "{text}"

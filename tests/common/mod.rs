@@ -2,6 +2,8 @@
 //! authentication method, and a shardpool proxy running in-process on a free port in front of it.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod raw;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -241,4 +243,22 @@ pub fn bin(name: &str) -> PathBuf {
             .unwrap()
             .tool(other),
     }
+}
+
+/// Runs pgbench against the proxy as `app` on the test database; fails the test if pgbench fails. Returns its output.
+pub fn pgbench(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new(bin("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app"])
+        .args(args)
+        .arg(DB)
+        .env("PGPASSWORD", "secret")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
+    text
 }
