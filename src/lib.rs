@@ -16,3 +16,4 @@ pub mod frontend;
 pub mod pgcluster;
 pub mod protocol;
 pub mod router;
+pub mod sharding;
