@@ -4,6 +4,7 @@
 
 pub mod classify;
 pub mod consistency;
+pub mod proxy_commands;
 pub mod scan;
 pub mod session_effects;
 
