@@ -48,6 +48,10 @@ impl Proxy {
         let ctx = Context::new(config.clone());
         ctx.set_config_path(config_path);
         ctx.apply_tls(&config)?;
+        // Clusters (and their replication monitors) start now, so routing has replica state before the first client.
+        for database in config.databases.keys() {
+            ctx.cluster(database);
+        }
         let accept = tokio::spawn(crate::frontend::listener::accept_loop(
             Arc::clone(&ctx),
             listener,

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::backend::pool::{PauseGate, PoolConfig};
 use crate::backend::{Pool, ServerTarget};
+use crate::cluster::{Cluster, PoolSet};
 use crate::config::{Config, DatabaseConfig, UserConfig};
 use crate::protocol::startup::CancelKey;
 
@@ -83,7 +84,8 @@ impl Drop for ClientRegistration {
 
 pub struct Context {
     config: ArcSwap<Config>,
-    pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
+    pools: Mutex<HashMap<(String, String), Arc<PoolSet>>>,
+    clusters: Mutex<HashMap<String, Arc<Cluster>>>,
     registry: Mutex<Registry>,
     next_client_id: AtomicU64,
     /// Connections accepted and not yet closed (clients and admin sessions), for max_client_conn.
@@ -114,6 +116,7 @@ impl Context {
         Arc::new(Context {
             config: ArcSwap::from_pointee(config),
             pools: Mutex::new(HashMap::new()),
+            clusters: Mutex::new(HashMap::new()),
             registry: Mutex::new(Registry::default()),
             next_client_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
@@ -135,54 +138,165 @@ impl Context {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn pools_lock(&self) -> MutexGuard<'_, HashMap<(String, String), Arc<Pool>>> {
+    fn pools_lock(&self) -> MutexGuard<'_, HashMap<(String, String), Arc<PoolSet>>> {
         self.pools.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The pool for (database, user), created on first use as PgBouncer does.
-    pub fn pool(&self, database: &str, user: &UserConfig) -> Option<Arc<Pool>> {
+    fn clusters_lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Cluster>>> {
+        self.clusters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cluster (primary and replicas) of a database, created with its replication monitor on first use.
+    pub fn cluster(&self, database: &str) -> Option<Arc<Cluster>> {
+        let config = self.config();
+        let db = config.databases.get(database)?;
+        let mut clusters = self.clusters_lock();
+        if let Some(c) = clusters.get(database) {
+            return Some(Arc::clone(c));
+        }
+        let cluster = Cluster::new(database, db, &config.general, None);
+        start_monitor(&config, database, db, &cluster);
+        clusters.insert(database.to_owned(), Arc::clone(&cluster));
+        Some(cluster)
+    }
+
+    /// The pools of (database, user), one per server of the database, created on first use as PgBouncer does.
+    pub fn pool_set(&self, database: &str, user: &UserConfig) -> Option<Arc<PoolSet>> {
+        let cluster = self.cluster(database)?;
         let config = self.config();
         let db = config.databases.get(database)?;
         let key = (database.to_owned(), user.name.clone());
         let mut pools = self.pools_lock();
         if let Some(p) = pools.get(&key) {
-            if !p.is_closed() {
+            if !p.is_retired() {
                 return Some(Arc::clone(p));
             }
         }
-        let pool = Pool::new(
-            database.to_owned(),
-            user.name.clone(),
-            server_target(database, db, user),
-            pool_config(&config, db, user),
-            Arc::clone(&self.pause),
-        );
-        pools.insert(key, Arc::clone(&pool));
-        Some(pool)
+        let set = self.build_pool_set(&config, database, db, user, &cluster, None);
+        pools.insert(key, Arc::clone(&set));
+        Some(set)
+    }
+
+    /// The primary's pool for (database, user).
+    pub fn pool(&self, database: &str, user: &UserConfig) -> Option<Arc<Pool>> {
+        self.pool_set(database, user).map(|s| Arc::clone(s.home()))
+    }
+
+    fn build_pool_set(
+        &self,
+        config: &Config,
+        database: &str,
+        db: &DatabaseConfig,
+        user: &UserConfig,
+        cluster: &Arc<Cluster>,
+        previous: Option<&PoolSet>,
+    ) -> Arc<PoolSet> {
+        let pools = cluster
+            .members
+            .iter()
+            .map(|m| {
+                let target = server_target(database, &m.host, m.port, db, user);
+                let reused = previous.and_then(|p| p.pools.iter().find(|p| p.target == target));
+                match reused {
+                    Some(p) if !p.is_closed() => {
+                        p.set_config(pool_config(config, db, user));
+                        Arc::clone(p)
+                    }
+                    _ => Pool::new(
+                        database.to_owned(),
+                        user.name.clone(),
+                        target,
+                        pool_config(config, db, user),
+                        Arc::clone(&self.pause),
+                    ),
+                }
+            })
+            .collect();
+        Arc::new(PoolSet::new(
+            database,
+            &user.name,
+            Arc::clone(cluster),
+            pools,
+        ))
     }
 
     pub fn pools(&self) -> Vec<Arc<Pool>> {
-        let mut v: Vec<_> = self.pools_lock().values().cloned().collect();
-        v.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+        let mut v: Vec<_> = self
+            .pools_lock()
+            .values()
+            .flat_map(|s| s.pools.iter().cloned())
+            .collect();
+        v.sort_by(|a, b| {
+            (&a.database, &a.user, &a.target.host, a.target.port).cmp(&(
+                &b.database,
+                &b.user,
+                &b.target.host,
+                b.target.port,
+            ))
+        });
         v
     }
 
-    /// Swaps in a new config: pools whose server or credentials changed are closed (their clients move to a new pool
-    /// on their next transaction), the others take the new sizes and timeouts in place. Clients stay connected.
+    /// The read/write analysis of a statement text, judged with `cluster`'s function volatility.
+    pub fn analysis(&self, sql: &str, cluster: &Cluster) -> Arc<crate::router::classify::Analysis> {
+        let functions = cluster.functions.load();
+        Arc::new(crate::router::classify::classify(sql, &functions))
+    }
+
+    pub fn clusters(&self) -> Vec<Arc<Cluster>> {
+        let mut v: Vec<_> = self.clusters_lock().values().cloned().collect();
+        v.sort_by(|a, b| a.database.cmp(&b.database));
+        v
+    }
+
+    /// Swaps in a new config. Clusters are rebuilt (servers that stay keep their live state and counters) and pool
+    /// sets too: a pool whose server and credentials are unchanged is kept and takes the new sizes in place, any
+    /// other is closed. Sessions notice their retired pool set at their next transaction and move to the new one;
+    /// clients stay connected throughout.
     pub fn reload(&self, config: Config) {
+        let mut clusters = self.clusters_lock();
+        let old_clusters: HashMap<_, _> = clusters.drain().collect();
+        for c in old_clusters.values() {
+            c.retire();
+        }
+        for (name, db) in &config.databases {
+            let c = Cluster::new(
+                name,
+                db,
+                &config.general,
+                old_clusters.get(name).map(|c| &**c),
+            );
+            start_monitor(&config, name, db, &c);
+            clusters.insert(name.clone(), c);
+        }
         let mut pools = self.pools_lock();
-        pools.retain(|(database, user), pool| {
-            let (Some(db), Some(u)) = (config.databases.get(database), config.user(user)) else {
-                pool.close();
-                return false;
+        let old_sets: Vec<_> = pools.drain().collect();
+        for ((database, user), set) in old_sets {
+            set.retire();
+            let rebuilt = match (
+                config.databases.get(&database),
+                config.user(&user),
+                clusters.get(&database),
+            ) {
+                (Some(db), Some(u), Some(c)) => {
+                    Some(self.build_pool_set(&config, &database, db, u, c, Some(&set)))
+                }
+                _ => None,
             };
-            if server_target(database, db, u) != pool.target {
-                pool.close();
-                return false;
+            for p in &set.pools {
+                if !rebuilt
+                    .as_ref()
+                    .is_some_and(|r| r.pools.iter().any(|n| Arc::ptr_eq(n, p)))
+                {
+                    p.close();
+                }
             }
-            pool.set_config(pool_config(&config, db, u));
-            true
-        });
+            if let Some(r) = rebuilt {
+                pools.insert((database, user), r);
+            }
+        }
+        drop(pools);
+        drop(clusters);
         self.config.store(Arc::new(config));
     }
 
@@ -295,6 +409,9 @@ impl Context {
 
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
+        for c in self.clusters_lock().values() {
+            c.retire();
+        }
     }
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
@@ -306,10 +423,47 @@ impl Context {
     }
 }
 
-fn server_target(database: &str, db: &DatabaseConfig, user: &UserConfig) -> ServerTarget {
+/// Starts the replication monitor of a database that has replicas (one without needs none: every transaction goes
+/// to its primary).
+fn start_monitor(config: &Config, database: &str, db: &DatabaseConfig, cluster: &Arc<Cluster>) {
+    if !cluster.has_replicas() {
+        return;
+    }
+    let user = match &config.general.monitor_user {
+        Some(name) => config.user(name),
+        None => config.users.iter().find(|u| u.server_password().is_some()),
+    };
+    let Some(user) = user else {
+        tracing::warn!(
+            database,
+            "no user with a server password for the replication monitor: replicas get reads only in eventual mode"
+        );
+        return;
+    };
+    crate::cluster::monitor::spawn(
+        cluster,
+        crate::cluster::monitor::LoginFor {
+            database: db
+                .server_database
+                .clone()
+                .unwrap_or_else(|| database.to_owned()),
+            user: user.server_user().to_owned(),
+            password: user.server_password().map(str::to_owned),
+            connect_timeout: config.general.server_connect_timeout.0,
+        },
+    );
+}
+
+fn server_target(
+    database: &str,
+    host: &str,
+    port: u16,
+    db: &DatabaseConfig,
+    user: &UserConfig,
+) -> ServerTarget {
     ServerTarget {
-        host: db.host.clone(),
-        port: db.port,
+        host: host.to_owned(),
+        port,
         database: db
             .server_database
             .clone()

@@ -49,12 +49,74 @@ pub fn show(ctx: &Arc<Context>, what: &str) -> Result<Output, AdminError> {
         "CONFIG" => Ok(config(ctx)),
         "DATABASES" => Ok(databases(ctx)),
         "USERS" => Ok(users(ctx)),
+        "REPLICAS" => Ok(replicas(ctx)),
         "VERSION" => Ok(Output::table(
             vec!["version"],
             vec![vec![s(format!("shardpool {}", env!("CARGO_PKG_VERSION")))]],
         )),
         other => Err(AdminError::Syntax(format!("unknown SHOW item {other:?}"))),
     }
+}
+
+/// Every server of every database in use, with its role and replication state as the monitor last saw it.
+fn replicas(ctx: &Arc<Context>) -> Output {
+    let mut rows: Vec<Row> = Vec::new();
+    for c in ctx.clusters() {
+        let writer = c.writer();
+        for (i, m) in c.members.iter().enumerate() {
+            let banned_ms = m
+                .banned_until_ms
+                .load(Ordering::Relaxed)
+                .saturating_sub(c.clock.now_ms());
+            let in_recovery = match m.recovery() {
+                crate::cluster::Recovery::Unknown => None,
+                crate::cluster::Recovery::InRecovery => s("t"),
+                crate::cluster::Recovery::NotInRecovery => s("f"),
+            };
+            let lsn = m.lsn.load(Ordering::Relaxed);
+            rows.push(vec![
+                s(&c.database),
+                s(&m.host),
+                s(m.port),
+                s(m.role()),
+                s(if writer == Some(i) { "t" } else { "f" }),
+                in_recovery,
+                (lsn != 0).then(|| crate::cluster::lsn::format(lsn)),
+                (writer != Some(i)).then(|| m.lag_bytes.load(Ordering::Relaxed).to_string()),
+                c.staleness_ms(m).map(|v| v.to_string()),
+                s(if banned_ms > 0 { "t" } else { "f" }),
+                s(banned_ms),
+                s(m.weight.load(Ordering::Relaxed)),
+                s(m.reads_served.load(Ordering::Relaxed)),
+                s(m.writes_served.load(Ordering::Relaxed)),
+                s(m.outstanding.load(Ordering::Relaxed)),
+                s(m.polls_failed.load(Ordering::Relaxed)),
+                m.last_error(),
+            ]);
+        }
+    }
+    Output::table(
+        vec![
+            "database",
+            "host",
+            "port",
+            "role",
+            "writer",
+            "in_recovery",
+            "lsn",
+            "lag_bytes",
+            "lag_ms",
+            "banned",
+            "ban_remaining_ms",
+            "weight",
+            "reads_served",
+            "writes_served",
+            "outstanding",
+            "polls_failed",
+            "last_error",
+        ],
+        rows,
+    )
 }
 
 fn pools(ctx: &Arc<Context>) -> Output {

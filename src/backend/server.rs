@@ -95,6 +95,55 @@ impl ServerConn {
         self.drain_until_ready().await
     }
 
+    /// Runs a query shardpool issues itself and returns its rows as text (the monitor's WAL positions, the write
+    /// position after a commit). A server error becomes `ServerIoError::Postgres`.
+    pub async fn query_rows(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, ServerIoError> {
+        let mut out = BytesMut::new();
+        write_query(&mut out, sql);
+        self.stream.write_all(&out).await?;
+        let mut rows = Vec::new();
+        let mut first_error = None;
+        loop {
+            while let Some(frame) =
+                split_frame(&mut self.rbuf).map_err(|e| ServerIoError::Protocol(e.to_string()))?
+            {
+                match frame.tag {
+                    tag::DATA_ROW => {
+                        let values = crate::protocol::backend::parse_data_row(frame.body())
+                            .ok_or_else(|| ServerIoError::Protocol("bad DataRow".into()))?;
+                        rows.push(
+                            values
+                                .into_iter()
+                                .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+                                .collect(),
+                        );
+                    }
+                    tag::READY_FOR_QUERY => {
+                        self.status = parse_ready_for_query(frame.body())
+                            .ok_or_else(|| ServerIoError::Protocol("bad ReadyForQuery".into()))?;
+                        return match first_error {
+                            Some(e) => Err(ServerIoError::Postgres(e)),
+                            None => Ok(rows),
+                        };
+                    }
+                    tag::ERROR_RESPONSE if first_error.is_none() => {
+                        first_error = Some(ErrorFields::parse(frame.body()))
+                    }
+                    tag::PARAMETER_STATUS => {
+                        if let Some((k, v)) = parse_parameter_status(frame.body()) {
+                            self.reported.insert(k, v);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            self.read_more().await?;
+        }
+    }
+
     /// Reads and discards messages until ReadyForQuery; used for shardpool's own queries and for cleanup.
     pub async fn drain_until_ready(&mut self) -> Result<Option<ErrorFields>, ServerIoError> {
         let mut first_error = None;

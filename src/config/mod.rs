@@ -124,6 +124,13 @@ pub struct General {
     /// Behaviour for session-only features in transaction mode (LISTEN, session advisory locks, WITH HOLD cursors,
     /// temporary tables, SQL-level PREPARE).
     pub session_features: SessionFeatures,
+    /// How often the replication monitor asks every primary and replica for its WAL position.
+    pub replica_poll_interval: ConfigDuration,
+    /// A replica that failed (connection refused, health check, left recovery) gets no reads for this long.
+    pub replica_ban_time: ConfigDuration,
+    /// The user whose server credentials the replication monitor logs in with; default: the first user with a
+    /// usable server password.
+    pub monitor_user: Option<String>,
 }
 
 impl Default for General {
@@ -150,6 +157,9 @@ impl Default for General {
             ignore_startup_parameters: Vec::new(),
             prepared_statements_cache_size: 512,
             session_features: SessionFeatures::Pin,
+            replica_poll_interval: ConfigDuration::millis(100),
+            replica_ban_time: ConfigDuration::secs(10),
+            monitor_user: None,
         }
     }
 }
@@ -220,6 +230,9 @@ pub struct UserConfig {
     /// Overrides the pool mode for this user's pools.
     #[serde(default)]
     pub pool_mode: Option<PoolMode>,
+    /// Overrides the databases' default read consistency for this user.
+    #[serde(default)]
+    pub consistency: Option<crate::router::consistency::Consistency>,
 }
 
 impl UserConfig {
@@ -260,6 +273,71 @@ pub struct DatabaseConfig {
     pub min_pool_size: Option<usize>,
     #[serde(default)]
     pub pool_mode: Option<PoolMode>,
+    /// Streaming replicas of the primary above: reads may be sent here.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaConfig>,
+    /// Whether the primary takes a share of the reads too (weighted like a replica), not only the fallback ones.
+    #[serde(default)]
+    pub read_from_primary: bool,
+    /// Weight of the primary in read balancing when `read_from_primary` is on.
+    #[serde(default = "default_weight")]
+    pub primary_weight: u32,
+    #[serde(default)]
+    pub load_balance: LoadBalance,
+    /// Default read consistency for this database; `read_your_writes` when it has replicas.
+    #[serde(default)]
+    pub consistency: Option<crate::router::consistency::Consistency>,
+    /// In `read_your_writes`, how long a read waits for a replica to replay the client's last write before it goes
+    /// to the primary instead.
+    #[serde(default = "default_ryw_wait")]
+    pub read_your_writes_wait: ConfigDuration,
+    /// Functions to treat as writes (sent to the primary) whatever `pg_proc` says.
+    #[serde(default)]
+    pub volatile_functions: Vec<String>,
+    /// Functions `pg_proc` marks volatile that are safe on a replica (e.g. `random`, `clock_timestamp`).
+    #[serde(default)]
+    pub read_only_functions: Vec<String>,
+}
+
+/// A streaming replica of a database's primary.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Relative share of reads (0: only when nothing else is eligible).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// How reads are spread over the eligible servers.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalance {
+    /// Smooth weighted round robin: shares follow the weights exactly, with no bursts.
+    #[default]
+    RoundRobin,
+    /// The server with the fewest transactions in flight per unit of weight.
+    LeastOutstanding,
+}
+
+impl LoadBalance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadBalance::RoundRobin => "round_robin",
+            LoadBalance::LeastOutstanding => "least_outstanding",
+        }
+    }
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+fn default_ryw_wait() -> ConfigDuration {
+    ConfigDuration::millis(100)
 }
 
 fn default_host() -> String {

@@ -165,12 +165,12 @@ async fn establish(
         Box::pin(crate::admin::run(ctx, stream, registration)).await;
         return None;
     }
-    let Some(pool) = ctx.pool(&logged_in.database, &logged_in.user) else {
+    let Some(pools) = ctx.pool_set(&logged_in.database, &logged_in.user) else {
         let e = ClientError::fatal(sqlstate::INVALID_CATALOG_NAME, "database was removed");
         refuse(&mut stream, &e).await;
         return None;
     };
-    let baseline = match Box::pin(pool.server_params()).await {
+    let baseline = match Box::pin(pools.home().server_params()).await {
         Ok(b) => b,
         Err(e) => {
             let mut ce = e.client_error().unwrap_or_else(|| {
@@ -197,7 +197,7 @@ async fn establish(
         Arc::clone(&ctx),
         stream,
         registration,
-        pool,
+        pools,
         mode,
         settings,
         told,

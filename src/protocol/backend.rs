@@ -177,6 +177,25 @@ pub fn row_description_text(buf: &mut BytesMut, columns: &[&str]) {
 }
 
 /// DataRow of text values; `None` is SQL NULL.
+/// Splits a DataRow body into its column values (`None` for NULL); `None` if the body is malformed.
+pub fn parse_data_row(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let count = i16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+    let mut rest = &body[2..];
+    let mut out = Vec::with_capacity(count.max(0) as usize);
+    for _ in 0..count {
+        let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+        rest = &rest[4..];
+        if len < 0 {
+            out.push(None);
+        } else {
+            let len = len as usize;
+            out.push(Some(rest.get(..len)?));
+            rest = &rest[len..];
+        }
+    }
+    rest.is_empty().then_some(out)
+}
+
 pub fn data_row<S: AsRef<str>>(buf: &mut BytesMut, values: &[Option<S>]) {
     put_message(buf, tag::DATA_ROW, |b| {
         b.put_i16(values.len() as i16);

@@ -1,6 +1,6 @@
 //! Routing: deciding, once per transaction, which server pool a client's next transaction goes to, and recognising
-//! the statements whose effects outlive a transaction. Today every database has one primary and the route is always
-//! that primary; read/write splitting and sharding extend `Route` without changing the session.
+//! the statements whose effects outlive a transaction. `Route` says primary or replica (with the freshness the
+//! client's consistency demands); sharding extends it.
 
 pub mod classify;
 pub mod consistency;
@@ -11,5 +11,9 @@ pub mod session_effects;
 /// Where a transaction runs. Produced once; later stages never look at the SQL again for this decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
-    Primary,
+    /// The server that takes writes. `capture`: record the WAL position the transaction reached before the server
+    /// goes back (read-your-writes).
+    Primary { capture: bool },
+    /// A replica meeting the freshness need, else the primary.
+    Replica(crate::cluster::balance::Freshness),
 }

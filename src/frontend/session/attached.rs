@@ -45,6 +45,11 @@ impl Session {
             }
             self.relay.emit_fabricated(&mut self.cout);
             if self.can_release() {
+                if self.wants_capture() {
+                    // The client gets its reply first; the position is read while it processes it.
+                    self.flush_client().await?;
+                    self.capture_position().await;
+                }
                 self.release();
                 return self.flush_client().await;
             }
@@ -87,6 +92,7 @@ impl Session {
         };
         let client = &mut self.client;
         let (cin, cout, sout) = (&mut self.cin, &mut self.cout, &mut self.sout);
+        let to_client = &mut self.bytes_to_client;
         let stats = &self.pool.stats;
         let (stream, sin) = (&mut server.stream, &mut server.rbuf);
         poll_fn(|cx| {
@@ -94,9 +100,9 @@ impl Session {
             write_some(cx, Pin::new(&mut *stream), sout).map_err(SessionError::ServerIo)?;
             let before = cout.len();
             write_some(cx, Pin::new(&mut *client), cout).map_err(SessionError::ClientIo)?;
-            stats
-                .bytes_sent
-                .fetch_add((before - cout.len()) as u64, Ordering::Relaxed);
+            let written = (before - cout.len()) as u64;
+            *to_client += written;
+            stats.bytes_sent.fetch_add(written, Ordering::Relaxed);
             if sout.len() < HIGH_WATER {
                 reserve(cin);
                 match poll_read_buf(Pin::new(&mut *client), cx, cin) {
@@ -256,6 +262,14 @@ impl Session {
                 tag::ERROR_RESPONSE if outcome.forward => {
                     self.held_parameter_description = None;
                     let fields = ErrorFields::parse(frame.body());
+                    if self.replica_failed_unseen(&fields) {
+                        // The replica is going away (shutdown, crash, recovery conflict on a fresh session):
+                        // re-run the read elsewhere instead of passing its death on.
+                        return Err(SessionError::ServerIo(io::Error::other(format!(
+                            "server terminated the session: {} {}",
+                            fields.code, fields.message
+                        ))));
+                    }
                     let stale = match outcome.failed {
                         Some(Expect::Bind { statement: Some(h) }) => Some((h, tag::BIND)),
                         Some(Expect::Describe { statement: Some(h) }) => Some((h, tag::DESCRIBE)),

@@ -33,6 +33,7 @@ impl Session {
             }
             return Ok(Flow::Continue);
         }
+        self.note_client_frame(&frame);
         self.log_batch(&frame);
         match frame.tag {
             tag::QUERY => self.forward_query(frame)?,
@@ -410,7 +411,8 @@ impl Session {
             _ => return Ok(false),
         };
         command_complete(&mut self.cout, tag_text);
-        ready_for_query(&mut self.cout, TxStatus::Idle);
+        let status = self.idle_status();
+        ready_for_query(&mut self.cout, status);
         Ok(true)
     }
 }

@@ -6,6 +6,7 @@
 
 mod attached;
 mod client_messages;
+mod routing;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -19,6 +20,7 @@ use super::prepared::ClientStatements;
 use super::relay::Relay;
 use super::stream::ClientStream;
 use crate::backend::{Pool, ServerConn};
+use crate::cluster::PoolSet;
 use crate::config::{PoolMode, SessionFeatures};
 use crate::context::{ClientRegistration, ClientState, Context};
 use crate::error::{sqlstate, ClientError};
@@ -55,6 +57,9 @@ pub struct Session {
     ctx: Arc<Context>,
     client: ClientStream,
     registration: ClientRegistration,
+    /// This client's pools, one per server of its database; replaced by a fresh set after a RELOAD.
+    pools: Arc<PoolSet>,
+    /// The pool of the server attached now (or last): the one it goes back to and whose counters it bumps.
     pool: Arc<Pool>,
     mode: PoolMode,
     session_features: SessionFeatures,
@@ -92,6 +97,11 @@ pub struct Session {
     held_parameter_description: Option<bytes::Bytes>,
     xact_started: Option<Instant>,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Read/write routing state: consistency, causal position, the transaction's route. Boxed and created on first
+    /// use, so sessions on databases without replicas (and idle sessions) do not carry it.
+    routing: Option<Box<routing::RoutingState>>,
+    /// Bytes written to the client so far: tells whether a failed read already showed the client something.
+    bytes_to_client: u64,
 }
 
 impl Session {
@@ -100,12 +110,13 @@ impl Session {
         ctx: Arc<Context>,
         client: ClientStream,
         registration: ClientRegistration,
-        pool: Arc<Pool>,
+        pools: Arc<PoolSet>,
         mode: PoolMode,
         startup_settings: BTreeMap<String, String>,
         told: super::startup_params::Told,
     ) -> Session {
         let session_features = ctx.config().general.session_features;
+        let pool = Arc::clone(pools.home());
         pool.stats.clients.fetch_add(1, Ordering::Relaxed);
         let shutdown = ctx.shutdown_signal();
         Session {
@@ -113,6 +124,7 @@ impl Session {
             ctx,
             client,
             registration,
+            pools,
             pool,
             mode,
             session_features,
@@ -138,6 +150,8 @@ impl Session {
             last_batch_whole: false,
             held_parameter_description: None,
             xact_started: None,
+            routing: None,
+            bytes_to_client: 0,
         }
     }
 
@@ -169,8 +183,18 @@ impl Session {
                 }
                 continue;
             }
+            let route = match self.route_for(&frame) {
+                Some(route) => route,
+                // Answered here (a deferred BEGIN, a shardpool.* command).
+                None => {
+                    if self.cin.is_empty() {
+                        self.flush_client().await?;
+                    }
+                    continue;
+                }
+            };
             // The attached state's futures are boxed: an idle session's task then holds only what idleness needs.
-            Box::pin(self.attach(Route::Primary, &frame)).await?;
+            Box::pin(self.attach(route, &frame)).await?;
             if self.server.is_none() {
                 // Attach failed and the error is queued for the client: send it before waiting for more input.
                 if self.cin.is_empty() {
@@ -181,7 +205,17 @@ impl Session {
             if self.on_client_frame(frame)? == Flow::ClientGone {
                 return Err(SessionError::ClientGone);
             }
-            Box::pin(self.run_attached()).await?;
+            loop {
+                match Box::pin(self.run_attached()).await {
+                    Err(e) if self.read_can_be_retried(&e) => {
+                        if !Box::pin(self.retry_read(e)).await? {
+                            // No server for the retry; the client has the error.
+                            break;
+                        }
+                    }
+                    other => break other?,
+                }
+            }
         }
     }
 
@@ -245,7 +279,8 @@ impl Session {
         match frame.tag {
             tag::TERMINATE => Err(SessionError::ClientGone),
             tag::SYNC => {
-                ready_for_query(&mut self.cout, TxStatus::Idle);
+                let status = self.idle_status();
+                ready_for_query(&mut self.cout, status);
                 Ok(true)
             }
             tag::FLUSH | tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => Ok(true),
@@ -256,16 +291,30 @@ impl Session {
         }
     }
 
-    /// Borrows a server for the transaction that `first` starts and brings it up to the client's session state.
+    /// Borrows a server for the transaction that `first` starts, on the member `route` picks, and brings it up to
+    /// the client's session state.
     async fn attach(&mut self, route: Route, first: &Frame) -> Result<(), SessionError> {
-        let Route::Primary = route;
         let info = Arc::clone(&self.registration.info);
         info.set_state(ClientState::Waiting);
         self.flush_client().await?;
-        let mut server = match self.pool.checkout().await {
+        if self.pools.is_retired() {
+            self.refresh_pools();
+        }
+        let member = match self.choose_member(route).await {
+            Ok(m) => m,
+            Err(ce) => {
+                self.reject(first.tag, &ce);
+                return Ok(());
+            }
+        };
+        let pool = Arc::clone(&self.pools.pools[member]);
+        let mut server = match pool.checkout().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(client = info.id, error = %e, "checkout failed");
+                if let Some(retry) = self.after_checkout_failure(route, member, &e) {
+                    return Box::pin(self.attach(retry, first)).await;
+                }
                 use crate::error::ReportableError;
                 let ce = e.client_error().unwrap_or_else(|| {
                     ClientError::error(sqlstate::INTERNAL_ERROR, "shardpool: checkout failed")
@@ -274,6 +323,8 @@ impl Session {
                 return Ok(());
             }
         };
+        self.pool = pool;
+        self.on_attached(route, member);
         info.set_state(ClientState::Active);
         info.set_server(Some((server.addr, server.cancel_key, server.id)));
         self.sync_settings(&mut server);
@@ -284,13 +335,35 @@ impl Session {
         self.batch_failed = false;
         self.last_was_rollback = false;
         self.server = Some(server);
+        self.send_deferred_begin();
         Ok(())
+    }
+
+    /// After a RELOAD: move to the new pool set (the client count moves with it).
+    fn refresh_pools(&mut self) {
+        let config = self.ctx.config();
+        let Some(user) = config.user(&self.pools.user) else {
+            return;
+        };
+        if let Some(fresh) = self.ctx.pool_set(&self.pools.database, user) {
+            self.pools
+                .home()
+                .stats
+                .clients
+                .fetch_sub(1, Ordering::Relaxed);
+            fresh.home().stats.clients.fetch_add(1, Ordering::Relaxed);
+            self.pools = fresh;
+        }
     }
 
     /// Answers a message with an error without a server, in the shape the protocol expects (then ReadyForQuery for a
     /// simple query; for extended-protocol messages, discard until Sync as Postgres does).
     fn reject(&mut self, first_tag: u8, e: &ClientError) {
         e.write(&mut self.cout);
+        if let Some(r) = self.routing.as_mut() {
+            // The deferred BEGIN never ran: the failed statement ends that transaction, as an error in it would.
+            r.deferred_begin = None;
+        }
         if first_tag == tag::QUERY || first_tag == tag::FUNCTION_CALL {
             ready_for_query(&mut self.cout, TxStatus::Idle);
         } else if first_tag != tag::SYNC {
@@ -341,6 +414,7 @@ impl Session {
         let Some(server) = self.server.take() else {
             return;
         };
+        self.on_detached();
         self.registration.info.set_server(None);
         if let Some(t) = self.xact_started.take() {
             let stats = &self.pool.stats;
@@ -355,6 +429,7 @@ impl Session {
     /// The client left (or was thrown out) while holding a server. An idle-in-transaction server is rolled back and
     /// reused; one still busy with a query is cancelled and closed, so nobody can inherit its unfinished work.
     async fn give_back_after_disconnect(&mut self, mut server: Box<ServerConn>) {
+        self.on_detached();
         self.registration.info.set_server(None);
         let config = self.pool.config();
         let busy = !self.relay.is_empty() || self.relay.in_copy_in || !self.sout.is_empty();
@@ -403,6 +478,7 @@ impl Session {
             .await
             .map_err(SessionError::ClientIo)?;
         self.client.flush().await.map_err(SessionError::ClientIo)?;
+        self.bytes_to_client += self.cout.len() as u64;
         self.cout.clear();
         Ok(())
     }
@@ -446,7 +522,11 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.pool.stats.clients.fetch_sub(1, Ordering::Relaxed);
+        self.pools
+            .home()
+            .stats
+            .clients
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 

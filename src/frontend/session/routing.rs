@@ -1,0 +1,629 @@
+//! Read/write splitting in the session: which server a transaction goes to, the client's causal position (the WAL
+//! position its last write reached, or a token handed over from another connection), and the retry of a read whose
+//! replica failed before the client saw anything. The decision is made once per transaction, from its first message.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{Session, SessionError};
+use crate::cluster::balance::Freshness;
+use crate::cluster::{lsn, Cluster};
+use crate::error::{sqlstate, ClientError};
+use crate::protocol::backend::{command_complete, ready_for_query};
+use crate::protocol::frontend::{parse_bind, parse_parse, query_text};
+use crate::protocol::{tag, Frame, TxStatus};
+use crate::router::classify::{Access, Analysis, RouteHint, TxControl};
+use crate::router::consistency::Consistency;
+use crate::router::Route;
+
+/// The position that covers a commit that just returned. With synchronous commit the commit record is flushed
+/// before the commit returns, so the flush position covers it and is WAL the replicas can already have; with
+/// `synchronous_commit = off` only the insert position is sure to be past it (it is flushed within
+/// `wal_writer_delay`). The insert position is not used always because it can include other sessions' records that
+/// are not yet flushed, which no replica can have, and reads would wait for them in vain.
+const CAPTURE_SQL: &str = "SELECT CASE WHEN current_setting('synchronous_commit') = 'off' \
+    THEN pg_current_wal_insert_lsn() ELSE pg_current_wal_flush_lsn() END";
+
+/// Client frames of a replica transaction kept for a re-send elsewhere; a longer one is not retried.
+const MAX_RETAINED: usize = 64;
+
+#[derive(Default)]
+pub(super) struct RoutingState {
+    /// `SET shardpool.consistency`: beats the user's and the database's default.
+    pub consistency: Option<Consistency>,
+    /// WAL position the client's reads must see: its last write's, or a causal token it was given.
+    pub causal_lsn: u64,
+    /// Reads go to the primary until then (cluster clock ms): a write's position could not be read.
+    pub primary_until_ms: u64,
+    /// A bare BEGIN answered locally; sent ahead of the transaction's first real statement, once that statement
+    /// has shown where the transaction should run.
+    pub deferred_begin: Option<Frame>,
+    /// The transaction in progress: its route, member and that member's cluster.
+    pub route: Option<Route>,
+    pub member: Option<usize>,
+    pub cluster: Option<Arc<Cluster>>,
+    /// Client frames sent to a replica in this transaction, for a re-send if it fails before the client saw a byte.
+    pub retained: Vec<Frame>,
+    pub retained_overflow: bool,
+    /// `bytes_to_client` when the transaction began: anything more means the client has seen output.
+    pub client_mark: u64,
+    /// Members that failed this transaction's read.
+    pub excluded: Vec<usize>,
+    /// The transaction ran something (Query, Execute, FunctionCall), not only Parse/Describe: only then can it
+    /// have written.
+    pub executed: bool,
+}
+
+impl Session {
+    fn routing_state(&mut self) -> &mut RoutingState {
+        self.routing.get_or_insert_with(Default::default)
+    }
+
+    /// The consistency in force: session setting, else the user's, else the database's.
+    fn consistency(&self) -> Consistency {
+        if let Some(c) = self.routing.as_ref().and_then(|r| r.consistency) {
+            return c;
+        }
+        let config = self.ctx.config();
+        config
+            .user(&self.pools.user)
+            .and_then(|u| u.consistency)
+            .unwrap_or(self.pools.cluster.settings.consistency)
+    }
+
+    /// Decides where the transaction that `frame` starts runs. `None`: answered here, no server needed.
+    pub(super) fn route_for(&mut self, frame: &Frame) -> Option<Route> {
+        if let Some(r) = self.routing.as_mut() {
+            r.excluded.clear();
+        }
+        // A Bind runs a statement prepared earlier: its text is the client's definition of that statement.
+        let def = match frame.tag {
+            tag::BIND => {
+                parse_bind(frame.body()).and_then(|b| self.statements.get(b.statement).cloned())
+            }
+            _ => None,
+        };
+        let text = match frame.tag {
+            tag::QUERY => query_text(frame.body()),
+            tag::PARSE => parse_parse(frame.body()).map(|p| p.query),
+            tag::BIND => def.as_ref().map(|d| &d.query[..]),
+            _ => None,
+        };
+        let text = text.and_then(|t| std::str::from_utf8(t).ok());
+        if frame.tag == tag::QUERY {
+            if let Some(sql) = text {
+                if self.answer_proxy_command(sql) {
+                    return None;
+                }
+            }
+        }
+        let deferred = self
+            .routing
+            .as_ref()
+            .is_some_and(|r| r.deferred_begin.is_some());
+        let cluster = Arc::clone(&self.pools.cluster);
+        if !cluster.has_replicas() && !deferred {
+            return Some(Route::Primary { capture: false });
+        }
+        if self.mode == crate::config::PoolMode::Session {
+            return Some(Route::Primary { capture: false });
+        }
+        let Some(sql) = text else {
+            return Some(self.write_route(deferred, "no statement text"));
+        };
+        let analysis = self.ctx.analysis(sql, &cluster);
+        if deferred {
+            return self.route_after_deferred_begin(frame, &analysis);
+        }
+        if frame.tag == tag::QUERY
+            && matches!(
+                analysis.tx,
+                TxControl::Begin {
+                    read_only: None | Some(false)
+                }
+            )
+            && analysis.statements == 1
+            && is_bare_begin(sql)
+        {
+            // Where this transaction runs depends on what comes next (SET TRANSACTION READ ONLY, or nothing).
+            self.routing_state().deferred_begin = Some(frame.clone());
+            command_complete(&mut self.cout, "BEGIN");
+            ready_for_query(&mut self.cout, TxStatus::InTransaction);
+            return None;
+        }
+        Some(self.route_analysis(&analysis, false))
+    }
+
+    fn write_route(&self, _deferred: bool, reason: &'static str) -> Route {
+        let capture =
+            self.consistency() == Consistency::ReadYourWrites && self.pools.cluster.has_replicas();
+        tracing::debug!(client = self.registration.info.id, reason, "route: primary");
+        Route::Primary { capture }
+    }
+
+    fn route_analysis(&mut self, a: &Analysis, in_read_only_tx: bool) -> Route {
+        match a.hints.route {
+            Some(RouteHint::Primary) => return self.write_route(false, "hint route=primary"),
+            Some(RouteHint::Replica) => return Route::Replica(Freshness::Any),
+            None => {}
+        }
+        let read_only_tx = in_read_only_tx
+            || matches!(
+                a.tx,
+                TxControl::Begin {
+                    read_only: Some(true)
+                }
+            );
+        let is_read = match a.tx {
+            TxControl::Begin { .. } => read_only_tx,
+            _ => a.access == Access::Read,
+        };
+        if !is_read {
+            return self.write_route(false, a.reason);
+        }
+        let consistency = a.hints.consistency.unwrap_or_else(|| self.consistency());
+        match self.freshness(consistency) {
+            Some(need) => {
+                tracing::debug!(
+                    client = self.registration.info.id,
+                    reason = a.reason,
+                    %consistency,
+                    ?need,
+                    "route: read"
+                );
+                Route::Replica(need)
+            }
+            None => {
+                tracing::debug!(client = self.registration.info.id, reason = a.reason, %consistency, "route: read on primary");
+                Route::Primary { capture: false }
+            }
+        }
+    }
+
+    /// What a replica must satisfy to serve this client's read; `None` means only the primary will do.
+    fn freshness(&self, consistency: Consistency) -> Option<Freshness> {
+        match consistency {
+            Consistency::Strong => None,
+            Consistency::Eventual => Some(Freshness::Any),
+            Consistency::BoundedStaleness(d) => Some(Freshness::WithinMs(d.as_millis() as u64)),
+            Consistency::ReadYourWrites => {
+                let r = self.routing.as_ref();
+                let until = r.map_or(0, |r| r.primary_until_ms);
+                if until > self.pools.cluster.clock.now_ms() {
+                    return None;
+                }
+                match r.map_or(0, |r| r.causal_lsn) {
+                    0 => Some(Freshness::Any),
+                    lsn => Some(Freshness::AtLeast(lsn)),
+                }
+            }
+        }
+    }
+
+    /// The first statement after a deferred BEGIN decides: COMMIT/ROLLBACK of an empty transaction are answered
+    /// here; SET TRANSACTION READ ONLY makes it a read-only transaction (a replica may run it); anything else runs on
+    /// the primary, like every explicit read-write transaction.
+    fn route_after_deferred_begin(&mut self, frame: &Frame, a: &Analysis) -> Option<Route> {
+        if frame.tag == tag::QUERY && a.only_tx_control && a.statements == 1 {
+            let done = match a.tx {
+                TxControl::Commit => Some("COMMIT"),
+                TxControl::Rollback => Some("ROLLBACK"),
+                _ => None,
+            };
+            if let Some(tag_text) = done {
+                self.routing_state().deferred_begin = None;
+                command_complete(&mut self.cout, tag_text);
+                ready_for_query(&mut self.cout, TxStatus::Idle);
+                return None;
+            }
+        }
+        if matches!(
+            a.tx,
+            TxControl::SetTransaction {
+                read_only: Some(true)
+            }
+        ) {
+            return Some(self.route_analysis(a, true));
+        }
+        Some(self.write_route(true, "explicit transaction"))
+    }
+
+    /// Sends the deferred BEGIN ahead of the transaction's first statement; its reply is not forwarded (the client
+    /// had its answer when it asked).
+    pub(super) fn send_deferred_begin(&mut self) {
+        let Some(begin) = self.routing.as_mut().and_then(|r| r.deferred_begin.take()) else {
+            return;
+        };
+        self.sout.extend_from_slice(&begin.raw);
+        self.relay
+            .push(crate::frontend::relay::Expect::Query { forward: false });
+    }
+
+    /// The transaction status a client is told while no server is attached.
+    pub(super) fn idle_status(&self) -> TxStatus {
+        if self
+            .routing
+            .as_ref()
+            .is_some_and(|r| r.deferred_begin.is_some())
+        {
+            TxStatus::InTransaction
+        } else {
+            TxStatus::Idle
+        }
+    }
+
+    /// The member to run on. Reads that no replica can serve yet wait (up to `read_your_writes_wait`) for the
+    /// monitor to see one catch up, then fall back to the primary.
+    pub(super) async fn choose_member(&mut self, route: Route) -> Result<usize, ClientError> {
+        let cluster = Arc::clone(&self.pools.cluster);
+        let no_writer = || {
+            ClientError::error(
+                sqlstate::CANNOT_CONNECT_NOW,
+                format!(
+                    "no server of database \"{}\" accepts writes (all are in recovery)",
+                    cluster.database
+                ),
+            )
+        };
+        let need = match route {
+            Route::Primary { .. } => return cluster.writer().ok_or_else(no_writer),
+            Route::Replica(need) => need,
+        };
+        let excluded = self
+            .routing
+            .as_ref()
+            .map(|r| r.excluded.clone())
+            .unwrap_or_default();
+        if let Some(i) = cluster.pick_reader(need, &excluded) {
+            return Ok(i);
+        }
+        let wait = cluster.settings.ryw_wait;
+        if matches!(need, Freshness::AtLeast(_)) && !wait.is_zero() {
+            let deadline = tokio::time::Instant::now() + wait;
+            let mut rounds = cluster.request_round();
+            while tokio::time::timeout_at(deadline, rounds.changed())
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
+                if let Some(i) = cluster.pick_reader(need, &excluded) {
+                    return Ok(i);
+                }
+            }
+        }
+        cluster.writer().ok_or_else(no_writer)
+    }
+
+    /// A replica refused a connection: ban it and read elsewhere. `None`: nothing else to try.
+    pub(super) fn after_checkout_failure(
+        &mut self,
+        route: Route,
+        member: usize,
+        e: &crate::backend::pool::PoolError,
+    ) -> Option<Route> {
+        let cluster = Arc::clone(&self.pools.cluster);
+        if !matches!(route, Route::Replica(_)) || cluster.writer() == Some(member) {
+            return None;
+        }
+        cluster.ban(&cluster.members[member], &format!("checkout failed: {e}"));
+        let state = self.routing_state();
+        state.excluded.push(member);
+        (state.excluded.len() < cluster.members.len()).then_some(route)
+    }
+
+    pub(super) fn on_attached(&mut self, route: Route, member: usize) {
+        let cluster = Arc::clone(&self.pools.cluster);
+        let m = &cluster.members[member];
+        m.outstanding.fetch_add(1, Ordering::Relaxed);
+        match route {
+            Route::Primary { .. } if cluster.writer() == Some(member) => {
+                m.writes_served.fetch_add(1, Ordering::Relaxed)
+            }
+            _ => m.reads_served.fetch_add(1, Ordering::Relaxed),
+        };
+        if !cluster.has_replicas() && self.routing.is_none() {
+            return;
+        }
+        let mark = self.bytes_to_client + self.cout.len() as u64;
+        let state = self.routing_state();
+        state.route = Some(route);
+        state.member = Some(member);
+        state.cluster = Some(cluster);
+        state.retained.clear();
+        state.retained_overflow = false;
+        state.client_mark = mark;
+        state.executed = false;
+    }
+
+    /// Bookkeeping when the server goes back (or is dropped).
+    pub(super) fn on_detached(&mut self) {
+        let cluster = match self.routing.as_mut() {
+            Some(r) => {
+                r.route = None;
+                r.retained.clear();
+                r.cluster.take().zip(r.member.take())
+            }
+            None => Some((Arc::clone(&self.pools.cluster), 0)),
+        };
+        if let Some((c, m)) = cluster {
+            if let Some(member) = c.members.get(m) {
+                member.outstanding.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Notes what a transaction's client frames mean for routing: whether it executed anything (a write's position
+    /// is worth capturing), and, on a replica, the frames themselves so a failed read can be re-sent elsewhere.
+    pub(super) fn note_client_frame(&mut self, frame: &Frame) {
+        let Some(r) = self.routing.as_mut() else {
+            return;
+        };
+        r.executed |= matches!(frame.tag, tag::QUERY | tag::EXECUTE | tag::FUNCTION_CALL);
+        if !matches!(r.route, Some(Route::Replica(_))) {
+            return;
+        }
+        if r.retained.len() < MAX_RETAINED {
+            r.retained.push(frame.clone());
+        } else {
+            r.retained_overflow = true;
+        }
+    }
+
+    /// Whether a replica read that just failed can be re-run elsewhere without the client noticing: nothing reached
+    /// the client yet, and the whole transaction so far is retained.
+    pub(super) fn read_can_be_retried(&self, e: &SessionError) -> bool {
+        let Some(r) = self.routing.as_ref() else {
+            return false;
+        };
+        matches!(
+            e,
+            SessionError::ServerIo(_) | SessionError::ServerProtocol(_)
+        ) && matches!(r.route, Some(Route::Replica(_)))
+            && self.server.is_some()
+            && !r.retained_overflow
+            && !r.retained.is_empty()
+            && self.bytes_to_client + self.cout.len() as u64 == r.client_mark
+    }
+
+    /// Drops the failed replica's connection, bans the replica, and re-sends the transaction's frames on another
+    /// member. Returns false when no server could be had (the client has been sent the error).
+    pub(super) async fn retry_read(&mut self, e: SessionError) -> Result<bool, SessionError> {
+        let Some(r) = self.routing.as_mut() else {
+            return Ok(false);
+        };
+        let frames = std::mem::take(&mut r.retained);
+        let route = r.route.unwrap_or(Route::Primary { capture: false });
+        let cluster = r.cluster.clone();
+        let member = r.member;
+        if let (Some(c), Some(m)) = (cluster, member) {
+            c.ban(&c.members[m], &format!("read failed: {e}"));
+            self.routing_state().excluded.push(m);
+        }
+        tracing::info!(client = self.registration.info.id, error = %e, "replica failed before the client saw a reply; retrying the read elsewhere");
+        if let Some(mut server) = self.server.take() {
+            server.broken = true;
+            self.on_detached();
+            self.registration.info.set_server(None);
+            drop(server);
+        }
+        self.relay = Default::default();
+        self.sout.clear();
+        self.pending_effects.clear();
+        self.batch.clear();
+        self.held_parameter_description = None;
+        let Some(first) = frames.first().cloned() else {
+            return Ok(false);
+        };
+        Box::pin(self.attach(route, &first)).await?;
+        if self.server.is_none() {
+            return Ok(false);
+        }
+        for f in frames {
+            if self.on_client_frame(f)? == super::Flow::ClientGone {
+                return Err(SessionError::ClientGone);
+            }
+        }
+        Ok(true)
+    }
+
+    /// A FATAL error from a replica before the client has seen anything of this transaction: the server is ending
+    /// the session (shutdown, crash restart), so the read is better re-run elsewhere.
+    pub(super) fn replica_failed_unseen(&self, e: &crate::protocol::backend::ErrorFields) -> bool {
+        (e.severity == "FATAL" || e.severity == "PANIC")
+            && self.routing.as_ref().is_some_and(|r| {
+                matches!(r.route, Some(Route::Replica(_)))
+                    && !r.retained_overflow
+                    && self.bytes_to_client + self.cout.len() as u64 == r.client_mark
+            })
+    }
+
+    /// Whether the transaction that just ended wrote on the primary under read-your-writes: its WAL position must
+    /// be recorded before the server goes back.
+    pub(super) fn wants_capture(&self) -> bool {
+        self.routing.as_ref().is_some_and(|r| {
+            r.executed && matches!(r.route, Some(Route::Primary { capture: true }))
+        })
+    }
+
+    /// Reads the primary's WAL position (see `CAPTURE_SQL`) on the connection that just committed: it covers the commit, so any
+    /// replica that has replayed up to it holds the client's writes. The client already has its reply.
+    pub(super) async fn capture_position(&mut self) {
+        let timeout = self.pool.config().connect_timeout;
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        let result = tokio::time::timeout(timeout, server.query_rows(CAPTURE_SQL)).await;
+        let position = match result {
+            Ok(Ok(rows)) => rows
+                .first()
+                .and_then(|r| r.first())
+                .and_then(|v| v.as_deref())
+                .and_then(lsn::parse),
+            _ => {
+                server.broken = true;
+                None
+            }
+        };
+        let cluster = Arc::clone(&self.pools.cluster);
+        let state = self.routing_state();
+        match position {
+            Some(p) => state.causal_lsn = state.causal_lsn.max(p),
+            None => {
+                tracing::warn!("could not read the write position; this client reads from the primary for a while");
+                state.primary_until_ms =
+                    cluster.clock.now_ms() + cluster.settings.ban_time.as_millis().max(1000) as u64;
+            }
+        }
+    }
+
+    /// Answers `SET/SHOW/RESET shardpool.*` commands. Returns true if `sql` was one.
+    fn answer_proxy_command(&mut self, sql: &str) -> bool {
+        use crate::router::proxy_commands::{parse, ProxyCommand, ProxyParam, ProxyValue};
+        let cmd = match parse(sql) {
+            Ok(Some(cmd)) => cmd,
+            Ok(None) => return false,
+            Err(e) => {
+                self.proxy_error(e.sqlstate(), e.to_string());
+                return true;
+            }
+        };
+        let status = self.idle_status();
+        match cmd {
+            ProxyCommand::Set(ProxyValue::Consistency(c)) => {
+                self.routing_state().consistency = Some(c);
+                command_complete(&mut self.cout, "SET");
+            }
+            ProxyCommand::Set(ProxyValue::CausalToken(token)) => match parse_token(&token) {
+                Some(p) => {
+                    // A token only ever moves the session's position forward.
+                    let state = self.routing_state();
+                    state.causal_lsn = state.causal_lsn.max(p);
+                    command_complete(&mut self.cout, "SET");
+                }
+                None => {
+                    self.proxy_error(
+                        sqlstate::INVALID_PARAMETER_VALUE,
+                        format!(
+                            "invalid value for parameter \"shardpool.causal_token\": \"{token}\" \
+                             (expected a WAL position such as 0/3000148)"
+                        ),
+                    );
+                    return true;
+                }
+            },
+            ProxyCommand::Reset(ProxyParam::Consistency) => {
+                self.routing_state().consistency = None;
+                command_complete(&mut self.cout, "RESET");
+            }
+            ProxyCommand::Reset(ProxyParam::CausalToken) => {
+                let state = self.routing_state();
+                state.causal_lsn = 0;
+                command_complete(&mut self.cout, "RESET");
+            }
+            ProxyCommand::Show(ProxyParam::Consistency) => {
+                let c = self.consistency().to_string();
+                self.show_value("shardpool.consistency", &c);
+            }
+            ProxyCommand::Show(ProxyParam::CausalToken) => {
+                let p = self.routing.as_ref().map_or(0, |r| r.causal_lsn);
+                self.show_value("shardpool.causal_token", &lsn::format(p));
+            }
+            ProxyCommand::ShowRoute(sql) => self.show_route(&sql),
+            ProxyCommand::Set(ProxyValue::ShardKey(_) | ProxyValue::Shard(_))
+            | ProxyCommand::Reset(ProxyParam::ShardKey | ProxyParam::Shard)
+            | ProxyCommand::Show(ProxyParam::ShardKey | ProxyParam::Shard) => {
+                self.proxy_error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("database \"{}\" is not sharded", self.pools.database),
+                );
+                return true;
+            }
+        }
+        ready_for_query(&mut self.cout, status);
+        true
+    }
+
+    fn proxy_error(&mut self, code: &'static str, message: String) {
+        ClientError::error(code, message).write(&mut self.cout);
+        let status = self.idle_status();
+        ready_for_query(&mut self.cout, status);
+    }
+
+    fn show_value(&mut self, name: &str, value: &str) {
+        use crate::protocol::backend::{data_row, row_description_text as row_description};
+        row_description(&mut self.cout, &[name]);
+        data_row(&mut self.cout, &[Some(value)]);
+        command_complete(&mut self.cout, "SHOW");
+    }
+
+    /// `SHOW shardpool.route <sql>`: where the statement would go now, and why, without running it.
+    fn show_route(&mut self, sql: &str) {
+        use crate::protocol::backend::{data_row, row_description_text as row_description};
+        let cluster = Arc::clone(&self.pools.cluster);
+        let analysis = self.ctx.analysis(sql, &cluster);
+        let route = if cluster.has_replicas() {
+            self.route_analysis(&analysis, false)
+        } else {
+            Route::Primary { capture: false }
+        };
+        let (kind, server) = match route {
+            Route::Primary { .. } => (
+                "primary",
+                cluster.writer().map(|i| cluster.members[i].addr_text()),
+            ),
+            Route::Replica(need) => {
+                let server = cluster
+                    .pick_reader(need, &[])
+                    .map(|i| cluster.members[i].addr_text());
+                match server {
+                    Some(s) => ("replica", Some(s)),
+                    None => (
+                        "primary (no replica eligible now)",
+                        cluster.writer().map(|i| cluster.members[i].addr_text()),
+                    ),
+                }
+            }
+        };
+        let consistency = analysis
+            .hints
+            .consistency
+            .unwrap_or_else(|| self.consistency())
+            .to_string();
+        let access = match analysis.access {
+            Access::Read => "read",
+            Access::Write => "write",
+        };
+        row_description(
+            &mut self.cout,
+            &["route", "server", "access", "reason", "consistency"],
+        );
+        data_row(
+            &mut self.cout,
+            &[
+                Some(kind),
+                server.as_deref(),
+                Some(access),
+                Some(analysis.reason),
+                Some(consistency.as_str()),
+            ],
+        );
+        command_complete(&mut self.cout, "SHOW");
+    }
+}
+
+/// A causal token is a WAL position in Postgres' own text form (`16/B374D848`), so it can be compared with
+/// `pg_last_wal_replay_lsn()` by hand too.
+fn parse_token(token: &str) -> Option<u64> {
+    lsn::parse(token.trim().trim_matches('\''))
+}
+
+/// BEGIN forms whose deferral cannot change their meaning: no options that could fail when finally sent.
+fn is_bare_begin(sql: &str) -> bool {
+    let t = sql.trim().trim_end_matches(';').trim();
+    let mut words = t.split_ascii_whitespace().map(|w| w.to_ascii_lowercase());
+    let w: Vec<String> = words.by_ref().take(3).collect();
+    let w: Vec<&str> = w.iter().map(String::as_str).collect();
+    matches!(
+        w.as_slice(),
+        ["begin"] | ["begin", "transaction"] | ["begin", "work"] | ["start", "transaction"]
+    )
+}
