@@ -361,10 +361,7 @@ impl ShardingConfig {
             if t.name.is_empty() {
                 problem(key("name"), "must not be empty".into());
             } else if !seen.insert(t.name.to_lowercase()) {
-                problem(
-                    key("name"),
-                    format!("table {:?} is listed twice", t.name),
-                );
+                problem(key("name"), format!("table {:?} is listed twice", t.name));
             }
             if t.key.is_empty() {
                 problem(key("key"), "must not be empty".into());
@@ -596,7 +593,10 @@ mod tests {
             "sharding.reference_tables[0]",
             "sharding.reference_tables[2]",
         ] {
-            assert!(keys.contains(&expected.to_string()), "missing {expected} in {keys:?}");
+            assert!(
+                keys.contains(&expected.to_string()),
+                "missing {expected} in {keys:?}"
+            );
         }
         assert_eq!(keys.len(), 16, "{keys:?}");
     }
@@ -632,7 +632,10 @@ mod tests {
             vec!["sharding.maps.r.split_points[1]"]
         );
         // C collation: uppercase sorts before lowercase.
-        assert_eq!(range_problems("text", "[\"Z\", \"a\"]"), Vec::<String>::new());
+        assert_eq!(
+            range_problems("text", "[\"Z\", \"a\"]"),
+            Vec::<String>::new()
+        );
         assert_eq!(
             range_problems("int", "[1, 1]"),
             vec!["sharding.maps.r.split_points[1]"]
@@ -652,7 +655,13 @@ mod tests {
             ),
             vec!["sharding.maps.r.split_points[1]"]
         );
-        let too_many = format!("[{}]", (0..4096).map(|i| i.to_string()).collect::<Vec<_>>().join(","));
+        let too_many = format!(
+            "[{}]",
+            (0..4096)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
         assert_eq!(
             range_problems("int", &too_many),
             vec!["sharding.maps.r.split_points"]

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, GenericClient, IsolationLevel, Transaction};
 
-use crate::config::sharding::{MapConfig, ShardingConfig};
+use crate::config::sharding::{CatalogTarget, MapConfig, ShardingConfig};
 use crate::config::Problem;
 use crate::sharding::key::{KeyType, KeyValue};
 
@@ -210,10 +210,13 @@ impl Catalog {
 
     /// The vshard of the range containing `key` in range map `map`.
     pub fn range_vshard(&self, map: &str, key: &KeyValue) -> Result<u32, LookupError> {
-        let ranges = self.ranges.get(map).ok_or_else(|| LookupError::UnknownMap {
-            map: map.into(),
-            kind: "range",
-        })?;
+        let ranges = self
+            .ranges
+            .get(map)
+            .ok_or_else(|| LookupError::UnknownMap {
+                map: map.into(),
+                kind: "range",
+            })?;
         typed_key(map, ranges.key_type, key)?;
         // Bounds are inclusive lower bounds: the range is the last one whose bound is <= key.
         let above = ranges
@@ -301,6 +304,26 @@ impl Catalog {
         }
         out
     }
+}
+
+/// Connection settings for the catalog, as `role` (a user's server role and password).
+pub fn connect_config(
+    target: &CatalogTarget,
+    role: &str,
+    password: Option<&str>,
+    application_name: &str,
+) -> tokio_postgres::Config {
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&target.host)
+        .port(target.port)
+        .dbname(&target.database)
+        .user(role)
+        .application_name(application_name)
+        .connect_timeout(std::time::Duration::from_secs(10));
+    if let Some(pw) = password {
+        pg.password(pw);
+    }
+    pg
 }
 
 /// Initial placement: contiguous blocks (see the module doc).
@@ -503,15 +526,9 @@ async fn checked_key(
     let key_type = key_type_from_name(&ty)
         .ok_or_else(|| CatalogError::Corrupt(format!("map {map:?} has key type {ty:?}")))?;
     typed_key(map, key_type, key).map_err(|e| match e {
-        LookupError::KeyTypeMismatch {
-            map,
-            expected,
-            got,
-        } => CatalogError::KeyTypeMismatch {
-            map,
-            expected,
-            got,
-        },
+        LookupError::KeyTypeMismatch { map, expected, got } => {
+            CatalogError::KeyTypeMismatch { map, expected, got }
+        }
         _ => CatalogError::NullKey,
     })
 }
@@ -575,7 +592,11 @@ pub async fn record_directory(
 
 /// Places `vshard` on `shard`. Only the routing changes: moving the rows is the remap's job, which calls this at
 /// its switch-over step. Returns the new epoch.
-pub async fn move_vshard(client: &mut Client, vshard: u32, shard: u16) -> Result<i64, CatalogError> {
+pub async fn move_vshard(
+    client: &mut Client,
+    vshard: u32,
+    shard: u16,
+) -> Result<i64, CatalogError> {
     let tx = client.transaction().await?;
     let (epoch, vshards) = begin_change(&tx).await?;
     let v = check_vshard(vshard, vshards)?;
@@ -686,7 +707,10 @@ async fn load_directory(
             .ok()
             .and_then(|k| key_text(&k))
             .ok_or_else(|| {
-                CatalogError::Corrupt(format!("directory {map:?} has key {key:?}, not a {}", key_type.name()))
+                CatalogError::Corrupt(format!(
+                    "directory {map:?} has key {key:?}, not a {}",
+                    key_type.name()
+                ))
             })?;
         entries.insert(canonical, vshard as u32);
     }
@@ -756,7 +780,10 @@ mod tests {
                     "devices".into(),
                     Directory {
                         key_type: KeyType::Uuid,
-                        entries: HashMap::from([("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into(), 2)]),
+                        entries: HashMap::from([(
+                            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into(),
+                            2,
+                        )]),
                     },
                 ),
             ]),
@@ -766,7 +793,11 @@ mod tests {
                     RangeMap {
                         key_type: KeyType::Int,
                         first: 0,
-                        bounds: vec![(KeyValue::Int(-10), 2), (KeyValue::Int(9), 4), (KeyValue::Int(100), 6)],
+                        bounds: vec![
+                            (KeyValue::Int(-10), 2),
+                            (KeyValue::Int(9), 4),
+                            (KeyValue::Int(100), 6),
+                        ],
                     },
                 ),
                 (
@@ -804,7 +835,11 @@ mod tests {
             (100, 6),
             (i64::MAX, 6),
         ] {
-            assert_eq!(c.range_vshard("days", &KeyValue::Int(key)), Ok(want), "{key}");
+            assert_eq!(
+                c.range_vshard("days", &KeyValue::Int(key)),
+                Ok(want),
+                "{key}"
+            );
         }
     }
 
@@ -835,9 +870,18 @@ mod tests {
                 bounds: vec![(u("80000000-0000-0000-0000-000000000000"), 4)],
             },
         );
-        assert_eq!(c.range_vshard("ids", &u("7fffffff-ffff-ffff-ffff-ffffffffffff")), Ok(0));
-        assert_eq!(c.range_vshard("ids", &u("80000000-0000-0000-0000-000000000000")), Ok(4));
-        assert_eq!(c.range_vshard("ids", &u("ffffffff-0000-0000-0000-000000000000")), Ok(4));
+        assert_eq!(
+            c.range_vshard("ids", &u("7fffffff-ffff-ffff-ffff-ffffffffffff")),
+            Ok(0)
+        );
+        assert_eq!(
+            c.range_vshard("ids", &u("80000000-0000-0000-0000-000000000000")),
+            Ok(4)
+        );
+        assert_eq!(
+            c.range_vshard("ids", &u("ffffffff-0000-0000-0000-000000000000")),
+            Ok(4)
+        );
     }
 
     #[test]
@@ -851,7 +895,10 @@ mod tests {
                 got: "text"
             })
         );
-        assert_eq!(c.range_vshard("days", &KeyValue::Null), Err(LookupError::NullKey));
+        assert_eq!(
+            c.range_vshard("days", &KeyValue::Null),
+            Err(LookupError::NullKey)
+        );
         assert!(matches!(
             c.range_vshard("tenants", &KeyValue::Int(1)),
             Err(LookupError::UnknownMap { .. })
@@ -869,8 +916,14 @@ mod tests {
     #[test]
     fn directory_lookups_use_canonical_text() {
         let c = catalog();
-        assert_eq!(c.directory_vshard("tenants", &KeyValue::Text("acme".into())), Ok(Some(5)));
-        assert_eq!(c.directory_vshard("tenants", &KeyValue::Text("ACME".into())), Ok(None));
+        assert_eq!(
+            c.directory_vshard("tenants", &KeyValue::Text("acme".into())),
+            Ok(Some(5))
+        );
+        assert_eq!(
+            c.directory_vshard("tenants", &KeyValue::Text("ACME".into())),
+            Ok(None)
+        );
         let spelled = KeyType::Uuid
             .parse_text("{A0EEBC999C0B4EF8BB6D6BB9BD380A11}")
             .unwrap();
@@ -880,8 +933,13 @@ mod tests {
     #[test]
     fn key_text_matches_postgres_output() {
         assert_eq!(key_text(&KeyValue::Int(-42)).as_deref(), Some("-42"));
-        let u = KeyType::Uuid.parse_text("A0EEBC999C0B4EF8BB6D6BB9BD380A11").unwrap();
-        assert_eq!(key_text(&u).as_deref(), Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"));
+        let u = KeyType::Uuid
+            .parse_text("A0EEBC999C0B4EF8BB6D6BB9BD380A11")
+            .unwrap();
+        assert_eq!(
+            key_text(&u).as_deref(),
+            Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
+        );
         assert_eq!(key_text(&KeyValue::Null), None);
     }
 
@@ -932,7 +990,11 @@ mod tests {
         assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(problems[0].contains("8 vshards"));
         assert!(problems[1].contains("[2]"));
-        assert!(problems.iter().any(|p| p.contains("\"missing\" is not in the catalog")));
-        assert!(problems.iter().any(|p| p.contains("text keys in the catalog")));
+        assert!(problems
+            .iter()
+            .any(|p| p.contains("\"missing\" is not in the catalog")));
+        assert!(problems
+            .iter()
+            .any(|p| p.contains("text keys in the catalog")));
     }
 }

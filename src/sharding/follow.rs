@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::catalog::{self, Catalog, CatalogError, CHANNEL};
+use crate::config::sharding::ShardingConfig;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FollowOptions {
@@ -33,6 +34,16 @@ impl Default for FollowOptions {
             check_interval: Duration::from_secs(5),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl FollowOptions {
+    /// Defaults, with the check interval a sharded database's config asks for.
+    pub fn for_config(cfg: &ShardingConfig) -> FollowOptions {
+        FollowOptions {
+            check_interval: cfg.check_interval(),
+            ..FollowOptions::default()
         }
     }
 }
@@ -238,11 +249,7 @@ impl Follow {
         let current = self.current.load().epoch;
         match epoch {
             Some(e) if e <= current => Ok(()),
-            Some(_) => {
-                self.reload(client).await?;
-                self.stats.notified.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
+            Some(_) => self.reload(client, &self.stats.notified).await,
             None => self.check(client).await,
         }
     }
@@ -251,15 +258,17 @@ impl Follow {
     /// re-initialised starts again at a low epoch and is still the truth.
     async fn check(&self, client: &mut Client) -> Result<(), CatalogError> {
         if catalog::epoch(client).await? != self.current.load().epoch {
-            self.reload(client).await?;
-            self.stats.checked.fetch_add(1, Ordering::Relaxed);
+            self.reload(client, &self.stats.checked).await?;
         }
         Ok(())
     }
 
-    async fn reload(&self, client: &mut Client) -> Result<(), CatalogError> {
+    /// Loads and swaps in a new snapshot, counting it under `cause` first so that whoever wakes on the epoch
+    /// change sees the count too.
+    async fn reload(&self, client: &mut Client, cause: &AtomicU64) -> Result<(), CatalogError> {
         let fresh = catalog::load(client).await?;
         let epoch = fresh.epoch;
+        cause.fetch_add(1, Ordering::Relaxed);
         self.current.store(Arc::new(fresh));
         self.epochs.send_replace(epoch);
         tracing::info!(epoch, "catalog reloaded");
