@@ -1,15 +1,29 @@
-//! `shardctl`: the operator CLI. Talks to a running shardpool's admin console, so scripts do not need psql.
-//! Sharding verbs (init, map, route, remap) join it as those features land.
+//! `shardctl`: the operator CLI, so scripts do not need psql.
+//!
+//! Two kinds of verbs: `show`, `reload`, `pause` and `resume` talk to a running shardpool's admin console (`--url`);
+//! `init`, `map` and `directory` work on a sharded database's catalog directly (`--config`, `--database`), because
+//! the catalog must be creatable before any shardpool runs and is shared by all of them.
 
-use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use shardpool::config::sharding::{MapConfig, ShardingConfig};
+use shardpool::config::UserConfig;
+use shardpool::sharding::catalog::{self, key_text, Catalog};
 
 #[derive(Parser)]
-#[command(name = "shardctl", version, about = "Operate a running shardpool")]
+#[command(
+    name = "shardctl",
+    version,
+    about = "Operate shardpool and its sharding catalog"
+)]
 struct Cli {
-    /// Admin console URL, e.g. postgres://admin:secret@127.0.0.1:6432/shardpool
-    #[arg(long, env = "SHARDPOOL_ADMIN_URL")]
-    url: String,
+    /// Admin console URL for show/reload/pause/resume, e.g. postgres://admin:secret@127.0.0.1:6432/shardpool
+    #[arg(long, env = "SHARDPOOL_ADMIN_URL", global = true)]
+    url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -24,36 +38,291 @@ enum Command {
     Pause,
     /// Release paused transactions.
     Resume,
+    /// Create a sharded database's catalog with an even placement (idempotent; adds maps new in the config).
+    Init(CatalogArgs),
+    /// Print the catalog's epoch, its vshard -> shard placement and its maps.
+    Map(CatalogArgs),
+    /// Directory map entries.
+    Directory {
+        #[command(subcommand)]
+        action: DirectoryAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DirectoryAction {
+    /// Point a key at a vshard (adds or replaces the entry). Routing follows at once; rows already stored under
+    /// the old vshard are not moved.
+    Set {
+        map: String,
+        key: String,
+        vshard: u32,
+        #[command(flatten)]
+        target: CatalogArgs,
+    },
+}
+
+#[derive(Args)]
+struct CatalogArgs {
+    /// shardpool config file.
+    #[arg(
+        short,
+        long,
+        env = "SHARDPOOL_CONFIG",
+        default_value = "config/shardpool.toml"
+    )]
+    config: PathBuf,
+    /// The sharded database: a `[databases.NAME]` with a `sharding` section.
+    #[arg(short, long)]
+    database: String,
+    /// The `[[users]]` entry whose server credentials open the catalog; may be omitted when there is one user.
+    #[arg(short, long, env = "SHARDCTL_USER")]
+    user: Option<String>,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let sql = match &cli.command {
-        Command::Show { what } => format!("SHOW {what}"),
-        Command::Reload => "RELOAD".into(),
-        Command::Pause => "PAUSE".into(),
-        Command::Resume => "RESUME".into(),
-    };
-    let (client, conn) = tokio_postgres::connect(&cli.url, tokio_postgres::NoTls)
+    match cli.command {
+        Command::Show { what } => admin(cli.url, &format!("SHOW {what}")).await,
+        Command::Reload => admin(cli.url, "RELOAD").await,
+        Command::Pause => admin(cli.url, "PAUSE").await,
+        Command::Resume => admin(cli.url, "RESUME").await,
+        Command::Init(args) => init(&args).await,
+        Command::Map(args) => map(&args).await,
+        Command::Directory {
+            action:
+                DirectoryAction::Set {
+                    map,
+                    key,
+                    vshard,
+                    target,
+                },
+        } => directory_set(&target, &map, &key, vshard).await,
+    }
+}
+
+async fn admin(url: Option<String>, sql: &str) -> anyhow::Result<()> {
+    let url =
+        url.context("--url (or SHARDPOOL_ADMIN_URL) is required for show/reload/pause/resume")?;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .context("connecting to the admin console")?;
     tokio::spawn(conn);
     for msg in client
-        .simple_query(&sql)
+        .simple_query(sql)
         .await
         .context("running the command")?
     {
-        match msg {
-            tokio_postgres::SimpleQueryMessage::Row(row) => {
-                let cells: Vec<String> = (0..row.len())
-                    .map(|i| format!("{}={}", row.columns()[i].name(), row.get(i).unwrap_or("")))
-                    .collect();
-                println!("{}", cells.join(" "));
-            }
-            tokio_postgres::SimpleQueryMessage::CommandComplete(_) => {}
-            _ => {}
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = msg {
+            let cells: Vec<String> = (0..row.len())
+                .map(|i| format!("{}={}", row.columns()[i].name(), row.get(i).unwrap_or("")))
+                .collect();
+            println!("{}", cells.join(" "));
         }
     }
+    Ok(())
+}
+
+/// The parts of the config file shardctl needs. Only these are read (other keys are ignored, not rejected):
+/// validating the whole file is `shardpool check-config`'s job, and the sharding section is validated here.
+#[derive(Deserialize)]
+struct ConfigView {
+    #[serde(default)]
+    users: Vec<UserConfig>,
+    #[serde(default)]
+    databases: BTreeMap<String, DatabaseView>,
+}
+
+#[derive(Deserialize)]
+struct DatabaseView {
+    #[serde(default)]
+    sharding: Option<ShardingConfig>,
+}
+
+/// A sharded database's config and an open connection to its catalog.
+struct Target {
+    cfg: ShardingConfig,
+    client: tokio_postgres::Client,
+    location: String,
+}
+
+fn read_config(path: &Path, database: &str) -> anyhow::Result<(ShardingConfig, Vec<UserConfig>)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut view: ConfigView =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let cfg = view
+        .databases
+        .remove(database)
+        .with_context(|| format!("{}: no [databases.{database}]", path.display()))?
+        .sharding
+        .with_context(|| {
+            format!(
+                "{}: [databases.{database}] has no sharding section",
+                path.display()
+            )
+        })?;
+    let problems = cfg.validate_at(&format!("databases.{database}.sharding"));
+    if !problems.is_empty() {
+        let lines: Vec<String> = problems
+            .iter()
+            .map(|p| format!("  {}: {}", p.key, p.message))
+            .collect();
+        bail!(
+            "{}: invalid sharding config:\n{}",
+            path.display(),
+            lines.join("\n")
+        );
+    }
+    Ok((cfg, view.users))
+}
+
+fn pick_user<'a>(users: &'a [UserConfig], name: Option<&str>) -> anyhow::Result<&'a UserConfig> {
+    match (name, users) {
+        (Some(n), _) => users
+            .iter()
+            .find(|u| u.name == n)
+            .with_context(|| format!("no [[users]] entry named {n:?}")),
+        (None, [only]) => Ok(only),
+        (None, _) => {
+            let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+            bail!("choose the catalog's credentials with --user (one of {names:?})")
+        }
+    }
+}
+
+async fn connect(args: &CatalogArgs) -> anyhow::Result<Target> {
+    let (cfg, users) = read_config(&args.config, &args.database)?;
+    let user = pick_user(&users, args.user.as_deref())?;
+    let at = cfg
+        .catalog_target(&args.database)
+        .context("no shards configured")?;
+    let pg = catalog::connect_config(&at, user.server_user(), user.server_password(), "shardctl");
+    let location = format!("{}:{}/{}", at.host, at.port, at.database);
+    let (client, conn) = pg.connect(tokio_postgres::NoTls).await.with_context(|| {
+        format!(
+            "connecting to the catalog at {location} as {}",
+            user.server_user()
+        )
+    })?;
+    tokio::spawn(conn);
+    Ok(Target {
+        cfg,
+        client,
+        location,
+    })
+}
+
+async fn init(args: &CatalogArgs) -> anyhow::Result<()> {
+    let mut t = connect(args).await?;
+    let outcome = catalog::init(&mut t.client, &t.cfg).await?;
+    if outcome.created {
+        println!(
+            "created the catalog at {}: {} vshards on {} shards, epoch {}",
+            t.location,
+            t.cfg.vshards,
+            t.cfg.shards.len(),
+            outcome.epoch
+        );
+    } else {
+        println!(
+            "the catalog at {} already exists with {} vshards; placement unchanged, epoch {}",
+            t.location, t.cfg.vshards, outcome.epoch
+        );
+    }
+    for map in &outcome.added_maps {
+        println!("added map {map}");
+    }
+    Ok(())
+}
+
+async fn map(args: &CatalogArgs) -> anyhow::Result<()> {
+    let mut t = connect(args).await?;
+    let c = catalog::load(&mut t.client).await?;
+    print!("{}", render_map(&c, &t.cfg, &t.location));
+    Ok(())
+}
+
+fn render_map(c: &Catalog, cfg: &ShardingConfig, location: &str) -> String {
+    let mut out = format!(
+        "catalog {location}: epoch {}, {} vshards\n\nvshards -> shard\n",
+        c.epoch, c.vshards
+    );
+    for (first, last, shard) in c.placement_runs() {
+        let span = if first == last {
+            first.to_string()
+        } else {
+            format!("{first}-{last}")
+        };
+        out.push_str(&format!("{span:>11} → shard {shard}\n"));
+    }
+    out.push_str("\nper shard\n");
+    let counts: BTreeMap<u16, u32> = c.shard_counts().into_iter().collect();
+    let configured = (0..cfg.shards.len()).filter_map(|s| u16::try_from(s).ok());
+    let mut shards: Vec<u16> = configured.chain(counts.keys().copied()).collect();
+    shards.sort_unstable();
+    shards.dedup();
+    for s in shards {
+        let n = counts.get(&s).copied().unwrap_or(0);
+        let addr = cfg
+            .shards
+            .get(usize::from(s))
+            .map(|sh| format!("{}:{}", sh.host, sh.port))
+            .unwrap_or_else(|| "not in the config".into());
+        out.push_str(&format!("  shard {s} ({addr}): {n} vshards\n"));
+    }
+    let mut names: Vec<&String> = c.directories.keys().chain(c.ranges.keys()).collect();
+    names.sort();
+    if !names.is_empty() {
+        out.push_str("\nmaps\n");
+    }
+    for name in names {
+        if let Some(d) = c.directories.get(name) {
+            out.push_str(&format!(
+                "  {name}: directory of {} keys, {} entries\n",
+                d.key_type.name(),
+                d.entries.len()
+            ));
+        } else if let Some(r) = c.ranges.get(name) {
+            out.push_str(&format!("  {name}: range of {} keys\n", r.key_type.name()));
+            let lowers = std::iter::once("-inf".to_string())
+                .chain(r.bounds.iter().filter_map(|(k, _)| key_text(k)));
+            let vshards = std::iter::once(r.first).chain(r.bounds.iter().map(|(_, v)| *v));
+            for (lower, v) in lowers.zip(vshards) {
+                let shard = c.shard_of(v).map_or("?".to_string(), |s| s.to_string());
+                out.push_str(&format!("    from {lower} → vshard {v} (shard {shard})\n"));
+            }
+        }
+    }
+    let problems = c.check_against(cfg);
+    if !problems.is_empty() {
+        out.push_str("\nthe catalog and the config disagree\n");
+        for p in problems {
+            out.push_str(&format!("  {p}\n"));
+        }
+    }
+    out
+}
+
+async fn directory_set(
+    args: &CatalogArgs,
+    map: &str,
+    key: &str,
+    vshard: u32,
+) -> anyhow::Result<()> {
+    let mut t = connect(args).await?;
+    let key_type = match t.cfg.maps.get(map) {
+        Some(MapConfig::Directory { key_type, .. }) => *key_type,
+        Some(other) => bail!("map {map:?} is a {} map, not a directory", other.kind()),
+        None => bail!(
+            "no map {map:?} in [databases.{}.sharding.maps]",
+            args.database
+        ),
+    };
+    let value = key_type.parse_text(key)?;
+    let epoch = catalog::set_directory(&mut t.client, map, &value, vshard).await?;
+    let canonical = key_text(&value).unwrap_or_default();
+    println!("{map}: {canonical} → vshard {vshard}, epoch {epoch}");
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! `config/shardpool.toml` is the annotated example; `docs/configuration.md` is the reference.
 
 mod duration;
+pub mod sharding;
 mod validate;
 
 use std::collections::BTreeMap;

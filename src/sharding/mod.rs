@@ -2,5 +2,8 @@
 //! initialised, so growing means moving whole virtual shards between physical shards, never rehashing every row.
 //! The hash functions are Postgres' own, so a shard can compute a row's virtual shard in SQL (publication row
 //! filters for online moves, check constraints refusing rows it does not own).
+
+pub mod catalog;
+pub mod follow;
 pub mod hash;
 pub mod key;
