@@ -25,11 +25,17 @@
 //! used).
 
 pub mod numeric;
+pub mod plan;
 pub mod value;
 pub mod wire;
 
+mod aggregate;
+mod items;
+mod scan;
+
 use std::net::SocketAddr;
 
+pub use plan::{ColumnRef, MergedColumn, Plan, PlanKind, SortKey, Window};
 
 use crate::backend::server::ServerIoError;
 use crate::protocol::backend::{error_response, put_cstr, put_message, Severity};
