@@ -24,8 +24,11 @@
 //! Reference: PostgreSQL docs 55.7 "Message Formats"; src/backend/utils/adt/numeric.c, float.c (ports cited where
 //! used).
 
+pub mod combine;
+pub mod merge;
 pub mod numeric;
 pub mod plan;
+pub mod run;
 pub mod value;
 pub mod wire;
 
@@ -36,6 +39,7 @@ mod scan;
 use std::net::SocketAddr;
 
 pub use plan::{ColumnRef, MergedColumn, Plan, PlanKind, SortKey, Window};
+pub use run::{scatter_query, ScatterOutcome};
 
 use crate::backend::server::ServerIoError;
 use crate::protocol::backend::{error_response, put_cstr, put_message, Severity};
