@@ -7,3 +7,4 @@ pub mod catalog;
 pub mod follow;
 pub mod hash;
 pub mod key;
+pub mod scatter;

@@ -1,0 +1,430 @@
+//! Running a planned scatter/gather query over logged-in shard connections: one simple-protocol Query to every
+//! shard, then the replies read and merged into `out` as RowDescription, DataRows and `SELECT n` (the caller adds
+//! ReadyForQuery, as for any statement of a batch).
+//!
+//! Rows stream: concatenation forwards each shard's DataRow frames as they are read, the k-way merge holds one row
+//! per shard, and only aggregation holds state (one row per group). Shards that are not being read meanwhile
+//! execute and block on their socket buffers.
+//!
+//! Failure handling: the first ErrorResponse (in shard order of reading) or merge error becomes the result and
+//! anything already written to `out` is taken back; every shard that was sent the query is then read up to its
+//! ReadyForQuery, so each connection is left idle (or in its transaction) and reusable. Only an I/O or framing
+//! failure leaves a connection marked broken. A merge that ends early (LIMIT reached) also drains the rest.
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+use super::combine::Aggregator;
+use super::merge::{bind_keys, compare_rows, sort_values, Admit, BoundKey, Emitter, KWayMerge};
+use super::plan::{Plan, PlanKind, SortKey, Window};
+use super::value::type_name;
+use super::wire::{
+    parse_row_description, write_data_row, write_data_row_prefix, write_row_description, Field,
+};
+use super::{ScatterError, ShardErrorFields};
+use crate::backend::server::{ServerConn, ServerIoError};
+use crate::protocol::backend::{command_complete, parse_parameter_status, parse_ready_for_query};
+use crate::protocol::framing::split_frame;
+use crate::protocol::frontend::write_query;
+use crate::protocol::{tag, Frame};
+
+/// What a successful scatter/gather query produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScatterOutcome {
+    /// Rows written to the client (the n of `SELECT n`).
+    pub rows: u64,
+}
+
+/// Runs `plan` (made from the client's `sql`) on every server of `servers` (shard i is `servers[i]`) and writes the
+/// merged result into `out`. On error nothing is left in `out` and, unless the error is I/O, every server is at
+/// ReadyForQuery.
+pub async fn scatter_query(
+    sql: &str,
+    plan: &Plan,
+    servers: &mut [&mut ServerConn],
+    out: &mut BytesMut,
+) -> Result<ScatterOutcome, ScatterError> {
+    let start = out.len();
+    let shard_sql = plan.shard_sql(sql);
+    tracing::debug!(
+        shards = servers.len(),
+        rewritten = plan.is_rewritten(),
+        shard_sql,
+        "scatter/gather"
+    );
+    let mut shards: Vec<Shard> = servers
+        .iter_mut()
+        .enumerate()
+        .map(|(index, conn)| Shard {
+            index,
+            conn,
+            state: State::Idle,
+            notices: Vec::new(),
+        })
+        .collect();
+    let mut result = match send(&mut shards, shard_sql).await {
+        Ok(()) => merge(plan, &mut shards, out).await,
+        Err(e) => Err(e),
+    };
+    for shard in &mut shards {
+        if let Err(e) = shard.drain().await {
+            tracing::debug!(shard = shard.index, error = %e, "scatter/gather: shard failed while draining");
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
+    match result {
+        Ok(rows) => {
+            for shard in &mut shards {
+                for notice in shard.notices.drain(..) {
+                    out.extend_from_slice(&notice.raw);
+                }
+            }
+            Ok(ScatterOutcome { rows })
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+/// Writes the Query to every shard before reading any reply, so all shards execute at once.
+async fn send(shards: &mut [Shard<'_, '_>], sql: &str) -> Result<(), ScatterError> {
+    let mut msg = BytesMut::with_capacity(sql.len() + 6);
+    write_query(&mut msg, sql);
+    for shard in shards.iter_mut() {
+        if let Err(e) = shard.conn.stream.write_all(&msg).await {
+            shard.conn.broken = true;
+            shard.state = State::Broken;
+            return Err(ScatterError::Io {
+                shard: shard.index,
+                source: ServerIoError::Io(e),
+            });
+        }
+        shard.state = State::Description;
+    }
+    Ok(())
+}
+
+async fn merge(
+    plan: &Plan,
+    shards: &mut [Shard<'_, '_>],
+    out: &mut BytesMut,
+) -> Result<u64, ScatterError> {
+    let fields = describe(shards).await?;
+    let visible = fields.len().checked_sub(plan.hidden).ok_or_else(|| {
+        ScatterError::protocol(0, "result has fewer columns than the plan's hidden ones")
+    })?;
+    let rows = match &plan.kind {
+        PlanKind::Concat { window } => {
+            write_row_description(out, &fields[..visible]);
+            concat(shards, *window, visible, plan.hidden > 0, out).await?
+        }
+        PlanKind::Sorted { keys, window } => {
+            let oids: Vec<u32> = fields.iter().map(|f| f.type_oid).collect();
+            let keys = bind_keys(keys, visible, &oids)?;
+            write_row_description(out, &fields[..visible]);
+            sorted(shards, keys, *window, visible, plan.hidden > 0, out).await?
+        }
+        PlanKind::Aggregate {
+            columns,
+            visible,
+            order,
+            window,
+        } => {
+            let agg = Aggregator::new(columns, *visible, &fields)?;
+            aggregate(shards, agg, order, *visible, *window, out).await?
+        }
+    };
+    command_complete(out, &format!("SELECT {rows}"));
+    Ok(rows)
+}
+
+/// Reads every shard's RowDescription; they must agree on column count and types. Returns shard 0's.
+async fn describe(shards: &mut [Shard<'_, '_>]) -> Result<Vec<Field>, ScatterError> {
+    let mut first: Option<Vec<Field>> = None;
+    for shard in shards.iter_mut() {
+        let fields = shard.description().await?;
+        if let Some(f) = fields.iter().find(|f| f.format != 0) {
+            return Err(ScatterError::unsupported(format!(
+                "binary-format results (column {})",
+                String::from_utf8_lossy(&f.name)
+            )));
+        }
+        match &first {
+            None => first = Some(fields),
+            Some(expected) => check_same_shape(expected, &fields, shard.index)?,
+        }
+    }
+    first.ok_or_else(|| ScatterError::unsupported("a scatter/gather query over no shards"))
+}
+
+fn check_same_shape(expected: &[Field], got: &[Field], shard: usize) -> Result<(), ScatterError> {
+    let mismatch = |message: String| ScatterError::Data {
+        code: "42804",
+        message,
+    };
+    if expected.len() != got.len() {
+        return Err(mismatch(format!(
+            "shard {shard} returned {} columns where shard 0 returned {}",
+            got.len(),
+            expected.len()
+        )));
+    }
+    for (i, (a, b)) in expected.iter().zip(got).enumerate() {
+        if a.type_oid != b.type_oid {
+            return Err(mismatch(format!(
+                "column {} is {} on shard 0 but {} on shard {shard}",
+                i + 1,
+                type_name(a.type_oid),
+                type_name(b.type_oid)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn write_row(
+    out: &mut BytesMut,
+    row: &Frame,
+    visible: usize,
+    strip: bool,
+) -> Result<(), ScatterError> {
+    if strip {
+        write_data_row_prefix(out, row, visible)
+            .map_err(|e| ScatterError::protocol(0, e.to_string()))
+    } else {
+        out.extend_from_slice(&row.raw);
+        Ok(())
+    }
+}
+
+async fn concat(
+    shards: &mut [Shard<'_, '_>],
+    window: Window,
+    visible: usize,
+    strip: bool,
+    out: &mut BytesMut,
+) -> Result<u64, ScatterError> {
+    let mut emit = Emitter::new(window);
+    for shard in shards.iter_mut() {
+        while !emit.is_done() {
+            let Some(row) = shard.next_row().await? else {
+                break;
+            };
+            match emit.admit() {
+                Admit::Take => write_row(out, &row, visible, strip)?,
+                Admit::Skip => {}
+                Admit::Done => break,
+            }
+        }
+        if emit.is_done() {
+            break;
+        }
+    }
+    Ok(emit.taken)
+}
+
+async fn sorted(
+    shards: &mut [Shard<'_, '_>],
+    keys: Vec<BoundKey>,
+    window: Window,
+    visible: usize,
+    strip: bool,
+    out: &mut BytesMut,
+) -> Result<u64, ScatterError> {
+    let mut emit = Emitter::new(window);
+    let mut merge = KWayMerge::new(keys, shards.len());
+    while !emit.is_done() {
+        for (i, shard) in shards.iter_mut().enumerate() {
+            if merge.wants(i) {
+                let row = shard.next_row().await?;
+                merge.offer(i, row)?;
+            }
+        }
+        let Some((_, row)) = merge.pop() else { break };
+        match emit.admit() {
+            Admit::Take => write_row(out, &row, visible, strip)?,
+            Admit::Skip => {}
+            Admit::Done => break,
+        }
+    }
+    Ok(emit.taken)
+}
+
+async fn aggregate(
+    shards: &mut [Shard<'_, '_>],
+    mut agg: Aggregator,
+    order: &[SortKey],
+    visible: usize,
+    window: Window,
+    out: &mut BytesMut,
+) -> Result<u64, ScatterError> {
+    for shard in shards.iter_mut() {
+        while let Some(row) = shard.next_row().await? {
+            agg.add(shard.index, &row)?;
+        }
+    }
+    let fields = agg.fields.clone();
+    let keys = bind_keys(order, visible, &agg.type_oids)?;
+    let rows = agg.finish();
+    let rows = if keys.is_empty() {
+        rows.into_iter()
+            .map(|r| (Vec::new(), r))
+            .collect::<Vec<_>>()
+    } else {
+        let mut keyed = rows
+            .into_iter()
+            .map(|r| Ok((sort_values(&keys, &r)?, r)))
+            .collect::<Result<Vec<_>, ScatterError>>()?;
+        keyed.sort_by(|a, b| compare_rows(&keys, &a.0, &b.0));
+        keyed
+    };
+    write_row_description(out, &fields);
+    let mut emit = Emitter::new(window);
+    for (_, row) in &rows {
+        match emit.admit() {
+            Admit::Take => write_data_row(out, &row[..visible]),
+            Admit::Skip => {}
+            Admit::Done => break,
+        }
+    }
+    Ok(emit.taken)
+}
+
+/// Where a shard's reply stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Nothing outstanding (not sent, or ReadyForQuery read).
+    Idle,
+    Description,
+    Rows,
+    /// Only ReadyForQuery (and anything before it) is still to come.
+    Finishing,
+    Broken,
+}
+
+struct Shard<'a, 'c> {
+    index: usize,
+    conn: &'a mut &'c mut ServerConn,
+    state: State,
+    notices: Vec<Frame>,
+}
+
+impl Shard<'_, '_> {
+    /// The next message that concerns the result; ParameterStatus is recorded and notices kept for the client.
+    async fn next_frame(&mut self) -> Result<Frame, ScatterError> {
+        loop {
+            match split_frame(&mut self.conn.rbuf) {
+                Ok(Some(frame)) => match frame.tag {
+                    tag::PARAMETER_STATUS => {
+                        if let Some((k, v)) = parse_parameter_status(frame.body()) {
+                            self.conn.reported.insert(k, v);
+                        }
+                    }
+                    tag::NOTICE_RESPONSE => self.notices.push(frame),
+                    tag::NOTIFICATION_RESPONSE => {}
+                    _ => return Ok(frame),
+                },
+                Ok(None) => {
+                    if let Err(source) = self.conn.read_more().await {
+                        return Err(self.broken(source));
+                    }
+                }
+                Err(e) => return Err(self.broken(ServerIoError::Protocol(e.to_string()))),
+            }
+        }
+    }
+
+    fn broken(&mut self, source: ServerIoError) -> ScatterError {
+        self.conn.broken = true;
+        self.state = State::Broken;
+        ScatterError::Io {
+            shard: self.index,
+            source,
+        }
+    }
+
+    fn shard_error(&mut self, frame: &Frame) -> ScatterError {
+        self.state = State::Finishing;
+        ScatterError::Shard {
+            shard: self.index,
+            addr: self.conn.addr,
+            fields: ShardErrorFields::parse(frame.body()),
+        }
+    }
+
+    /// A message the simple query protocol does not allow here: wait for ReadyForQuery, then report it.
+    fn unexpected(&mut self, frame: &Frame, expected: &str) -> ScatterError {
+        if frame.tag == tag::READY_FOR_QUERY {
+            self.ready(frame);
+        } else {
+            self.state = State::Finishing;
+        }
+        ScatterError::protocol(
+            self.index,
+            format!("expected {expected}, got message {:?}", frame.tag as char),
+        )
+    }
+
+    fn ready(&mut self, frame: &Frame) {
+        if let Some(status) = parse_ready_for_query(frame.body()) {
+            self.conn.status = status;
+        }
+        self.state = State::Idle;
+    }
+
+    async fn description(&mut self) -> Result<Vec<Field>, ScatterError> {
+        let frame = self.next_frame().await?;
+        match frame.tag {
+            tag::ROW_DESCRIPTION => {
+                self.state = State::Rows;
+                parse_row_description(&frame).map_err(|e| {
+                    self.state = State::Finishing;
+                    ScatterError::protocol(self.index, e.to_string())
+                })
+            }
+            tag::ERROR_RESPONSE => Err(self.shard_error(&frame)),
+            _ => Err(self.unexpected(&frame, "RowDescription")),
+        }
+    }
+
+    /// The next DataRow, or None at CommandComplete.
+    async fn next_row(&mut self) -> Result<Option<Frame>, ScatterError> {
+        if self.state != State::Rows {
+            return Ok(None);
+        }
+        let frame = self.next_frame().await?;
+        match frame.tag {
+            tag::DATA_ROW => Ok(Some(frame)),
+            tag::COMMAND_COMPLETE => {
+                self.state = State::Finishing;
+                Ok(None)
+            }
+            tag::ERROR_RESPONSE => Err(self.shard_error(&frame)),
+            _ => Err(self.unexpected(&frame, "DataRow or CommandComplete")),
+        }
+    }
+
+    /// Reads up to ReadyForQuery, discarding rows; reports an ErrorResponse found on the way.
+    async fn drain(&mut self) -> Result<(), ScatterError> {
+        let mut error = None;
+        while matches!(
+            self.state,
+            State::Description | State::Rows | State::Finishing
+        ) {
+            let frame = self.next_frame().await?;
+            match frame.tag {
+                tag::READY_FOR_QUERY => self.ready(&frame),
+                tag::ERROR_RESPONSE if error.is_none() => error = Some(self.shard_error(&frame)),
+                _ => {}
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
