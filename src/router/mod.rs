@@ -2,6 +2,7 @@
 //! the statements whose effects outlive a transaction. Today every database has one primary and the route is always
 //! that primary; read/write splitting and sharding extend `Route` without changing the session.
 
+pub mod analysis_cache;
 pub mod classify;
 pub mod consistency;
 pub mod proxy_commands;
