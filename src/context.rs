@@ -86,6 +86,8 @@ pub struct Context {
     config: ArcSwap<Config>,
     pools: Mutex<HashMap<(String, String), Arc<PoolSet>>>,
     clusters: Mutex<HashMap<String, Arc<Cluster>>>,
+    /// Read/write analyses by statement text, shared by all sessions.
+    analyses: crate::router::analysis_cache::AnalysisCache,
     registry: Mutex<Registry>,
     next_client_id: AtomicU64,
     /// Connections accepted and not yet closed (clients and admin sessions), for max_client_conn.
@@ -117,6 +119,7 @@ impl Context {
             config: ArcSwap::from_pointee(config),
             pools: Mutex::new(HashMap::new()),
             clusters: Mutex::new(HashMap::new()),
+            analyses: Default::default(),
             registry: Mutex::new(Registry::default()),
             next_client_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
@@ -237,10 +240,11 @@ impl Context {
         v
     }
 
-    /// The read/write analysis of a statement text, judged with `cluster`'s function volatility.
+    /// The read/write analysis of a statement text, judged with `cluster`'s function volatility; cached by text, so
+    /// a statement is parsed once however often it runs (a prepared statement's Binds hit the cache).
     pub fn analysis(&self, sql: &str, cluster: &Cluster) -> Arc<crate::router::classify::Analysis> {
         let functions = cluster.functions.load();
-        Arc::new(crate::router::classify::classify(sql, &functions))
+        self.analyses.analyse(sql, &functions)
     }
 
     pub fn clusters(&self) -> Vec<Arc<Cluster>> {

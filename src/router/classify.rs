@@ -22,7 +22,9 @@ use sqlparser::tokenizer::{Token, Tokenizer};
 use super::scan::{contains_word_ci, statements, Words};
 
 pub use hints::{Hints, RouteHint};
-pub use volatility::{FunctionVolatility, VolatilityError};
+pub use volatility::{
+    FunctionVolatility, VolatilityError, KNOWN_NOT_VOLATILE, PRIMARY_ONLY, SYNTAX_FUNCTIONS,
+};
 
 /// Statements with more tokens than this are not parsed (they count as writes). sqlparser builds an operator chain
 /// (`1+1+...`) in a loop, so its tree is as deep as the chain, not bounded by the parser's recursion limit, and

@@ -2,6 +2,7 @@
 //! the statements whose effects outlive a transaction. `Route` says primary or replica (with the freshness the
 //! client's consistency demands); sharding extends it.
 
+pub mod analysis_cache;
 pub mod classify;
 pub mod consistency;
 pub mod proxy_commands;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Calls that must reach the primary whatever their volatility says: sequence functions (their values exist only
 /// on the primary, and `currval`/`lastval` read state that `nextval` left in the session) and the ones that assign
 /// a transaction id, which fails on a standby even though Postgres marks them stable.
-const PRIMARY_ONLY: &[&str] = &[
+pub const PRIMARY_ONLY: &[&str] = &[
     "currval",
     "lastval",
     "nextval",
@@ -23,7 +23,7 @@ const PRIMARY_ONLY: &[&str] = &[
 
 /// SQL-standard syntax that sqlparser reports as a function call but that has no `pg_proc` row (so a loaded catalog
 /// would call it unknown). None of them is volatile.
-const SYNTAX_FUNCTIONS: &[&str] = &[
+pub const SYNTAX_FUNCTIONS: &[&str] = &[
     "array",
     "coalesce",
     "current_catalog",
@@ -64,7 +64,7 @@ const SYNTAX_FUNCTIONS: &[&str] = &[
 
 /// Functions known to be immutable or stable in every supported Postgres version, trusted before the catalog is
 /// loaded so that common reads can still go to replicas. Sorted (binary search).
-const KNOWN_NOT_VOLATILE: &[&str] = &[
+pub const KNOWN_NOT_VOLATILE: &[&str] = &[
     "abs",
     "age",
     "array_agg",
@@ -148,10 +148,7 @@ const KNOWN_NOT_VOLATILE: &[&str] = &[
     "pg_get_expr",
     "pg_get_indexdef",
     "pg_get_userbyid",
-    "pg_is_in_recovery",
-    "pg_relation_size",
     "pg_table_is_visible",
-    "pg_total_relation_size",
     "position",
     "power",
     "quote_ident",
@@ -185,7 +182,6 @@ const KNOWN_NOT_VOLATILE: &[&str] = &[
     "to_number",
     "to_timestamp",
     "transaction_timestamp",
-    "trim",
     "trunc",
     "unnest",
     "upper",
