@@ -45,6 +45,21 @@ fn classify_cold(c: &mut Criterion) {
     ] {
         g.bench_function(name, |b| b.iter(|| black_box(classify(black_box(sql), &f))));
     }
+    // sqlparser alone (tokenize + parse, no walk), to show where the cold cost goes.
+    let dialect = sqlparser::dialect::PostgreSqlDialect {};
+    for (name, sql) in [
+        ("parse_only_point_select", POINT_SELECT),
+        ("parse_only_join3", JOIN3),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                black_box(sqlparser::parser::Parser::parse_sql(
+                    &dialect,
+                    black_box(sql),
+                ))
+            })
+        });
+    }
     g.finish();
 }
 

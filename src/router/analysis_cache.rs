@@ -24,8 +24,12 @@ const SHARDS: usize = 16;
 const ENTRY_OVERHEAD: usize = 160;
 
 pub struct AnalysisCache {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[Stripe]>,
 }
+
+/// One shard per cache line pair, so threads locking neighbouring shards do not bounce a shared line.
+#[repr(align(128))]
+struct Stripe(Mutex<Shard>);
 
 /// Counters summed over shards, for SHOW and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,11 +58,11 @@ impl AnalysisCache {
         let n = shards.max(1);
         let shards = (0..n)
             .map(|_| {
-                Mutex::new(Shard {
+                Stripe(Mutex::new(Shard {
                     max_entries: max_entries.div_ceil(n),
                     max_bytes: max_bytes.div_ceil(n),
                     ..Shard::default()
-                })
+                }))
             })
             .collect();
         AnalysisCache { shards }
@@ -89,7 +93,7 @@ impl AnalysisCache {
     pub fn stats(&self) -> CacheStats {
         let mut total = CacheStats::default();
         for shard in self.shards.iter() {
-            let s = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            let s = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
             total.entries += s.slots.len();
             total.bytes += s.bytes;
             total.hits += s.hits;
@@ -101,7 +105,7 @@ impl AnalysisCache {
 
     fn shard(&self, hash: u64) -> &Mutex<Shard> {
         // High bits pick the shard; the shard's map uses the low bits.
-        &self.shards[(hash >> 32) as usize % self.shards.len()]
+        &self.shards[(hash >> 32) as usize % self.shards.len()].0
     }
 }
 
