@@ -3,3 +3,5 @@
 //! The hash functions are Postgres' own, so a shard can compute a row's virtual shard in SQL (publication row
 //! filters for online moves, check constraints refusing rows it does not own).
 pub mod key;
+pub mod keys;
+pub mod schema;
