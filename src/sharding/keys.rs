@@ -9,8 +9,13 @@
 //! unless both are pinned to one shard. A unit is pinned by the WHERE (and inner-join ON) conditions of the query block
 //! closest to the statement's top that contains one of its tables: conditions inside a correlated subquery restrict
 //! only that subquery's rows, never the outer rows. Everything unknown errs towards "no key" (scatter for reads,
-//! refusal for writes), and anything the walker does not understand marks the statement [`CrossShard::Unanalyzed`]
-//! so that it is never split across shards.
+//! refusal for writes), and [`CrossShard`] says why a statement must not be split across shards: tables not joined
+//! on their keys, a subquery that needs every shard's rows (LIMIT, DISTINCT, aggregates not grouped by the key), or
+//! a shape this walker does not understand.
+//!
+//! Known limits, all on the safe side: a key limited only outside a CTE or derived table is not traced into it
+//! (`WITH x AS (SELECT * FROM t) SELECT * FROM x WHERE x.key = 1` scatters); range conditions (`key > 5`) give no key
+//! for any map; user-defined aggregates are not recognised as aggregates.
 
 use std::sync::Arc;
 
@@ -88,6 +93,10 @@ pub enum CrossShard {
     WithUnsharded { sharded: String, unsharded: String },
     #[error("a write to reference table {reference} reads table {other}, whose rows differ between shards")]
     ReferenceWriteReads { reference: String, other: String },
+    /// A subquery, derived table or CTE does something over rows of every shard that per-shard runs cannot
+    /// reproduce (only the statement's own top level is the merge's business).
+    #[error("{0} in a subquery over rows of every shard")]
+    NeedsAllRows(&'static str),
     #[error("statement not analyzed for sharding: {0}")]
     Unanalyzed(&'static str),
 }
@@ -104,8 +113,10 @@ pub struct StatementShards {
     /// The first unsharded table named (a table of neither kind: it lives on the default shard).
     pub unsharded: Option<String>,
     pub keys: Keys,
-    /// The key of each row of `INSERT ... VALUES` into a sharded table, in row order (empty when any row's key is
-    /// unknown, e.g. DEFAULT or no column list): the router splits or refuses a multi-row insert spanning shards.
+    /// The sharded table of an `INSERT ... VALUES` and the key of each of its rows, in row order (empty when any
+    /// row's key is unknown, e.g. DEFAULT or no column list): the router splits or refuses a multi-row insert
+    /// spanning shards.
+    pub insert_table: Option<Arc<ShardedTable>>,
     pub insert_rows: Vec<KeyRef>,
     /// An inserted row has a NULL key: refuse.
     pub insert_null_key: bool,
@@ -175,7 +186,10 @@ impl StatementShards {
         if self.unsharded.is_none() {
             self.unsharded.clone_from(&s.unsharded);
         }
-        self.insert_rows.extend(s.insert_rows.iter().cloned());
+        if self.insert_table.is_none() {
+            self.insert_table.clone_from(&s.insert_table);
+            self.insert_rows.clone_from(&s.insert_rows);
+        }
         self.insert_null_key |= s.insert_null_key;
         self.changes_key |= s.changes_key;
         if self.cross_shard.is_none() {
@@ -249,6 +263,21 @@ struct Block {
     depth: u32,
     /// Key limits this block's conditions put on each of its units, keyed by the unit's root when the block ended.
     constraints: Vec<(usize, Vec<KeyRef>)>,
+    /// What in this block needs all of its input rows at once (LIMIT, DISTINCT, a window function...): run per
+    /// shard, it would see only that shard's rows.
+    needs_all: Option<&'static str>,
+    /// Aggregates or GROUP BY, harmless per shard only when grouped by the key.
+    aggregates: bool,
+    grouped_by_key: bool,
+    /// Reads a derived table or CTE, whose rows may come from every shard.
+    opaque_input: bool,
+}
+
+impl Block {
+    fn needs_all_rows(&self) -> Option<&'static str> {
+        self.needs_all
+            .or((self.aggregates && !self.grouped_by_key).then_some("an aggregate"))
+    }
 }
 
 /// A name visible to column references of a block: a table or alias; `inst` when it is a sharded table.
@@ -314,6 +343,11 @@ struct Walker<'a, 's> {
     out: StatementShards,
     reference_written: Option<String>,
     unanalyzed: Option<&'static str>,
+    /// The statement's main block (its top SELECT, or its INSERT/UPDATE/DELETE); `Some(usize::MAX)` while the top
+    /// query's CTEs are walked.
+    main: Option<usize>,
+    /// Why two units were left apart, when that is the better explanation than "not joined on the key".
+    needs_all_hint: Option<&'static str>,
 }
 
 impl<'a, 's> Walker<'a, 's> {
@@ -328,6 +362,8 @@ impl<'a, 's> Walker<'a, 's> {
             out: StatementShards::default(),
             reference_written: None,
             unanalyzed: None,
+            main: None,
+            needs_all_hint: None,
         };
         // The statement's own frame: never closed, holds no tables, so `frame()` always has one to return.
         w.open_block();
@@ -336,6 +372,13 @@ impl<'a, 's> Walker<'a, 's> {
 
     fn unanalyzed(&mut self, what: &'static str) {
         self.unanalyzed.get_or_insert(what);
+    }
+
+    /// Marks the SELECT blocks a LIMIT or set operation applies to.
+    fn needs_all(&mut self, arms: &[usize], what: &'static str) {
+        for &b in arms {
+            self.blocks[b].needs_all.get_or_insert(what);
+        }
     }
 
     fn wrote(&mut self) {
@@ -412,7 +455,7 @@ impl<'a, 's> Walker<'a, 's> {
 
     fn insert(&mut self, ins: &'a Insert) {
         self.wrote();
-        self.open_block();
+        self.open_main_block();
         let TableObject::TableName(name) = &ins.table else {
             self.unanalyzed("INSERT target");
             self.close_block();
@@ -458,9 +501,10 @@ impl<'a, 's> Walker<'a, 's> {
         if let (Some(t), Some(rows)) = (target, rows) {
             if !rows.is_empty() {
                 self.out.insert_null_key |= rows.contains(&KeyRef::Literal(KeyValue::Null));
-                // Rows are reported for the statement itself (the base frame and this one), not a CTE.
-                if self.frames.len() == 2 {
-                    self.out.insert_rows.extend(rows.iter().cloned());
+                // One target per statement: a second INSERT (in a CTE) keeps only the first one's rows.
+                if self.out.insert_table.is_none() {
+                    self.out.insert_table = Some(self.insts[t].table.clone());
+                    self.out.insert_rows.clone_from(&rows);
                 }
                 self.frame().conds.push(Cond::Pin(t, rows));
             }
@@ -494,7 +538,14 @@ impl<'a, 's> Walker<'a, 's> {
             Projected::Key(y) => {
                 // Read the SELECT's own limits before its unit joins the target's.
                 let keys = self.constraint_of(y);
-                self.attach(y, target);
+                // Rows computed over every shard's rows (a window, a global DISTINCT) are not rows by key: the
+                // SELECT stays its own unit, so the statement can only run where both are pinned to one shard.
+                match self.blocks[self.insts[y].block].needs_all_rows() {
+                    Some(what) => {
+                        self.needs_all_hint.get_or_insert(what);
+                    }
+                    None => self.attach(y, target),
+                }
                 match keys {
                     Some(keys)
                         if self.insts[y]
@@ -516,7 +567,7 @@ impl<'a, 's> Walker<'a, 's> {
 
     fn update(&mut self, u: &'a Update) {
         self.wrote();
-        self.open_block();
+        self.open_main_block();
         let target = match &u.table.relation {
             TableFactor::Table { name, alias, .. } => {
                 let t = self.write_target(name, true);
@@ -553,7 +604,7 @@ impl<'a, 's> Walker<'a, 's> {
 
     fn delete(&mut self, d: &'a Delete) {
         self.wrote();
-        self.open_block();
+        self.open_main_block();
         if !d.tables.is_empty() || d.limit.is_some() || !d.order_by.is_empty() {
             self.unanalyzed("multi-table DELETE");
         }
@@ -602,7 +653,21 @@ impl<'a, 's> Walker<'a, 's> {
 
     /// Walks a query; `proj` asks what its output column at that position is.
     fn query(&mut self, q: &'a Query, proj: Option<usize>) -> Projected<'a> {
+        self.query_arms(q, proj, &mut Vec::new())
+    }
+
+    /// [`Self::query`], also collecting the SELECT blocks whose rows form the query's output (`arms`).
+    fn query_arms(
+        &mut self,
+        q: &'a Query,
+        proj: Option<usize>,
+        arms: &mut Vec<usize>,
+    ) -> Projected<'a> {
         let mark = self.ctes.len();
+        let top = self.main.is_none();
+        if top {
+            self.main = Some(usize::MAX);
+        }
         if let Some(with) = &q.with {
             for cte in &with.cte_tables {
                 if with.recursive {
@@ -614,7 +679,11 @@ impl<'a, 's> Walker<'a, 's> {
                 }
             }
         }
-        let mut p = self.set_expr(&q.body, proj);
+        if top {
+            self.main = Some(self.blocks.len());
+        }
+        let mut body = Vec::new();
+        let mut p = self.set_expr(&q.body, proj, &mut body);
         if let Some(ob) = &q.order_by {
             if let OrderByKind::Expressions(v) = &ob.kind {
                 for o in v {
@@ -635,11 +704,13 @@ impl<'a, 's> Walker<'a, 's> {
                 {
                     self.visit(e);
                 }
+                self.needs_all(&body, "LIMIT or OFFSET");
                 p = Projected::Unknown;
             }
             Some(LimitClause::OffsetCommaLimit { offset, limit }) => {
                 self.visit(offset);
                 self.visit(limit);
+                self.needs_all(&body, "LIMIT or OFFSET");
                 p = Projected::Unknown;
             }
             None => {}
@@ -649,22 +720,46 @@ impl<'a, 's> Walker<'a, 's> {
                 self.visit(e);
             }
             // A per-shard LIMIT keeps different rows than a global one: the output is no longer "rows by key".
+            self.needs_all(&body, "LIMIT or OFFSET");
             p = Projected::Unknown;
         }
         if !q.pipe_operators.is_empty() || q.for_clause.is_some() {
             self.unanalyzed("query clause");
         }
         self.ctes.truncate(mark);
+        arms.extend(body);
         p
     }
 
-    fn set_expr(&mut self, body: &'a SetExpr, proj: Option<usize>) -> Projected<'a> {
+    fn set_expr(
+        &mut self,
+        body: &'a SetExpr,
+        proj: Option<usize>,
+        arms: &mut Vec<usize>,
+    ) -> Projected<'a> {
         match body {
-            SetExpr::Select(s) => self.select(s, proj),
-            SetExpr::Query(q) => self.query(q, proj),
-            SetExpr::SetOperation { left, right, .. } => {
-                self.set_expr(left, None);
-                self.set_expr(right, None);
+            SetExpr::Select(s) => {
+                arms.push(self.blocks.len());
+                self.select(s, proj)
+            }
+            SetExpr::Query(q) => self.query_arms(q, proj, arms),
+            SetExpr::SetOperation {
+                left,
+                right,
+                op,
+                set_quantifier,
+            } => {
+                let mut mine = Vec::new();
+                self.set_expr(left, None, &mut mine);
+                self.set_expr(right, None, &mut mine);
+                let all = matches!(
+                    set_quantifier,
+                    sqlparser::ast::SetQuantifier::All | sqlparser::ast::SetQuantifier::AllByName
+                );
+                if !(all && *op == sqlparser::ast::SetOperator::Union) {
+                    self.needs_all(&mine, "UNION, INTERSECT or EXCEPT");
+                }
+                arms.extend(mine);
                 Projected::Unknown
             }
             SetExpr::Values(v) => {
@@ -699,10 +794,24 @@ impl<'a, 's> Walker<'a, 's> {
             self.frame().conds.push(c);
         }
         let p = self.select_items(s.projection.iter(), proj);
-        if let GroupByExpr::Expressions(v, _) = &s.group_by {
-            for e in v {
-                self.visit(e);
+        let b = self.frame().block;
+        match &s.group_by {
+            GroupByExpr::Expressions(v, _) => {
+                for e in v {
+                    self.visit(e);
+                }
+                if !v.is_empty() {
+                    self.blocks[b].aggregates = true;
+                    self.blocks[b].grouped_by_key = v.iter().any(|e| self.key_column(e).is_some());
+                }
             }
+            GroupByExpr::All(_) => self.blocks[b].aggregates = true,
+        }
+        if s.having.is_some() {
+            self.blocks[b].aggregates = true;
+        }
+        if s.distinct.is_some() {
+            self.blocks[b].needs_all.get_or_insert("DISTINCT");
         }
         for e in s
             .having
@@ -872,7 +981,11 @@ impl<'a, 's> Walker<'a, 's> {
                         self.note_unsharded(name);
                         None
                     }
-                    Resolved::Cte => None,
+                    Resolved::Cte => {
+                        let b = self.frame().block;
+                        self.blocks[b].opaque_input = true;
+                        None
+                    }
                     Resolved::Unknown => {
                         self.unanalyzed("table name");
                         None
@@ -887,6 +1000,8 @@ impl<'a, 's> Walker<'a, 's> {
                 subquery, alias, ..
             } => {
                 self.query(subquery, None);
+                let b = self.frame().block;
+                self.blocks[b].opaque_input = true;
                 self.frame().items.push(Item {
                     name: alias.as_ref().map(|a| &a.name),
                     inst: None,
@@ -1025,8 +1140,15 @@ impl<'a, 's> Walker<'a, 's> {
                 compare_op: BinaryOperator::Eq,
                 right,
                 ..
-            } => match &**right {
+            } => match strip_nested(right) {
                 Expr::Array(a) => self.in_list(left, &a.elem),
+                Expr::Subquery(q) => {
+                    let x = self.key_column(left);
+                    if x.is_none() {
+                        self.visit(left);
+                    }
+                    self.key_subquery(x, q, true)
+                }
                 _ => {
                     self.visit(left);
                     self.visit(right);
@@ -1367,6 +1489,12 @@ impl<'a, 's> Walker<'a, 's> {
     }
 
     fn function(&mut self, f: &'a Function) {
+        let b = self.frame().block;
+        if f.over.is_some() {
+            self.blocks[b].needs_all.get_or_insert("a window function");
+        } else if f.filter.is_some() || !f.within_group.is_empty() || is_aggregate(&f.name) {
+            self.blocks[b].aggregates = true;
+        }
         self.arguments(&f.parameters);
         self.arguments(&f.args);
         for o in &f.within_group {
@@ -1441,6 +1569,10 @@ impl<'a, 's> Walker<'a, 's> {
         self.blocks.push(Block {
             depth,
             constraints: Vec::new(),
+            needs_all: None,
+            aggregates: false,
+            grouped_by_key: false,
+            opaque_input: false,
         });
         self.frames.push(Frame {
             block: b,
@@ -1448,6 +1580,15 @@ impl<'a, 's> Walker<'a, 's> {
             ties: Vec::new(),
             conds: Vec::new(),
         });
+        b
+    }
+
+    /// Opens the block of a data-modifying statement, which is the main one unless it sits in the top query's CTEs.
+    fn open_main_block(&mut self) -> usize {
+        let b = self.open_block();
+        if self.main.is_none() {
+            self.main = Some(b);
+        }
         b
     }
 
@@ -1574,6 +1715,7 @@ impl<'a, 's> Walker<'a, 's> {
         }
         let mut values = Vec::new();
         let mut pinned = true;
+        let mut root_blocks = Vec::with_capacity(units.len());
         let mut cross = self.unanalyzed.map(CrossShard::Unanalyzed);
         for &(u, first) in &units {
             // The unit's outermost block decides its keys (inner blocks only limit their own rows).
@@ -1594,6 +1736,7 @@ impl<'a, 's> Walker<'a, 's> {
                     });
                 }
             }
+            root_blocks.push(self.insts[top].block);
             match self.constraint_of(top) {
                 Some(keys) => values.extend(keys.into_iter().map(|key| KeyUse {
                     table: self.insts[first].table.clone(),
@@ -1602,10 +1745,26 @@ impl<'a, 's> Walker<'a, 's> {
                 None => pinned = false,
             }
         }
+        // One keyless unit runs on every shard: each block other than the main one must then work on per-shard rows.
+        if let (None, false, [_]) = (&cross, pinned, units.as_slice()) {
+            let root = root_blocks.first().copied();
+            for (b, block) in self.blocks.iter().enumerate() {
+                if Some(b) == self.main || !(Some(b) == root || block.opaque_input) {
+                    continue;
+                }
+                if let Some(what) = block.needs_all_rows() {
+                    cross = Some(CrossShard::NeedsAllRows(what));
+                    break;
+                }
+            }
+        }
         if cross.is_none() && units.len() > 1 {
-            cross = Some(CrossShard::NotJoinedOnKey {
-                left: self.insts[units[0].1].table.name.clone(),
-                right: self.insts[units[1].1].table.name.clone(),
+            cross = Some(match self.needs_all_hint {
+                Some(what) => CrossShard::NeedsAllRows(what),
+                None => CrossShard::NotJoinedOnKey {
+                    left: self.insts[units[0].1].table.name.clone(),
+                    right: self.insts[units[1].1].table.name.clone(),
+                },
             });
         }
         if let (None, Some(unsharded), Some(&(_, u))) = (&cross, &self.out.unsharded, units.first())
@@ -1643,6 +1802,64 @@ enum Resolved {
     Unsharded,
     Cte,
     Unknown,
+}
+
+/// Postgres' built-in aggregates (pg_aggregate), by name: a user-defined one goes unnoticed and reads as a plain
+/// function.
+fn is_aggregate(name: &ObjectName) -> bool {
+    const AGGREGATES: &[&str] = &[
+        "count",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "array_agg",
+        "string_agg",
+        "bool_and",
+        "bool_or",
+        "every",
+        "bit_and",
+        "bit_or",
+        "bit_xor",
+        "json_agg",
+        "jsonb_agg",
+        "json_object_agg",
+        "jsonb_object_agg",
+        "json_agg_strict",
+        "jsonb_agg_strict",
+        "json_objectagg",
+        "json_arrayagg",
+        "xmlagg",
+        "range_agg",
+        "range_intersect_agg",
+        "any_value",
+        "stddev",
+        "stddev_pop",
+        "stddev_samp",
+        "variance",
+        "var_pop",
+        "var_samp",
+        "corr",
+        "covar_pop",
+        "covar_samp",
+        "regr_avgx",
+        "regr_avgy",
+        "regr_count",
+        "regr_intercept",
+        "regr_r2",
+        "regr_slope",
+        "regr_sxx",
+        "regr_sxy",
+        "regr_syy",
+        "mode",
+        "percentile_cont",
+        "percentile_disc",
+        "rank",
+        "dense_rank",
+        "percent_rank",
+        "cume_dist",
+    ];
+    last_ident(name).is_some_and(|id| AGGREGATES.iter().any(|a| ident_is(id, a)))
 }
 
 fn is_inner(op: &JoinOperator) -> bool {
@@ -1828,13 +2045,13 @@ pub fn bind_keys(
         .collect()
 }
 
-/// Resolves `insert_rows` (all rows go into the statement's one sharded target table).
+/// Resolves `insert_rows`, the keys of each row going into `insert_table`.
 pub fn bind_insert_rows(
     analysis: &StatementShards,
     params: &[Option<&[u8]>],
     formats: &[i16],
 ) -> Result<Vec<KeyValue>, BindError> {
-    let Some(ty) = analysis.sharded.first().map(|t| t.key_type) else {
+    let Some(ty) = analysis.insert_table.as_ref().map(|t| t.key_type) else {
         return Ok(Vec::new());
     };
     analysis
@@ -2255,6 +2472,10 @@ mod tests {
     fn insert_values_reports_each_row() {
         let s = one("INSERT INTO accounts (aid, abalance) VALUES (1, 0)");
         assert_eq!(s.kind, StatementKind::Write);
+        assert_eq!(
+            s.insert_table.as_ref().map(|t| t.name.as_str()),
+            Some("accounts")
+        );
         assert_eq!(keys_of(&s), acc(&[int(1)]));
         assert_eq!(s.insert_rows, vec![int(1)]);
         let s = one("INSERT INTO accounts (abalance, aid) VALUES (0, 1), (0, 2), (5, $1), (0, 1)");
@@ -2324,6 +2545,19 @@ mod tests {
             keys("INSERT INTO accounts SELECT * FROM history WHERE aid = 1"),
             None
         );
+        // Windows and global DISTINCT are computed over every shard's rows.
+        let s = one(
+            "INSERT INTO accounts (aid, abalance) SELECT aid, row_number() OVER () FROM history",
+        );
+        assert_eq!(keys_of(&s), None);
+        assert_eq!(
+            s.cross_shard,
+            Some(CrossShard::NeedsAllRows("a window function"))
+        );
+        let s = one(
+            "INSERT INTO accounts (aid, abalance) SELECT aid, count(*) FROM history GROUP BY aid",
+        );
+        assert_eq!((keys_of(&s), s.cross_shard), (None, None));
         assert_eq!(
             keys("INSERT INTO accounts (aid, abalance) SELECT aid, 0 FROM history WHERE aid = 5 LIMIT 1"),
             None
@@ -2725,6 +2959,93 @@ mod tests {
         assert!(v.len() >= 20_000);
         // Generous bound for a debug build on a loaded machine; quadratic work would take minutes.
         assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    }
+
+    #[test]
+    fn nested_shapes_that_need_every_shards_rows_are_flagged() {
+        for (sql, what) in [
+            (
+                "SELECT * FROM (SELECT * FROM accounts ORDER BY abalance LIMIT 10) s",
+                "LIMIT or OFFSET",
+            ),
+            (
+                "WITH x AS (SELECT * FROM accounts OFFSET 5) SELECT * FROM x",
+                "LIMIT or OFFSET",
+            ),
+            (
+                "WITH x AS (SELECT * FROM accounts) SELECT * FROM (SELECT count(*) FROM x) c",
+                "an aggregate",
+            ),
+            (
+                "SELECT * FROM (SELECT abalance, count(*) FROM accounts GROUP BY abalance) s",
+                "an aggregate",
+            ),
+            (
+                "SELECT * FROM (SELECT DISTINCT abalance FROM accounts) s",
+                "DISTINCT",
+            ),
+            (
+                "SELECT * FROM (SELECT aid, row_number() OVER (ORDER BY abalance) FROM accounts) s",
+                "a window function",
+            ),
+            (
+                "SELECT * FROM (SELECT aid FROM accounts EXCEPT SELECT 1) s",
+                "UNION, INTERSECT or EXCEPT",
+            ),
+            (
+                "SELECT * FROM ((SELECT aid FROM accounts LIMIT 1) UNION ALL SELECT 2) s",
+                "LIMIT or OFFSET",
+            ),
+        ] {
+            let s = one(sql);
+            assert_eq!(keys_of(&s), None, "{sql}");
+            assert_eq!(s.cross_shard, Some(CrossShard::NeedsAllRows(what)), "{sql}");
+        }
+        // Fine per shard: the top level (the merge's business), groups by key, correlated aggregates, pinned
+        // subqueries, limits over reference tables.
+        for sql in [
+            "SELECT * FROM accounts ORDER BY abalance LIMIT 10",
+            "SELECT count(*) FROM accounts",
+            "SELECT * FROM (SELECT * FROM accounts) s ORDER BY abalance LIMIT 10",
+            "WITH x AS (SELECT * FROM accounts) SELECT count(*) FROM x",
+            "SELECT * FROM (SELECT aid, count(*) FROM history GROUP BY aid) s",
+            "SELECT a.*, (SELECT count(*) FROM history h WHERE h.aid = a.aid) FROM accounts a",
+            "SELECT * FROM accounts WHERE country IN (SELECT code FROM countries LIMIT 5)",
+            "SELECT * FROM (SELECT aid FROM accounts UNION ALL SELECT 2) s",
+        ] {
+            assert_eq!(one(sql).cross_shard, None, "{sql}");
+        }
+        let s = one("SELECT * FROM (SELECT * FROM accounts WHERE aid = 1 LIMIT 1) s");
+        assert_eq!((keys_of(&s), s.cross_shard), (acc(&[int(1)]), None));
+    }
+
+    #[test]
+    fn everyday_postgres_syntax_is_understood() {
+        for sql in [
+            "SELECT data -> 'a' ->> 'b', data @> '{}'::jsonb, tags[1], (rec).field FROM accounts WHERE aid = 1",
+            "SELECT now() - interval '1 day', EXTRACT(year FROM ts), ts AT TIME ZONE 'UTC' FROM accounts WHERE aid = 1",
+            "SELECT coalesce(x, 0), CASE WHEN x IS DISTINCT FROM y THEN 1 ELSE 2 END FROM accounts WHERE aid = 1",
+            "SELECT x ~ 'a', x SIMILAR TO 'b', x ILIKE 'c%', position('a' in x), substring(x from 1 for 2) \
+             FROM accounts WHERE aid = 1",
+            "SELECT trim(both 'x' from y), overlay(x placing 'y' from 1), x COLLATE \"C\", ROW(1, 2), ARRAY[1, 2] \
+             FROM accounts WHERE aid = 1",
+            "SELECT count(*) FILTER (WHERE x > 0), string_agg(x, ',' ORDER BY x), \
+             percentile_cont(0.5) WITHIN GROUP (ORDER BY x) FROM accounts WHERE aid = 1",
+            "SELECT x, sum(y) FROM accounts WHERE aid = 1 GROUP BY GROUPING SETS ((x), ())",
+            "SELECT * FROM accounts a, unnest(a.tags) WITH ORDINALITY t(tag, n) WHERE a.aid = 1",
+            "SELECT * FROM accounts WHERE aid = 1 AND x BETWEEN 1 AND 2 AND y IS NOT NULL FOR UPDATE SKIP LOCKED",
+            "INSERT INTO accounts (aid, abalance) VALUES (1, 0) ON CONFLICT DO NOTHING RETURNING aid, abalance",
+            "UPDATE accounts SET tags = array_append(tags, 'x') WHERE aid = 1 RETURNING *",
+            "SELECT * FROM accounts WHERE aid = 1 ORDER BY x DESC NULLS LAST LIMIT 10 OFFSET 5",
+            "SELECT x, lag(x) OVER (PARTITION BY y ORDER BY z) FROM accounts WHERE aid = 1",
+        ] {
+            let s = one(sql);
+            assert_eq!(s.cross_shard, None, "{sql}");
+            assert_eq!(keys_of(&s), acc(&[int(1)]), "{sql}");
+        }
+        let s =
+            one("SELECT * FROM accounts WHERE aid = ANY(SELECT aid FROM history WHERE aid = 4)");
+        assert_eq!((keys_of(&s), s.cross_shard), (acc(&[int(4)]), None));
     }
 
     // --- binding ------------------------------------------------------------------------------------------------
