@@ -224,6 +224,8 @@ impl ShardAnalysis {
     }
 }
 
+/// Analyzes already parsed statements (the router parses once for all its decisions). Never fails: what it cannot
+/// follow comes back as `Keys::None` with a [`CrossShard`] reason.
 pub fn analyze(statements: &[Statement], schema: &ShardSchema) -> ShardAnalysis {
     let mut each = Vec::with_capacity(statements.len());
     let mut combined = StatementShards::default();
@@ -240,6 +242,7 @@ pub fn analyze(statements: &[Statement], schema: &ShardSchema) -> ShardAnalysis 
     }
 }
 
+/// Parses with the Postgres dialect, then [`analyze`]s.
 pub fn analyze_sql(sql: &str, schema: &ShardSchema) -> ShardAnalysis {
     match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
         Ok(statements) => analyze(&statements, schema),
@@ -1990,10 +1993,11 @@ fn cast_type(dt: &DataType) -> Option<KeyType> {
         | DataType::Int(_)
         | DataType::Integer(_)
         | DataType::BigInt(_) => Some(KeyType::Int),
+        // varchar(n) truncates on an explicit cast: `'abcd'::varchar(3)` is 'abc'. Only unbounded ones qualify.
         DataType::Text
-        | DataType::Varchar(_)
-        | DataType::CharacterVarying(_)
-        | DataType::CharVarying(_) => Some(KeyType::Text),
+        | DataType::Varchar(None)
+        | DataType::CharacterVarying(None)
+        | DataType::CharVarying(None) => Some(KeyType::Text),
         DataType::Uuid => Some(KeyType::Uuid),
         DataType::Custom(name, mods) if mods.is_empty() => {
             let id = last_ident(name)?;
@@ -2342,6 +2346,7 @@ mod tests {
             "SELECT * FROM accounts WHERE CASE WHEN aid = 1 THEN true END",
             "SELECT * FROM accounts",
             "SELECT * FROM accounts WHERE aid = $0",
+            "SELECT * FROM accounts WHERE aid = $99999999999999999999999",
         ] {
             let s = one(sql);
             assert_eq!(keys_of(&s), None, "{sql}");
@@ -2457,6 +2462,19 @@ mod tests {
             on("orders", &[text("x")])
         );
         assert_eq!(keys("SELECT * FROM orders WHERE tenant = 42"), None);
+        assert_eq!(
+            keys("SELECT * FROM orders WHERE tenant = 'abcd'::varchar(3)"),
+            None
+        );
+        assert_eq!(keys("SELECT * FROM orders WHERE tenant = N'x'"), None);
+        assert_eq!(
+            keys("SELECT * FROM orders WHERE tenant = U&'\\0041'"),
+            on("orders", &[text("A")])
+        );
+        assert_eq!(
+            keys("SELECT * FROM orders WHERE tenant = E'\\x41\\101'"),
+            on("orders", &[text("AA")])
+        );
         assert_eq!(
             keys("SELECT * FROM orders WHERE tenant = 'x'::char(3)"),
             None
@@ -2593,6 +2611,36 @@ mod tests {
         assert_eq!((keys_of(&s), s.cross_shard), (acc(&[int(8)]), None));
         let s = one("DELETE FROM accounts a USING history h WHERE h.aid = a.aid AND h.aid = 9");
         assert_eq!((keys_of(&s), s.cross_shard), (acc(&[int(9)]), None));
+    }
+
+    #[test]
+    fn writes_with_subqueries() {
+        let s = one(
+            "UPDATE accounts SET abalance = (SELECT sum(delta) FROM history WHERE history.aid = accounts.aid) \
+             WHERE aid = 1",
+        );
+        assert_eq!((keys_of(&s), s.cross_shard), (acc(&[int(1)]), None));
+        // Keyless but co-located: refused as a keyless write unless fan-out is allowed, and then correct.
+        let s = one("DELETE FROM accounts WHERE aid IN (SELECT aid FROM history WHERE delta < 0)");
+        assert_eq!(
+            (s.kind, keys_of(&s), s.cross_shard),
+            (StatementKind::Write, None, None)
+        );
+        let s =
+            one("UPDATE accounts SET abalance = (SELECT max(delta) FROM history) WHERE aid = 1");
+        assert_eq!(keys_of(&s), None);
+        assert!(matches!(
+            s.cross_shard,
+            Some(CrossShard::NotJoinedOnKey { .. })
+        ));
+        let s = one(
+            "INSERT INTO accounts (aid, abalance) VALUES (1, (SELECT max(delta) FROM history))",
+        );
+        assert_eq!(s.insert_rows, vec![int(1)]);
+        assert!(matches!(
+            s.cross_shard,
+            Some(CrossShard::NotJoinedOnKey { .. })
+        ));
     }
 
     #[test]
