@@ -7,4 +7,6 @@ pub mod catalog;
 pub mod follow;
 pub mod hash;
 pub mod key;
+pub mod keys;
 pub mod scatter;
+pub mod schema;
