@@ -28,7 +28,8 @@ impl Cluster {
             "CREATE TABLE items (id bigint PRIMARY KEY, note text); \
              CREATE SEQUENCE item_ids; \
              CREATE FUNCTION port_volatile() RETURNS int VOLATILE LANGUAGE sql AS 'SELECT inet_server_port()'; \
-             GRANT ALL ON items, item_ids TO app; \
+             CREATE VIEW next_ids AS SELECT nextval('item_ids') AS n, inet_server_port() AS port; \
+             GRANT ALL ON items, item_ids, next_ids TO app; \
              INSERT INTO items SELECT g, 'seed' FROM generate_series(1, 100) g",
         );
         let (fast, slow) = tokio::task::block_in_place(|| {
@@ -177,6 +178,13 @@ async fn consistency_modes_against_real_replicas() {
     ] {
         assert_eq!(port_of(&c, sql).await, primary, "{sql}");
     }
+    // A write hidden where classification cannot see it (a view calling nextval) is refused by the replica
+    // (25006) before the client saw anything, and re-run on the primary.
+    let row = c
+        .query_one("SELECT n, port FROM next_ids", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(1) as u16, primary);
     // A read-write transaction runs on the primary; a read-only one may use a replica.
     assert_eq!(
         simple_value(&c, "BEGIN; SELECT inet_server_port(); COMMIT").await,

@@ -87,6 +87,7 @@ impl Session {
 
     /// One round of I/O: writes what is pending on both sides, reads whatever has arrived.
     async fn pump(&mut self) -> Result<PumpEvent, SessionError> {
+        let hold = self.holding_acks();
         let Some(server) = self.server.as_mut() else {
             return Err(SessionError::ServerProtocol("pump without a server".into()));
         };
@@ -99,7 +100,9 @@ impl Session {
             let mut ev = PumpEvent::default();
             write_some(cx, Pin::new(&mut *stream), sout).map_err(SessionError::ServerIo)?;
             let before = cout.len();
-            write_some(cx, Pin::new(&mut *client), cout).map_err(SessionError::ClientIo)?;
+            if !hold {
+                write_some(cx, Pin::new(&mut *client), cout).map_err(SessionError::ClientIo)?;
+            }
             let written = (before - cout.len()) as u64;
             *to_client += written;
             stats.bytes_sent.fetch_add(written, Ordering::Relaxed);
@@ -308,6 +311,7 @@ impl Session {
                 }
             }
             if forward {
+                self.note_forwarded(frame.tag);
                 self.cout.extend_from_slice(&frame.raw);
             }
         }

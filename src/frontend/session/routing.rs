@@ -47,8 +47,17 @@ pub(super) struct RoutingState {
     pub retained_overflow: bool,
     /// `bytes_to_client` when the transaction began: anything more means the client has seen output.
     pub client_mark: u64,
+    /// `cout.len()` when the transaction began: what a retry truncates back to.
+    pub cout_mark: usize,
+    /// Only acknowledgements (ParseComplete, BindComplete, descriptions...) came back so far. They are held, not
+    /// sent, while more replies are owed: if the replica then fails, the read is re-run elsewhere and the new
+    /// server's identical acknowledgements replace them, so the client never sees a duplicate.
+    pub only_acks: bool,
     /// Members that failed this transaction's read.
     pub excluded: Vec<usize>,
+    /// The replica refused the read as a write (25006: a volatile function hidden in a view or cast): re-run it on
+    /// the primary rather than on another replica.
+    pub retry_on_primary: bool,
     /// The transaction ran something (Query, Execute, FunctionCall), not only Parse/Describe: only then can it
     /// have written.
     pub executed: bool,
@@ -323,7 +332,8 @@ impl Session {
         if !cluster.has_replicas() && self.routing.is_none() {
             return;
         }
-        let mark = self.bytes_to_client + self.cout.len() as u64;
+        let mark = self.bytes_to_client;
+        let cout_mark = self.cout.len();
         let state = self.routing_state();
         state.route = Some(route);
         state.member = Some(member);
@@ -331,6 +341,8 @@ impl Session {
         state.retained.clear();
         state.retained_overflow = false;
         state.client_mark = mark;
+        state.cout_mark = cout_mark;
+        state.only_acks = true;
         state.executed = false;
     }
 
@@ -377,11 +389,40 @@ impl Session {
         matches!(
             e,
             SessionError::ServerIo(_) | SessionError::ServerProtocol(_)
-        ) && matches!(r.route, Some(Route::Replica(_)))
-            && self.server.is_some()
-            && !r.retained_overflow
+        ) && self.server.is_some()
             && !r.retained.is_empty()
-            && self.bytes_to_client + self.cout.len() as u64 == r.client_mark
+            && Self::replica_read_unseen(r, self.bytes_to_client)
+    }
+
+    /// A replica read of which the client has seen nothing but held acknowledgements.
+    fn replica_read_unseen(r: &RoutingState, bytes_to_client: u64) -> bool {
+        matches!(r.route, Some(Route::Replica(_)))
+            && !r.retained_overflow
+            && r.only_acks
+            && bytes_to_client == r.client_mark
+    }
+
+    /// Notes a server message forwarded to the client during a replica read.
+    pub(super) fn note_forwarded(&mut self, message: u8) {
+        if let Some(r) = self.routing.as_mut() {
+            r.only_acks &= matches!(
+                message,
+                tag::PARSE_COMPLETE
+                    | tag::BIND_COMPLETE
+                    | tag::CLOSE_COMPLETE
+                    | tag::PARAMETER_DESCRIPTION
+                    | tag::ROW_DESCRIPTION
+                    | tag::NO_DATA
+            );
+        }
+    }
+
+    /// Whether output for the client is held back: a replica read that has produced only acknowledgements while the
+    /// server still owes replies (once nothing more is owed, e.g. the client sent Flush and waits, it is sent).
+    pub(super) fn holding_acks(&self) -> bool {
+        self.routing.as_ref().is_some_and(|r| {
+            Self::replica_read_unseen(r, self.bytes_to_client) && !self.relay.is_empty()
+        })
     }
 
     /// Drops the failed replica's connection, bans the replica, and re-sends the transaction's frames on another
@@ -391,14 +432,25 @@ impl Session {
             return Ok(false);
         };
         let frames = std::mem::take(&mut r.retained);
-        let route = r.route.unwrap_or(Route::Primary { capture: false });
+        let cout_mark = r.cout_mark;
+        let on_primary = std::mem::take(&mut r.retry_on_primary);
+        let mut route = r.route.unwrap_or(Route::Primary { capture: false });
         let cluster = r.cluster.clone();
         let member = r.member;
-        if let (Some(c), Some(m)) = (cluster, member) {
-            c.ban(&c.members[m], &format!("read failed: {e}"));
-            self.routing_state().excluded.push(m);
+        if on_primary {
+            // The replica is healthy; the statement writes after all.
+            route = self.write_route(false, "replica refused a hidden write (25006)");
+            tracing::info!(
+                client = self.registration.info.id,
+                "replica refused the read as a write; re-running it on the primary"
+            );
+        } else {
+            if let (Some(c), Some(m)) = (cluster, member) {
+                c.ban(&c.members[m], &format!("read failed: {e}"));
+                self.routing_state().excluded.push(m);
+            }
+            tracing::info!(client = self.registration.info.id, error = %e, "replica failed before the client saw a reply; retrying the read elsewhere");
         }
-        tracing::info!(client = self.registration.info.id, error = %e, "replica failed before the client saw a reply; retrying the read elsewhere");
         if let Some(mut server) = self.server.take() {
             server.broken = true;
             self.on_detached();
@@ -407,6 +459,8 @@ impl Session {
         }
         self.relay = Default::default();
         self.sout.clear();
+        // Drop the held acknowledgements: the retry produces the same ones.
+        self.cout.truncate(cout_mark);
         self.pending_effects.clear();
         self.batch.clear();
         self.held_parameter_description = None;
@@ -427,13 +481,26 @@ impl Session {
 
     /// A FATAL error from a replica before the client has seen anything of this transaction: the server is ending
     /// the session (shutdown, crash restart), so the read is better re-run elsewhere.
-    pub(super) fn replica_failed_unseen(&self, e: &crate::protocol::backend::ErrorFields) -> bool {
-        (e.severity == "FATAL" || e.severity == "PANIC")
-            && self.routing.as_ref().is_some_and(|r| {
-                matches!(r.route, Some(Route::Replica(_)))
-                    && !r.retained_overflow
-                    && self.bytes_to_client + self.cout.len() as u64 == r.client_mark
-            })
+    /// Also a read the replica refused as a write (SQLSTATE 25006, read_only_sql_transaction: a volatile function
+    /// the classification could not see, inside a view, operator or cast): that one is re-run on the primary.
+    pub(super) fn replica_failed_unseen(
+        &mut self,
+        e: &crate::protocol::backend::ErrorFields,
+    ) -> bool {
+        let fatal = e.severity == "FATAL" || e.severity == "PANIC";
+        let refused_write = e.code == "25006";
+        if !(fatal || refused_write) {
+            return false;
+        }
+        let flushed = self.bytes_to_client;
+        let Some(r) = self.routing.as_mut() else {
+            return false;
+        };
+        let retry = Self::replica_read_unseen(r, flushed);
+        if retry {
+            r.retry_on_primary = refused_write && !fatal;
+        }
+        retry
     }
 
     /// Whether the transaction that just ended wrote on the primary under read-your-writes: its WAL position must
