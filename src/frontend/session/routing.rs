@@ -288,14 +288,25 @@ impl Session {
         }
         let wait = cluster.settings.ryw_wait;
         if matches!(need, Freshness::AtLeast(_)) && !wait.is_zero() {
+            // Ask for fresh positions now, and again (backing off) while none is far enough: a replica on the same
+            // network replays a commit within a millisecond or two, far sooner than the next regular poll.
             let deadline = tokio::time::Instant::now() + wait;
+            let mut pause = std::time::Duration::from_micros(500);
             let mut rounds = cluster.request_round();
-            while tokio::time::timeout_at(deadline, rounds.changed())
-                .await
-                .is_ok_and(|r| r.is_ok())
-            {
+            let mut next_kick = tokio::time::Instant::now() + pause;
+            loop {
+                let _ = tokio::time::timeout_at(deadline.min(next_kick), rounds.changed()).await;
                 if let Some(i) = cluster.pick_reader(need, &excluded) {
                     return Ok(i);
+                }
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                if now >= next_kick {
+                    pause = (pause * 2).min(std::time::Duration::from_millis(10));
+                    next_kick = now + pause;
+                    rounds = cluster.request_round();
                 }
             }
         }
