@@ -49,9 +49,12 @@ impl Proxy {
         ctx.set_config_path(config_path);
         ctx.apply_tls(&config)?;
         // Clusters (and their replication monitors) start now, so routing has replica state before the first client.
-        for database in config.databases.keys() {
-            ctx.cluster(database);
+        for (name, db) in &config.databases {
+            for shard in 0..db.shard_configs(name).len() {
+                ctx.cluster(name, shard as u16);
+            }
         }
+        ctx.start_shard_routers(&config);
         let accept = tokio::spawn(crate::frontend::listener::accept_loop(
             Arc::clone(&ctx),
             listener,

@@ -84,8 +84,12 @@ impl Drop for ClientRegistration {
 
 pub struct Context {
     config: ArcSwap<Config>,
-    pools: Mutex<HashMap<(String, String), Arc<PoolSet>>>,
-    clusters: Mutex<HashMap<String, Arc<Cluster>>>,
+    /// Pool sets by (database, user, shard); shard 0 for an unsharded database.
+    pools: Mutex<HashMap<(String, String, u16), Arc<PoolSet>>>,
+    /// Server sets by (database, shard).
+    clusters: Mutex<HashMap<(String, u16), Arc<Cluster>>>,
+    /// Shard routers of sharded databases (with their catalog followers).
+    routers: Mutex<HashMap<String, Arc<crate::sharding::router::ShardRouter>>>,
     /// Read/write analyses by statement text, shared by all sessions.
     analyses: crate::router::analysis_cache::AnalysisCache,
     registry: Mutex<Registry>,
@@ -120,6 +124,7 @@ impl Context {
             pools: Mutex::new(HashMap::new()),
             clusters: Mutex::new(HashMap::new()),
             analyses: Default::default(),
+            routers: Mutex::new(HashMap::new()),
             registry: Mutex::new(Registry::default()),
             next_client_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
@@ -141,46 +146,70 @@ impl Context {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn pools_lock(&self) -> MutexGuard<'_, HashMap<(String, String), Arc<PoolSet>>> {
+    fn pools_lock(&self) -> MutexGuard<'_, HashMap<(String, String, u16), Arc<PoolSet>>> {
         self.pools.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn clusters_lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Cluster>>> {
+    fn clusters_lock(&self) -> MutexGuard<'_, HashMap<(String, u16), Arc<Cluster>>> {
         self.clusters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The cluster (primary and replicas) of a database, created with its replication monitor on first use.
-    pub fn cluster(&self, database: &str) -> Option<Arc<Cluster>> {
+    /// The cluster (primary and replicas) of one shard of a database (shard 0 when unsharded), created with its
+    /// replication monitor on first use.
+    pub fn cluster(&self, database: &str, shard: u16) -> Option<Arc<Cluster>> {
         let config = self.config();
         let db = config.databases.get(database)?;
+        let shard_db = db.shard_configs(database).into_iter().nth(shard as usize)?;
         let mut clusters = self.clusters_lock();
-        if let Some(c) = clusters.get(database) {
+        let key = (database.to_owned(), shard);
+        if let Some(c) = clusters.get(&key) {
             return Some(Arc::clone(c));
         }
-        let cluster = Cluster::new(database, db, &config.general, None);
-        start_monitor(&config, database, db, &cluster);
-        clusters.insert(database.to_owned(), Arc::clone(&cluster));
+        let cluster = Cluster::new(
+            database,
+            shard_label(db, shard),
+            &shard_db,
+            &config.general,
+            None,
+        );
+        start_monitor(&config, database, &shard_db, &cluster);
+        clusters.insert(key, Arc::clone(&cluster));
         Some(cluster)
     }
 
-    /// The pools of (database, user), one per server of the database, created on first use as PgBouncer does.
+    /// The pools of (database, user) on the database's home shard (its only one unless sharded; else the default
+    /// shard), where client counts are kept and login parameters come from.
     pub fn pool_set(&self, database: &str, user: &UserConfig) -> Option<Arc<PoolSet>> {
-        let cluster = self.cluster(database)?;
         let config = self.config();
         let db = config.databases.get(database)?;
-        let key = (database.to_owned(), user.name.clone());
+        let home = db.sharding.as_ref().map_or(0, |s| s.default_shard);
+        self.shard_pool_set(database, user, home)
+    }
+
+    /// The pools of (database, user) on one shard, one pool per server of that shard, created on first use.
+    pub fn shard_pool_set(
+        &self,
+        database: &str,
+        user: &UserConfig,
+        shard: u16,
+    ) -> Option<Arc<PoolSet>> {
+        let cluster = self.cluster(database, shard)?;
+        let config = self.config();
+        let db = config.databases.get(database)?;
+        let shard_db = db.shard_configs(database).into_iter().nth(shard as usize)?;
+        let key = (database.to_owned(), user.name.clone(), shard);
         let mut pools = self.pools_lock();
         if let Some(p) = pools.get(&key) {
             if !p.is_retired() {
                 return Some(Arc::clone(p));
             }
         }
-        let set = self.build_pool_set(&config, database, db, user, &cluster, None);
+        let set = self.build_pool_set(&config, database, &shard_db, user, &cluster, None);
         pools.insert(key, Arc::clone(&set));
         Some(set)
     }
 
-    /// The primary's pool for (database, user).
+    /// The primary's pool for (database, user) on its home shard.
     pub fn pool(&self, database: &str, user: &UserConfig) -> Option<Arc<Pool>> {
         self.pool_set(database, user).map(|s| Arc::clone(s.home()))
     }
@@ -240,6 +269,51 @@ impl Context {
         v
     }
 
+    /// The shard router of a sharded database.
+    pub fn shard_router(
+        &self,
+        database: &str,
+    ) -> Option<Arc<crate::sharding::router::ShardRouter>> {
+        self.routers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(database)
+            .cloned()
+    }
+
+    /// Creates the shard routers (and starts their catalog followers) of the sharded databases in `config`, keeping
+    /// the ones whose sharding configuration did not change.
+    pub fn start_shard_routers(&self, config: &Config) {
+        let mut routers = self.routers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = HashMap::new();
+        for (name, db) in &config.databases {
+            let Some(sh) = &db.sharding else { continue };
+            if let Some(r) = routers.get(name).filter(|r| r.config == *sh) {
+                next.insert(name.clone(), Arc::clone(r));
+                continue;
+            }
+            match crate::sharding::router::ShardRouter::new(name, sh) {
+                Ok(r) => {
+                    match monitor_login(config) {
+                        Some(u) => r.start_following(
+                            u.server_user().to_owned(),
+                            u.server_password().map(str::to_owned),
+                        ),
+                        None => tracing::warn!(
+                            database = %name,
+                            "no user with a server password to read the shard catalog with"
+                        ),
+                    }
+                    next.insert(name.clone(), r);
+                }
+                Err(e) => {
+                    tracing::error!(database = %name, error = %e, "sharding configuration rejected")
+                }
+            }
+        }
+        *routers = next;
+    }
+
     /// The read/write analysis of a statement text, judged with `cluster`'s function volatility; cached by text, so
     /// a statement is parsed once however often it runs (a prepared statement's Binds hit the cache).
     pub fn analysis(&self, sql: &str, cluster: &Cluster) -> Arc<crate::router::classify::Analysis> {
@@ -249,7 +323,7 @@ impl Context {
 
     pub fn clusters(&self) -> Vec<Arc<Cluster>> {
         let mut v: Vec<_> = self.clusters_lock().values().cloned().collect();
-        v.sort_by(|a, b| a.database.cmp(&b.database));
+        v.sort_by(|a, b| (&a.database, a.shard).cmp(&(&b.database, b.shard)));
         v
     }
 
@@ -264,26 +338,35 @@ impl Context {
             c.retire();
         }
         for (name, db) in &config.databases {
-            let c = Cluster::new(
-                name,
-                db,
-                &config.general,
-                old_clusters.get(name).map(|c| &**c),
-            );
-            start_monitor(&config, name, db, &c);
-            clusters.insert(name.clone(), c);
+            for (i, shard_db) in db.shard_configs(name).iter().enumerate() {
+                let key = (name.clone(), i as u16);
+                let previous = old_clusters.get(&key).map(|c| &**c);
+                let c = Cluster::new(
+                    name,
+                    shard_label(db, i as u16),
+                    shard_db,
+                    &config.general,
+                    previous,
+                );
+                start_monitor(&config, name, shard_db, &c);
+                clusters.insert(key, c);
+            }
         }
         let mut pools = self.pools_lock();
         let old_sets: Vec<_> = pools.drain().collect();
-        for ((database, user), set) in old_sets {
+        for ((database, user, shard), set) in old_sets {
             set.retire();
+            let shard_db = config
+                .databases
+                .get(&database)
+                .and_then(|db| db.shard_configs(&database).into_iter().nth(shard as usize));
             let rebuilt = match (
-                config.databases.get(&database),
+                shard_db,
                 config.user(&user),
-                clusters.get(&database),
+                clusters.get(&(database.clone(), shard)),
             ) {
                 (Some(db), Some(u), Some(c)) => {
-                    Some(self.build_pool_set(&config, &database, db, u, c, Some(&set)))
+                    Some(self.build_pool_set(&config, &database, &db, u, c, Some(&set)))
                 }
                 _ => None,
             };
@@ -296,11 +379,12 @@ impl Context {
                 }
             }
             if let Some(r) = rebuilt {
-                pools.insert((database, user), r);
+                pools.insert((database, user, shard), r);
             }
         }
         drop(pools);
         drop(clusters);
+        self.start_shard_routers(&config);
         self.config.store(Arc::new(config));
     }
 
@@ -427,17 +511,26 @@ impl Context {
     }
 }
 
+/// The user whose server credentials shardpool's own connections (replication monitor, catalog follower) use.
+fn monitor_login(config: &Config) -> Option<&UserConfig> {
+    match &config.general.monitor_user {
+        Some(name) => config.user(name),
+        None => config.users.iter().find(|u| u.server_password().is_some()),
+    }
+}
+
+/// Which shard a cluster is, for display: `None` for an unsharded database.
+fn shard_label(db: &DatabaseConfig, shard: u16) -> Option<u16> {
+    db.sharding.as_ref().map(|_| shard)
+}
+
 /// Starts the replication monitor of a database that has replicas (one without needs none: every transaction goes
 /// to its primary).
 fn start_monitor(config: &Config, database: &str, db: &DatabaseConfig, cluster: &Arc<Cluster>) {
     if !cluster.has_replicas() {
         return;
     }
-    let user = match &config.general.monitor_user {
-        Some(name) => config.user(name),
-        None => config.users.iter().find(|u| u.server_password().is_some()),
-    };
-    let Some(user) = user else {
+    let Some(user) = monitor_login(config) else {
         tracing::warn!(
             database,
             "no user with a server password for the replication monitor: replicas get reads only in eventual mode"

@@ -76,6 +76,7 @@ fn replicas(ctx: &Arc<Context>) -> Output {
             let lsn = m.lsn.load(Ordering::Relaxed);
             rows.push(vec![
                 s(&c.database),
+                c.shard.map(|x| x.to_string()),
                 s(&m.host),
                 s(m.port),
                 s(m.role()),
@@ -98,6 +99,7 @@ fn replicas(ctx: &Arc<Context>) -> Output {
     Output::table(
         vec![
             "database",
+            "shard",
             "host",
             "port",
             "role",

@@ -144,6 +144,47 @@ impl ServerConn {
         }
     }
 
+    /// Runs a simple query and returns its command tags (CommandComplete texts) and the first error, if any.
+    pub async fn run_for_tags(
+        &mut self,
+        sql: &str,
+    ) -> Result<(Vec<String>, Option<ErrorFields>), ServerIoError> {
+        let mut out = BytesMut::new();
+        write_query(&mut out, sql);
+        self.stream.write_all(&out).await?;
+        let mut tags = Vec::new();
+        let mut first_error = None;
+        loop {
+            while let Some(frame) =
+                split_frame(&mut self.rbuf).map_err(|e| ServerIoError::Protocol(e.to_string()))?
+            {
+                match frame.tag {
+                    tag::COMMAND_COMPLETE => tags.push(
+                        String::from_utf8_lossy(crate::protocol::backend::parse_command_complete(
+                            frame.body(),
+                        ))
+                        .into_owned(),
+                    ),
+                    tag::READY_FOR_QUERY => {
+                        self.status = parse_ready_for_query(frame.body())
+                            .ok_or_else(|| ServerIoError::Protocol("bad ReadyForQuery".into()))?;
+                        return Ok((tags, first_error));
+                    }
+                    tag::ERROR_RESPONSE if first_error.is_none() => {
+                        first_error = Some(ErrorFields::parse(frame.body()))
+                    }
+                    tag::PARAMETER_STATUS => {
+                        if let Some((k, v)) = parse_parameter_status(frame.body()) {
+                            self.reported.insert(k, v);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            self.read_more().await?;
+        }
+    }
+
     /// Reads and discards messages until ReadyForQuery; used for shardpool's own queries and for cleanup.
     pub async fn drain_until_ready(&mut self) -> Result<Option<ErrorFields>, ServerIoError> {
         let mut first_error = None;

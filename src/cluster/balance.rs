@@ -124,7 +124,7 @@ mod tests {
             "#
         ))
         .unwrap();
-        let c = Cluster::new("d", &config.databases["d"], &config.general, None);
+        let c = Cluster::new("d", None, &config.databases["d"], &config.general, None);
         c.members[0].set_recovery(Recovery::NotInRecovery);
         for m in &c.members[1..] {
             m.set_recovery(Recovery::InRecovery);

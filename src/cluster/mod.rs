@@ -142,6 +142,8 @@ pub struct ClusterSettings {
 /// A database's primary and replicas.
 pub struct Cluster {
     pub database: String,
+    /// Which shard of a sharded database this is.
+    pub shard: Option<u16>,
     /// `[0]` is the configured primary, then the replicas in config order.
     pub members: Vec<Arc<Member>>,
     pub settings: ClusterSettings,
@@ -185,6 +187,7 @@ impl Cluster {
     /// Builds the cluster for `db`, keeping the live state of members that `previous` already had.
     pub fn new(
         database: &str,
+        shard: Option<u16>,
         db: &DatabaseConfig,
         general: &crate::config::General,
         previous: Option<&Cluster>,
@@ -237,6 +240,7 @@ impl Cluster {
         };
         Arc::new(Cluster {
             database: database.to_owned(),
+            shard,
             members,
             settings,
             clock,

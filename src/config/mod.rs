@@ -298,6 +298,39 @@ pub struct DatabaseConfig {
     /// Functions `pg_proc` marks volatile that are safe on a replica (e.g. `random`, `clock_timestamp`).
     #[serde(default)]
     pub read_only_functions: Vec<String>,
+    /// Makes this a sharded database: its shards replace `host`/`port`/`replicas` (docs/sharding.md).
+    #[serde(default)]
+    pub sharding: Option<sharding::ShardingConfig>,
+}
+
+impl DatabaseConfig {
+    /// The server sets of this database, one per shard (a single one when unsharded), each as a plain database
+    /// config: pools, the replication monitor and read/write routing work per shard exactly as for an unsharded
+    /// database.
+    pub fn shard_configs(&self, name: &str) -> Vec<DatabaseConfig> {
+        let Some(sh) = &self.sharding else {
+            return vec![self.clone()];
+        };
+        sh.shards
+            .iter()
+            .map(|s| DatabaseConfig {
+                host: s.host.clone(),
+                port: s.port,
+                server_database: Some(s.database(name).to_owned()),
+                replicas: s
+                    .replicas
+                    .iter()
+                    .map(|r| ReplicaConfig {
+                        host: r.host.clone(),
+                        port: r.port,
+                        weight: r.weight,
+                    })
+                    .collect(),
+                sharding: None,
+                ..self.clone()
+            })
+            .collect()
+    }
 }
 
 /// A streaming replica of a database's primary.

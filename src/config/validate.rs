@@ -126,6 +126,18 @@ impl Config {
             if db.pool_size == Some(0) {
                 problem(key("pool_size"), "must be at least 1".into());
             }
+            if let Some(sh) = &db.sharding {
+                if !db.replicas.is_empty() {
+                    problem(
+                        key("replicas"),
+                        "a sharded database lists replicas per shard (sharding.shards[].replicas)"
+                            .into(),
+                    );
+                }
+                for p in sh.validate_at(&key("sharding")) {
+                    problem(p.key, p.message);
+                }
+            }
             let size = db.pool_size.unwrap_or(g.pool_size);
             if db.min_pool_size.unwrap_or(g.min_pool_size) > size {
                 problem(

@@ -65,6 +65,60 @@ pub fn parse_bind(body: &[u8]) -> Option<BindView<'_>> {
     })
 }
 
+/// A Bind's parameter format codes and values (`None` for SQL NULL).
+pub type BindParams<'a> = (Vec<i16>, Vec<Option<&'a [u8]>>);
+
+/// The parameter format codes and values of a Bind (the part after the statement name); `None` if malformed.
+pub fn parse_bind_params(rest: &[u8]) -> Option<BindParams<'_>> {
+    let read_i16 =
+        |b: &[u8], at: usize| b.get(at..at + 2).map(|x| i16::from_be_bytes([x[0], x[1]]));
+    let nformats = read_i16(rest, 0)?;
+    let mut pos = 2;
+    let mut formats = Vec::with_capacity(nformats.max(0) as usize);
+    for _ in 0..nformats {
+        formats.push(read_i16(rest, pos)?);
+        pos += 2;
+    }
+    let nparams = read_i16(rest, pos)?;
+    pos += 2;
+    let mut values = Vec::with_capacity(nparams.max(0) as usize);
+    for _ in 0..nparams {
+        let len = i32::from_be_bytes(rest.get(pos..pos + 4)?.try_into().ok()?);
+        pos += 4;
+        if len < 0 {
+            values.push(None);
+        } else {
+            let len = len as usize;
+            values.push(Some(rest.get(pos..pos + len)?));
+            pos += len;
+        }
+    }
+    Some((formats, values))
+}
+
+/// The first Bind among the complete messages at the start of `buf` (a client's pipelined Parse, Bind, Execute,
+/// Sync arrive together), without consuming anything: its statement name and parameter part.
+pub fn peek_bind(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut pos = 0;
+    while let Some(header) = buf.get(pos..pos + 5) {
+        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+        if len < 4 {
+            return None;
+        }
+        let end = pos + 1 + len as usize;
+        let body = buf.get(pos + 5..end)?;
+        if header[0] == super::tag::BIND {
+            let view = parse_bind(body)?;
+            return Some((view.statement, view.rest));
+        }
+        if header[0] == super::tag::SYNC {
+            return None;
+        }
+        pos = end;
+    }
+    None
+}
+
 pub fn write_bind(buf: &mut BytesMut, portal: &[u8], statement: &[u8], rest: &[u8]) {
     put_message(buf, tag::BIND, |b| {
         put_cstr(b, portal);

@@ -8,5 +8,6 @@ pub mod follow;
 pub mod hash;
 pub mod key;
 pub mod keys;
+pub mod router;
 pub mod scatter;
 pub mod schema;

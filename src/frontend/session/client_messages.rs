@@ -34,6 +34,12 @@ impl Session {
             return Ok(Flow::Continue);
         }
         self.note_client_frame(&frame);
+        if self.routing.is_some() {
+            if let Some(e) = self.check_transaction_shard(&frame) {
+                self.refuse_in_line(frame.tag, &e);
+                return Ok(Flow::Continue);
+            }
+        }
         self.log_batch(&frame);
         match frame.tag {
             tag::QUERY => self.forward_query(frame)?,

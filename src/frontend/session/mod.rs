@@ -7,6 +7,7 @@
 mod attached;
 mod client_messages;
 mod routing;
+mod sharded;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -61,6 +62,8 @@ pub struct Session {
     pools: Arc<PoolSet>,
     /// The pool of the server attached now (or last): the one it goes back to and whose counters it bumps.
     pool: Arc<Pool>,
+    /// Where this client is counted (SHOW POOLS cl_*): its home pool, whichever shard or replica it uses.
+    home: Arc<Pool>,
     mode: PoolMode,
     session_features: SessionFeatures,
     cin: BytesMut,
@@ -118,6 +121,14 @@ impl Session {
         let session_features = ctx.config().general.session_features;
         let pool = Arc::clone(pools.home());
         pool.stats.clients.fetch_add(1, Ordering::Relaxed);
+        let home = Arc::clone(&pool);
+        let routing = ctx.shard_router(&pools.database).map(|router| {
+            Box::new(routing::RoutingState {
+                shard: router.config.default_shard,
+                shard_router: Some(router),
+                ..Default::default()
+            })
+        });
         let shutdown = ctx.shutdown_signal();
         Session {
             shutdown,
@@ -126,6 +137,7 @@ impl Session {
             registration,
             pools,
             pool,
+            home,
             mode,
             session_features,
             cin: BytesMut::new(),
@@ -150,7 +162,7 @@ impl Session {
             last_batch_whole: false,
             held_parameter_description: None,
             xact_started: None,
-            routing: None,
+            routing,
             bytes_to_client: 0,
         }
     }
@@ -187,6 +199,9 @@ impl Session {
                 Some(route) => route,
                 // Answered here (a deferred BEGIN, a shardpool.* command).
                 None => {
+                    if let Some(f) = self.routing.as_mut().and_then(|r| r.fanout.take()) {
+                        Box::pin(self.run_fanout(f)).await?;
+                    }
                     if self.cin.is_empty() {
                         self.flush_client().await?;
                     }
@@ -345,13 +360,13 @@ impl Session {
         let Some(user) = config.user(&self.pools.user) else {
             return;
         };
-        if let Some(fresh) = self.ctx.pool_set(&self.pools.database, user) {
-            self.pools
-                .home()
-                .stats
-                .clients
-                .fetch_sub(1, Ordering::Relaxed);
-            fresh.home().stats.clients.fetch_add(1, Ordering::Relaxed);
+        let shard = self.current_shard().unwrap_or(0);
+        if let Some(fresh) = self.ctx.shard_pool_set(&self.pools.database, user, shard) {
+            if let Some(home) = self.ctx.pool(&self.pools.database, user) {
+                self.home.stats.clients.fetch_sub(1, Ordering::Relaxed);
+                home.stats.clients.fetch_add(1, Ordering::Relaxed);
+                self.home = home;
+            }
             self.pools = fresh;
         }
     }
@@ -375,8 +390,19 @@ impl Session {
 
     /// Queues the SET/RESET statements that make `server` match this client's settings; replies are swallowed.
     fn sync_settings(&mut self, server: &mut ServerConn) {
-        if server.applied == self.settings {
+        let Some(sql) = self.settings_delta(server) else {
             return;
+        };
+        server.applied = self.settings.clone();
+        crate::protocol::frontend::write_query(&mut self.sout, &sql);
+        self.relay
+            .push(super::relay::Expect::Query { forward: false });
+    }
+
+    /// The SET/RESET statements that make `server` match this client's settings, if any are needed.
+    fn settings_delta(&self, server: &ServerConn) -> Option<String> {
+        if server.applied == self.settings {
+            return None;
         }
         let mut sql = String::new();
         for (name, apply) in &self.settings {
@@ -391,10 +417,7 @@ impl Session {
                 sql.push_str("; ");
             }
         }
-        server.applied = self.settings.clone();
-        crate::protocol::frontend::write_query(&mut self.sout, &sql);
-        self.relay
-            .push(super::relay::Expect::Query { forward: false });
+        Some(sql)
     }
 
     /// Whether the attached server can go back to the pool now.
@@ -522,11 +545,7 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.pools
-            .home()
-            .stats
-            .clients
-            .fetch_sub(1, Ordering::Relaxed);
+        self.home.stats.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

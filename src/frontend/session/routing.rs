@@ -58,13 +58,18 @@ pub(super) struct RoutingState {
     /// The replica refused the read as a write (25006: a volatile function hidden in a view or cast): re-run it on
     /// the primary rather than on another replica.
     pub retry_on_primary: bool,
+    /// The sharded database's router (None when unsharded), the shard whose pools `Session::pools` holds, and a
+    /// statement queued to run on several shards.
+    pub shard_router: Option<Arc<crate::sharding::router::ShardRouter>>,
+    pub shard: u16,
+    pub fanout: Option<super::sharded::Fanout>,
     /// The transaction ran something (Query, Execute, FunctionCall), not only Parse/Describe: only then can it
     /// have written.
     pub executed: bool,
 }
 
 impl Session {
-    fn routing_state(&mut self) -> &mut RoutingState {
+    pub(super) fn routing_state(&mut self) -> &mut RoutingState {
         self.routing.get_or_insert_with(Default::default)
     }
 
@@ -110,8 +115,32 @@ impl Session {
             .routing
             .as_ref()
             .is_some_and(|r| r.deferred_begin.is_some());
+        if let Some(router) = self.shard_router() {
+            match self.place_frame(&router, frame, false) {
+                Ok(Some(shard)) => {
+                    router.count_shard(shard);
+                    self.use_shard(shard);
+                }
+                Ok(None) => {
+                    if deferred {
+                        self.routing_state().fanout = None;
+                        let e = ClientError::error(
+                            sqlstate::FEATURE_NOT_SUPPORTED,
+                            "a statement for every shard cannot run inside a transaction (transactions are bound to one shard)",
+                        );
+                        self.reject(frame.tag, &e);
+                    }
+                    return None;
+                }
+                Err(e) => {
+                    self.reject(frame.tag, &e);
+                    return None;
+                }
+            }
+        }
         let cluster = Arc::clone(&self.pools.cluster);
-        if !cluster.has_replicas() && !deferred {
+        let sharded = self.shard_router().is_some();
+        if !cluster.has_replicas() && !deferred && !sharded {
             return Some(Route::Primary { capture: false });
         }
         if self.mode == crate::config::PoolMode::Session {

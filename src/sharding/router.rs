@@ -1,0 +1,367 @@
+//! Where a statement of a sharded database runs: its shard key values (from the SQL, from Bind parameters) go
+//! through the table's map (hash, range or directory) to virtual shards, and the catalog's placement turns those into
+//! physical shards. Statements without a key are scattered (reads) or refused (writes) unless the configuration allows
+//! fan-out; DDL and reference-table writes run on every shard. The catalog snapshot comes from a follower that keeps
+//! it current; routing reads it with one atomic load.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::catalog::{self, Catalog};
+use super::follow::{CatalogFollower, FollowOptions};
+use super::key::KeyValue;
+use super::keys::{analyze_sql, bind_keys, ShardAnalysis, StatementKind, StatementShards, Target};
+use super::schema::{ShardSchema, ShardedTable};
+use crate::config::sharding::{MapConfig, ShardingConfig, UnknownKeys};
+use crate::error::{sqlstate, ClientError};
+
+/// Where a statement runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// One shard. `keyed`: it was chosen by a shard key (not a default), so a transaction is bound to it.
+    One { shard: u16, keyed: bool },
+    /// Every shard, the statement as is: DDL on sharded or reference tables, reference-table writes, allowed
+    /// keyless writes.
+    Every,
+    /// A read on these shards, merged (scatter/gather).
+    Scatter(Vec<u16>),
+}
+
+/// A statement text and its analysis (the text is compared on lookup: a hash collision must not misroute).
+type CachedAnalysis = (Box<str>, Arc<ShardAnalysis>);
+
+/// Parameter values and their format codes from a Bind.
+pub type Params<'a> = (&'a [Option<&'a [u8]>], &'a [i16]);
+
+/// Cached analyses beyond this many are dropped wholesale (a workload with that many distinct texts is not
+/// using prepared statements, and re-parsing is then the cost it already pays elsewhere).
+const MAX_CACHED: usize = 10_000;
+
+pub struct ShardRouter {
+    pub database: String,
+    pub config: ShardingConfig,
+    pub schema: ShardSchema,
+    /// The follower's snapshot cell, once the catalog could be loaded.
+    catalog: ArcSwapOption<ArcSwap<Catalog>>,
+    follower: Mutex<Option<CatalogFollower>>,
+    analyses: Mutex<HashMap<u64, CachedAnalysis>>,
+    /// Statements routed by key to each vshard, and rows written to it (INSERT rows; one per keyed UPDATE/DELETE):
+    /// what a remap wants to know to pick hot vshards.
+    pub vshard_queries: Box<[AtomicU64]>,
+    pub vshard_writes: Box<[AtomicU64]>,
+    pub shard_queries: Box<[AtomicU64]>,
+    pub scatters: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("sharding schema: {0}")]
+    Schema(#[from] super::schema::SchemaError),
+}
+
+impl ShardRouter {
+    pub fn new(database: &str, config: &ShardingConfig) -> Result<Arc<ShardRouter>, RouterError> {
+        let tables = config
+            .tables
+            .iter()
+            .map(|t| ShardedTable {
+                name: t.name.clone(),
+                key: t.key.clone(),
+                key_type: t.key_type,
+                map: t.map.clone(),
+            })
+            .collect();
+        let schema = ShardSchema::new(tables, &config.reference_tables)?;
+        let counters = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect::<Box<[_]>>();
+        Ok(Arc::new(ShardRouter {
+            database: database.to_owned(),
+            schema,
+            catalog: ArcSwapOption::empty(),
+            follower: Mutex::new(None),
+            analyses: Mutex::new(HashMap::new()),
+            vshard_queries: counters(config.vshards as usize),
+            vshard_writes: counters(config.vshards as usize),
+            shard_queries: counters(config.shards.len()),
+            scatters: AtomicU64::new(0),
+            config: config.clone(),
+        }))
+    }
+
+    /// Starts following the catalog in the background; until it has loaded once, keyed statements get an error
+    /// saying so (an instance must never guess a placement).
+    pub fn start_following(self: &Arc<Self>, role: String, password: Option<String>) {
+        let Some(target) = self.config.catalog_target(&self.database) else {
+            return;
+        };
+        let me = Arc::downgrade(self);
+        let opts = FollowOptions::for_config(&self.config);
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(200);
+            loop {
+                let pg = catalog::connect_config(
+                    &target,
+                    &role,
+                    password.as_deref(),
+                    "shardpool catalog follower",
+                );
+                let Some(router) = me.upgrade() else { return };
+                match CatalogFollower::start(pg, opts).await {
+                    Ok(f) => {
+                        let problems = f.current().check_against(&router.config);
+                        for p in problems {
+                            tracing::warn!(database = %router.database, problem = %p, "catalog and config disagree");
+                        }
+                        router.catalog.store(Some(f.shared()));
+                        *router.follower.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+                        tracing::info!(database = %router.database, "shard catalog loaded");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(database = %router.database, error = %e, "cannot load the shard catalog yet (run `shardctl init`?)");
+                    }
+                }
+                drop(router);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        });
+    }
+
+    pub fn catalog(&self) -> Option<Arc<Catalog>> {
+        self.catalog.load().as_ref().map(|c| c.load_full())
+    }
+
+    pub fn shards(&self) -> u16 {
+        self.config.shards.len() as u16
+    }
+
+    /// The shard analysis of a statement text, cached by text.
+    pub fn analysis(&self, sql: &str) -> Arc<ShardAnalysis> {
+        let h = xxh3_64(sql.as_bytes());
+        {
+            let cache = self.analyses.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((text, a)) = cache.get(&h) {
+                if &**text == sql {
+                    return Arc::clone(a);
+                }
+            }
+        }
+        let a = Arc::new(analyze_sql(sql, &self.schema));
+        let mut cache = self.analyses.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(h, (sql.into(), Arc::clone(&a)));
+        a
+    }
+
+    /// The vshard of a key of `table`.
+    pub fn vshard(
+        &self,
+        catalog: &Catalog,
+        table: &ShardedTable,
+        key: &KeyValue,
+    ) -> Result<u32, ClientError> {
+        let vshards = catalog.vshards.max(1);
+        if table.map == "hash" {
+            return key.vshard(vshards).ok_or_else(null_key);
+        }
+        match self.config.maps.get(&table.map) {
+            Some(MapConfig::Range { .. }) => catalog
+                .range_vshard(&table.map, key)
+                .map_err(|e| ClientError::error(sqlstate::INVALID_PARAMETER_VALUE, e.to_string())),
+            Some(MapConfig::Directory { unknown_keys, .. }) => {
+                match catalog.directory_vshard(&table.map, key) {
+                    Ok(Some(v)) => Ok(v),
+                    Ok(None) => match unknown_keys {
+                        UnknownKeys::Hash => key.vshard(vshards).ok_or_else(null_key),
+                        UnknownKeys::Error => Err(ClientError::error(
+                            sqlstate::INVALID_PARAMETER_VALUE,
+                            format!(
+                                "key {} of table {} has no entry in directory map \"{}\"",
+                                describe(key),
+                                table.name,
+                                table.map
+                            ),
+                        )),
+                    },
+                    Err(e) => Err(ClientError::error(
+                        sqlstate::INVALID_PARAMETER_VALUE,
+                        e.to_string(),
+                    )),
+                }
+            }
+            None => Err(ClientError::error(
+                sqlstate::INTERNAL_ERROR,
+                format!("table {} names unknown map \"{}\"", table.name, table.map),
+            )),
+        }
+    }
+
+    /// Decides where `stmt` runs. `params`: the Bind parameters and their format codes, when the statement is
+    /// executed with them; `None` when only prepared (any shard can prepare it).
+    pub fn place(
+        &self,
+        stmt: &StatementShards,
+        params: Option<Params<'_>>,
+    ) -> Result<Placement, ClientError> {
+        let default = Placement::One {
+            shard: self.config.default_shard,
+            keyed: false,
+        };
+        if stmt.insert_null_key {
+            return Err(null_key());
+        }
+        if stmt.changes_key {
+            return Err(ClientError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "an UPDATE may not change a row's shard key (the row would have to move to another shard)",
+            ));
+        }
+        let target = stmt.target();
+        let keys = match target {
+            Target::AnyShard | Target::DefaultShard => return Ok(default),
+            Target::AllShards => return Ok(Placement::Every),
+            Target::Scatter => {
+                return match stmt.kind {
+                    StatementKind::Ddl => Ok(Placement::Every),
+                    StatementKind::Read | StatementKind::Other => {
+                        if let Some(cs) = &stmt.cross_shard {
+                            return Err(cross_shard(cs.to_string()));
+                        }
+                        Ok(Placement::Scatter((0..self.shards()).collect()))
+                    }
+                    StatementKind::Write if self.config.allow_fanout_writes => Ok(Placement::Every),
+                    StatementKind::Write => Err(ClientError::error(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        format!(
+                            "this write names no shard key of {}, so it would have to run on every shard; \
+                             add the key to the WHERE clause, or set allow_fanout_writes",
+                            table_names(stmt)
+                        ),
+                    )),
+                };
+            }
+            Target::Keys(k) => k,
+        };
+        let bound = match params {
+            Some((values, formats)) => bind_keys(stmt, values, formats).map_err(|e| {
+                ClientError::error(sqlstate::INVALID_PARAMETER_VALUE, e.to_string())
+            })?,
+            None => {
+                let literal: Option<Vec<_>> = keys
+                    .iter()
+                    .map(|k| match &k.key {
+                        super::keys::KeyRef::Literal(v) => Some((Arc::clone(&k.table), v.clone())),
+                        super::keys::KeyRef::Param(_) => None,
+                    })
+                    .collect();
+                match literal {
+                    Some(l) => l,
+                    // Parameters not known yet (a Parse or Describe): preparing works on any shard.
+                    None => return Ok(default),
+                }
+            }
+        };
+        let catalog = self.catalog().ok_or_else(|| {
+            ClientError::error(
+                sqlstate::CANNOT_CONNECT_NOW,
+                format!(
+                    "the shard catalog of database \"{}\" is not loaded yet (has `shardctl init` been run?)",
+                    self.database
+                ),
+            )
+        })?;
+        let mut shards: Vec<u16> = Vec::new();
+        let mut vshards = Vec::new();
+        for (table, key) in &bound {
+            if *key == KeyValue::Null {
+                continue; // matches nothing
+            }
+            let v = self.vshard(&catalog, table, key)?;
+            let s = catalog.shard_of(v).ok_or_else(|| {
+                ClientError::error(
+                    sqlstate::INTERNAL_ERROR,
+                    format!("vshard {v} has no shard in the catalog"),
+                )
+            })?;
+            vshards.push(v);
+            if !shards.contains(&s) {
+                shards.push(s);
+            }
+        }
+        shards.sort_unstable();
+        for v in &vshards {
+            if let Some(c) = self.vshard_queries.get(*v as usize) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+            if stmt.kind == StatementKind::Write {
+                if let Some(c) = self.vshard_writes.get(*v as usize) {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        match shards.as_slice() {
+            [] => Ok(default),
+            [one] => Ok(Placement::One {
+                shard: *one,
+                keyed: true,
+            }),
+            several => {
+                if let Some(cs) = &stmt.cross_shard {
+                    return Err(cross_shard(cs.to_string()));
+                }
+                if stmt.kind == StatementKind::Read || stmt.kind == StatementKind::Other {
+                    return Ok(Placement::Scatter(several.to_vec()));
+                }
+                Err(ClientError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "this {} touches keys on shards {} of database \"{}\"; a write must stay on one shard \
+                         (split a multi-row INSERT by shard, or send one statement per key)",
+                        if stmt.insert_table.is_some() { "INSERT" } else { "write" },
+                        list(several),
+                        self.database
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Counts a statement run on `shard`.
+    pub fn count_shard(&self, shard: u16) {
+        if let Some(c) = self.shard_queries.get(shard as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn null_key() -> ClientError {
+    ClientError::error(
+        "23502",
+        "null value in shard key column: a row without a shard key has no shard",
+    )
+}
+
+fn cross_shard(message: String) -> ClientError {
+    ClientError::error(sqlstate::FEATURE_NOT_SUPPORTED, message)
+}
+
+fn describe(key: &KeyValue) -> String {
+    catalog::key_text(key).map_or_else(|| "NULL".into(), |t| format!("'{t}'"))
+}
+
+fn table_names(stmt: &StatementShards) -> String {
+    let names: Vec<&str> = stmt.sharded.iter().map(|t| t.name.as_str()).collect();
+    names.join(", ")
+}
+
+pub fn list(shards: &[u16]) -> String {
+    let v: Vec<String> = shards.iter().map(u16::to_string).collect();
+    v.join(", ")
+}
