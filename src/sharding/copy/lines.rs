@@ -5,8 +5,8 @@
 //! - text format: a backslash makes the next byte data (so `\` + newline continues the row); `\.` ends the data and
 //!   whatever precedes it on its line is the last row;
 //! - CSV: terminators inside quotes are data; `\.` alone at the start of a row ends the data (the server's rule up to
-//!   PostgreSQL 17; 18 reads such a line as data), and `\.` followed by anything else is data whose next one or two
-//!   bytes do not count for quoting, exactly as the server skips them;
+//!   PostgreSQL 17; 18 reads such a line as data), and `\.` followed by anything else is data, read again from the
+//!   `.` on (the server's `NO_END_OF_COPY_GOTO` undoes its look-ahead);
 //! - a missing byte after CopyDone reads as NUL, as in the server's padded buffer.
 
 use super::CopyError;
@@ -36,8 +36,8 @@ pub(super) enum Found {
 enum Marker {
     NeedMore,
     End,
-    /// Not the marker (CSV only): scanning resumes at this position.
-    Data(usize),
+    /// Not the marker (CSV only): scanning resumes right after the backslash.
+    Data,
 }
 
 /// Line-finding state that outlives one scan: the terminator style, and how far into the current (incomplete) line
@@ -161,7 +161,7 @@ impl LineScanner {
                             self.reset();
                             return Ok(Found::EndMarker { content_end: start });
                         }
-                        Marker::Data(next) => pos = next.min(len),
+                        Marker::Data => {}
                     }
                 } else if !self.csv {
                     pos += 1;
@@ -205,9 +205,9 @@ impl LineScanner {
             *pos += 1;
             Some(b)
         };
-        let not_marker = |message: &str, pos: usize| {
+        let not_marker = |message: &str| {
             if self.csv {
-                Ok(Marker::Data(pos))
+                Ok(Marker::Data)
             } else {
                 Err(bad(message))
             }
@@ -217,19 +217,16 @@ impl LineScanner {
                 None => return Ok(Marker::NeedMore),
                 Some(b'\r') => {}
                 Some(b'\n') => {
-                    return not_marker(
-                        "end-of-copy marker does not match previous newline style",
-                        pos,
-                    )
+                    return not_marker("end-of-copy marker does not match previous newline style")
                 }
-                Some(_) => return not_marker("end-of-copy marker corrupt", pos),
+                Some(_) => return not_marker("end-of-copy marker corrupt"),
             }
         }
         let Some(c2) = next(&mut pos) else {
             return Ok(Marker::NeedMore);
         };
         if c2 != b'\r' && c2 != b'\n' {
-            return not_marker("end-of-copy marker corrupt", pos);
+            return not_marker("end-of-copy marker corrupt");
         }
         let same_style = match self.eol {
             Eol::Unknown => true,
@@ -380,8 +377,16 @@ mod tests {
             lines(true, b"1,\"open\n").unwrap(),
             pairs(&[("1,\"open\n", "<eof quote=true>")])
         );
-        // The server does not look at the byte after `\.`: a quote there does not open a quoted section.
-        assert_eq!(lines(true, b"\\.\"a\nb\n").unwrap()[0].0, "\\.\"a");
+        // After a `\.` that is not the marker, the bytes looked at count again: this quote opens a section.
+        assert_eq!(
+            lines(true, b"\\.\"a\nb\n").unwrap(),
+            pairs(&[("\\.\"a\nb\n", "<eof quote=true>")])
+        );
+        assert_eq!(
+            lines(true, b"a\r\n\\.\nc\r\n").unwrap_err(),
+            "unquoted newline found in data",
+            "nor is the newline after it skipped"
+        );
     }
 
     #[test]
