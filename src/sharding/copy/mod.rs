@@ -25,7 +25,7 @@ mod statement;
 mod tests;
 
 pub use batches::{BatchError, ShardBatches, ShardFrame, DEFAULT_FLUSH_THRESHOLD};
-pub use options::{CopyFormat, CopyOptions, HeaderLine};
+pub use options::{Columns, CopyFormat, CopyOptions, HeaderLine};
 pub use splitter::{CopyRow, RowSplitter};
 pub use statement::{CopyFrom, CopySource, CopyStatement, CopyTo, TableName};
 

@@ -1,6 +1,6 @@
 //! Turning the payloads of successive CopyData messages into rows, each with its shard key. Rows may span
 //! CopyData messages and one message may hold many rows (psql sends 8 KiB chunks, pgx a message per row), so input
-//! is buffered until [`super::lines`] finds a row's end; rows are then cut off the buffer without copying.
+//! is buffered until the line scanner (`lines.rs`) finds a row's end; rows are then cut off the buffer without copying.
 //!
 //! The header line (HEADER, HEADER MATCH) is consumed here and never forwarded: the shards' statement has no HEADER
 //! (see [`super::CopyFrom::shard_sql`]), so a shard that receives no rows has nothing to check, and MATCH is checked

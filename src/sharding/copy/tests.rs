@@ -66,7 +66,12 @@ fn samples() -> Vec<(&'static str, usize, KeyType, &'static [u8])> {
             KeyType::Int,
             b"1\ta\\tb\n-2\t\\N\n3\tline\\\nbreak\n\\x34\t\\\\\n\\065\tz\n  6 \t\xc3\xa9\xe2\x82\xac\n",
         ),
-        ("COPY t (v, k) FROM STDIN", 1, KeyType::Text, "x\tcl\u{e9}\r\ny\t\\303\\251\r\nz\t\u{1F600}\\t\r\n\\.\r\nafter\r\n".as_bytes()),
+        (
+            "COPY t (v, k) FROM STDIN",
+            1,
+            KeyType::Text,
+            "x\tcl\u{e9}\r\ny\t\\303\\251\r\nz\t\u{1F600}\\t\r\n\\.\r\nafter\r\n".as_bytes(),
+        ),
         ("COPY t (k) FROM STDIN", 0, KeyType::Text, b"a\rb\\\rc\r\r"),
         (
             "COPY t (id, note) FROM STDIN WITH (FORMAT csv, HEADER true)",
