@@ -4,6 +4,7 @@
 //! filters for online moves, check constraints refusing rows it does not own).
 
 pub mod catalog;
+pub mod copy;
 pub mod follow;
 pub mod hash;
 pub mod key;
