@@ -291,6 +291,44 @@ async fn rows_land_on_their_vshards_shard_and_scatter_matches_one_database() {
         );
         assert_eq!(count(b, "SELECT count(*) FROM countries"), 1);
     }
+
+    // The console shows the shards and per-vshard counters; shardctl says where a key goes.
+    let shard_rows = proxy.admin("SHOW SHARDS").await;
+    assert_eq!(shard_rows.len(), 3);
+    let held: usize = shard_rows
+        .iter()
+        .map(|r| r["vshards"].parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(held, VSHARDS as usize);
+    let vshard_rows = proxy.admin("SHOW VSHARDS").await;
+    assert_eq!(vshard_rows.len(), VSHARDS as usize);
+    let writes: u64 = vshard_rows
+        .iter()
+        .map(|r| r["writes"].parse::<u64>().unwrap())
+        .sum();
+    assert!(writes >= 10_000, "{writes}");
+    let (k, shard) = keys_on_different_shards().0;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardctl"))
+        .args([
+            "route",
+            "accounts",
+            &k.to_string(),
+            "--database",
+            "shop",
+            "--user",
+            "app",
+        ])
+        .arg("--config")
+        .arg(&proxy.config_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let vshard = KeyValue::Int(k).vshard(VSHARDS).unwrap();
+    assert!(
+        text.contains(&format!("vshard {vshard} -> shard {shard}")),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Two keys whose hash places them on different shards (initial placement), with their shards.

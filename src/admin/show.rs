@@ -50,12 +50,90 @@ pub fn show(ctx: &Arc<Context>, what: &str) -> Result<Output, AdminError> {
         "DATABASES" => Ok(databases(ctx)),
         "USERS" => Ok(users(ctx)),
         "REPLICAS" => Ok(replicas(ctx)),
+        "SHARDS" => Ok(shards(ctx)),
+        "VSHARDS" => Ok(vshards(ctx)),
         "VERSION" => Ok(Output::table(
             vec!["version"],
             vec![vec![s(format!("shardpool {}", env!("CARGO_PKG_VERSION")))]],
         )),
         other => Err(AdminError::Syntax(format!("unknown SHOW item {other:?}"))),
     }
+}
+
+/// Every shard of every sharded database: where it is, how many vshards it holds, what was routed to it.
+fn shards(ctx: &Arc<Context>) -> Output {
+    let config = ctx.config();
+    let mut rows: Vec<Row> = Vec::new();
+    for (name, db) in &config.databases {
+        let (Some(sh), Some(router)) = (&db.sharding, ctx.shard_router(name)) else {
+            continue;
+        };
+        let catalog = router.catalog();
+        for (i, shard) in sh.shards.iter().enumerate() {
+            let held = catalog
+                .as_ref()
+                .map(|c| c.placement.iter().filter(|s| **s as usize == i).count());
+            rows.push(vec![
+                s(name),
+                s(i),
+                s(&shard.host),
+                s(shard.port),
+                s(shard.database(name)),
+                s(shard.replicas.len()),
+                held.map(|h| h.to_string()),
+                s(router.shard_queries[i].load(Ordering::Relaxed)),
+                s(if i as u16 == sh.default_shard {
+                    "t"
+                } else {
+                    "f"
+                }),
+                catalog.as_ref().map(|c| c.epoch.to_string()),
+            ]);
+        }
+    }
+    Output::table(
+        vec![
+            "database",
+            "shard",
+            "host",
+            "port",
+            "server_database",
+            "replicas",
+            "vshards",
+            "statements",
+            "default",
+            "catalog_epoch",
+        ],
+        rows,
+    )
+}
+
+/// Per-vshard counters of every sharded database: the hot vshards are the ones a remap wants to move.
+fn vshards(ctx: &Arc<Context>) -> Output {
+    let config = ctx.config();
+    let mut rows: Vec<Row> = Vec::new();
+    for name in config.databases.keys() {
+        let Some(router) = ctx.shard_router(name) else {
+            continue;
+        };
+        let catalog = router.catalog();
+        for (v, queries) in router.vshard_queries.iter().enumerate() {
+            rows.push(vec![
+                s(name),
+                s(v),
+                catalog
+                    .as_ref()
+                    .and_then(|c| c.shard_of(v as u32))
+                    .map(|x| x.to_string()),
+                s(queries.load(Ordering::Relaxed)),
+                s(router.vshard_writes[v].load(Ordering::Relaxed)),
+            ]);
+        }
+    }
+    Output::table(
+        vec!["database", "vshard", "shard", "queries", "writes"],
+        rows,
+    )
 }
 
 /// Every server of every database in use, with its role and replication state as the monitor last saw it.

@@ -42,6 +42,13 @@ enum Command {
     Init(CatalogArgs),
     /// Print the catalog's epoch, its vshard -> shard placement and its maps.
     Map(CatalogArgs),
+    /// Where a key of a sharded table goes: its vshard and shard, by the table's map and the current catalog.
+    Route {
+        table: String,
+        key: String,
+        #[command(flatten)]
+        target: CatalogArgs,
+    },
     /// Directory map entries.
     Directory {
         #[command(subcommand)]
@@ -90,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Resume => admin(cli.url, "RESUME").await,
         Command::Init(args) => init(&args).await,
         Command::Map(args) => map(&args).await,
+        Command::Route { table, key, target } => route(&target, &table, &key).await,
         Command::Directory {
             action:
                 DirectoryAction::Set {
@@ -241,6 +249,55 @@ async fn map(args: &CatalogArgs) -> anyhow::Result<()> {
     let mut t = connect(args).await?;
     let c = catalog::load(&mut t.client).await?;
     print!("{}", render_map(&c, &t.cfg, &t.location));
+    Ok(())
+}
+
+async fn route(args: &CatalogArgs, table: &str, key: &str) -> anyhow::Result<()> {
+    let mut t = connect(args).await?;
+    let c = catalog::load(&mut t.client).await?;
+    let Some(tc) = t.cfg.tables.iter().find(|x| x.name == table) else {
+        bail!(
+            "{table} is not a sharded table of database {}",
+            args.database
+        );
+    };
+    let value = tc.key_type.parse_text(key)?;
+    let vshard = if tc.map == "hash" {
+        value
+            .vshard(c.vshards)
+            .context("a NULL key has no vshard")?
+    } else {
+        match t.cfg.maps.get(&tc.map) {
+            Some(MapConfig::Range { .. }) => c.range_vshard(&tc.map, &value)?,
+            Some(MapConfig::Directory { unknown_keys, .. }) => {
+                match c.directory_vshard(&tc.map, &value)? {
+                    Some(v) => v,
+                    None if *unknown_keys == shardpool::config::sharding::UnknownKeys::Hash => {
+                        println!("(no directory entry: placed by hash)");
+                        value
+                            .vshard(c.vshards)
+                            .context("a NULL key has no vshard")?
+                    }
+                    None => bail!(
+                        "key {key} has no entry in directory map {} (unknown_keys = error)",
+                        tc.map
+                    ),
+                }
+            }
+            None => bail!("table {table} names unknown map {}", tc.map),
+        }
+    };
+    let shard = c
+        .shard_of(vshard)
+        .with_context(|| format!("vshard {vshard} has no shard"))?;
+    let sc = t.cfg.shards.get(shard as usize);
+    println!(
+        "table {table} key {key}: map {} -> vshard {vshard} -> shard {shard}{} (catalog epoch {})",
+        tc.map,
+        sc.map(|s| format!(" ({}:{})", s.host, s.port))
+            .unwrap_or_default(),
+        c.epoch
+    );
     Ok(())
 }
 
