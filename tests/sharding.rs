@@ -434,4 +434,52 @@ async fn range_and_directory_maps_route_as_the_catalog_says() {
         rows(&c, "SELECT id FROM orders WHERE tenant = 'acme'").await,
         vec![vec![Some("2".to_owned())]]
     );
+
+    // Two instances share the catalog: a placement change is followed by both, and both route alike.
+    let second = TestProxy::start(&std::fs::read_to_string(&proxy.config_path).unwrap()).await;
+    let router2 = second.ctx().shard_router("shop").unwrap();
+    common::eventually(
+        Duration::from_secs(30),
+        "the second instance to load the catalog",
+        || {
+            let loaded = router2.catalog().is_some();
+            async move { loaded }
+        },
+    )
+    .await;
+    let key = 77i64;
+    let v = KeyValue::Int(key).vshard(VSHARDS).unwrap();
+    let from = router.catalog().unwrap().shard_of(v).unwrap();
+    let to = (from + 1) % 3;
+    let epoch = catalog::move_vshard(&mut client, v, to).await.unwrap();
+    for r in [&router, &router2] {
+        common::eventually(
+            Duration::from_secs(20),
+            "both instances to follow the move",
+            || {
+                let seen = r.catalog().unwrap().epoch >= epoch;
+                async move { seen }
+            },
+        )
+        .await;
+        assert_eq!(r.catalog().unwrap().shard_of(v), Some(to));
+    }
+    let c2 = common::connect(&shop_url(&second)).await;
+    c2.execute(
+        "INSERT INTO accounts (aid, owner, balance) VALUES ($1, 'moved', 1)",
+        &[&key],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        count(
+            &shards.backends[to as usize],
+            &format!("SELECT count(*) FROM accounts WHERE aid = {key}")
+        ),
+        1
+    );
+    assert_eq!(
+        rows(&c, &format!("SELECT owner FROM accounts WHERE aid = {key}")).await,
+        vec![vec![Some("moved".to_owned())]]
+    );
 }
