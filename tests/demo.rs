@@ -146,6 +146,25 @@ async fn demo_serves_the_sample_data_and_cleans_up_on_sigint() {
     assert_eq!(accounts, 100);
     drop(client);
 
+    // The sharded database: its 1,000 seeded accounts, merged from both shards, and a keyed read.
+    let shop = common::connect(&format!("postgres://app:app@127.0.0.1:{port}/shop")).await;
+    let rows = shop
+        .simple_query("SELECT count(*) FROM accounts")
+        .await
+        .unwrap();
+    let n = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(n.as_deref(), Some("1000"));
+    let owner: String = shop
+        .query_one("SELECT owner FROM accounts WHERE aid = $1", &[&42i64])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, "user42");
+    drop(shop);
+
     kill(Pid::from_raw(demo.0.id() as i32), Signal::SIGINT).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
