@@ -147,8 +147,9 @@ async fn rows_land_on_their_vshards_shard_and_scatter_matches_one_database() {
     let (shards, proxy, _cfg) = start().await;
     let c = common::connect(&shop_url(&proxy)).await;
 
-    // 10,000 rows: half as simple-protocol literals, half as extended-protocol parameters.
-    for aid in 0..5_000i64 {
+    // 10,000 rows: simple-protocol literals, extended-protocol parameters, and COPY (text with a column list, CSV
+    // with a header and none).
+    for aid in 0..3_400i64 {
         let key = aid * 7919 - 20_000_000;
         c.batch_execute(&format!(
             "INSERT INTO accounts (aid, owner, balance) VALUES ({key}, 'owner{}', {})",
@@ -162,12 +163,50 @@ async fn rows_land_on_their_vshards_shard_and_scatter_matches_one_database() {
         .prepare("INSERT INTO accounts (aid, owner, balance) VALUES ($1, $2, $3)")
         .await
         .unwrap();
-    for aid in 5_000..10_000i64 {
+    for aid in 3_400..6_700i64 {
         let key = aid * 7919 - 20_000_000;
         let owner = format!("owner{}", aid % 37);
         let balance = (aid % 1000) as i32;
         c.execute(&insert, &[&key, &owner, &balance]).await.unwrap();
     }
+    let mut raw = common::raw::Raw::connect(proxy.port, "app", "secret", "shop").await;
+    let text: String = (6_700..8_350i64)
+        .map(|aid| {
+            format!(
+                "{}\towner{}\t{}\n",
+                aid * 7919 - 20_000_000,
+                aid % 37,
+                aid % 1000
+            )
+        })
+        .collect();
+    let tag = raw
+        .copy_in(
+            "COPY accounts (aid, owner, balance) FROM STDIN",
+            text.as_bytes(),
+            1000,
+        )
+        .await;
+    assert!(tag.contains("COPY 1650"), "{tag}");
+    let mut csv = String::from("aid,owner,balance\n");
+    for aid in 8_350..10_000i64 {
+        csv.push_str(&format!(
+            "{},\"owner{}\",{}\n",
+            aid * 7919 - 20_000_000,
+            aid % 37,
+            aid % 1000
+        ));
+    }
+    let tag = raw
+        .copy_in(
+            "COPY accounts FROM STDIN WITH (FORMAT csv, HEADER true)",
+            csv.as_bytes(),
+            777,
+        )
+        .await;
+    assert!(tag.contains("COPY 1650"), "{tag}");
+    let out = raw.copy_out("COPY accounts TO STDOUT").await;
+    assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 10_000);
     let expr = vshard_sql("aid", KeyType::Int, VSHARDS);
     let mut total = 0;
     for (i, b) in shards.backends.iter().enumerate() {

@@ -154,6 +154,14 @@ pub fn write_query(buf: &mut BytesMut, sql: &str) {
     put_message(buf, tag::QUERY, |b| put_cstr(b, sql.as_bytes()));
 }
 
+pub fn write_copy_done(buf: &mut BytesMut) {
+    put_message(buf, tag::COPY_DONE, |_| {});
+}
+
+pub fn write_copy_fail(buf: &mut BytesMut, reason: &str) {
+    put_message(buf, tag::COPY_FAIL, |b| put_cstr(b, reason.as_bytes()));
+}
+
 pub fn write_sync(buf: &mut BytesMut) {
     put_message(buf, tag::SYNC, |_| {});
 }

@@ -8,6 +8,7 @@ mod attached;
 mod client_messages;
 mod routing;
 mod sharded;
+mod sharded_copy;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;

@@ -19,8 +19,21 @@ use crate::sharding::router::{list, Placement, ShardRouter};
 pub(super) struct Fanout {
     pub sql: String,
     pub shards: Vec<u16>,
-    /// Merge results (a read) rather than run the statement everywhere and report once (DDL, writes).
-    pub scatter: bool,
+    pub kind: FanoutKind,
+}
+
+pub(super) enum FanoutKind {
+    /// A read whose rows are merged.
+    Scatter,
+    /// DDL, reference-table and allowed keyless writes: the statement everywhere, one answer.
+    Everywhere,
+    /// `COPY sharded_table FROM STDIN`: the client's rows split by key.
+    CopyIn(
+        Box<crate::sharding::copy::CopyFrom>,
+        Arc<crate::sharding::schema::ShardedTable>,
+    ),
+    /// `COPY sharded_table TO STDOUT`: the shards' outputs one after the other (`header`: send it once).
+    CopyOut { header: bool },
 }
 
 impl Session {
@@ -59,6 +72,18 @@ impl Session {
         let Some(sql) = sql.and_then(|s| std::str::from_utf8(s).ok()) else {
             return Ok(Some(self.current_shard().unwrap_or(default)));
         };
+        if frame.tag == tag::QUERY && starts_with_copy(sql) {
+            if let Some(fanout) = copy_fanout(router, sql)? {
+                if in_transaction {
+                    return Err(ClientError::error(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "COPY of a sharded table cannot run inside a transaction (transactions are bound to one shard)",
+                    ));
+                }
+                self.routing_state().fanout = Some(fanout);
+                return Ok(None);
+            }
+        }
         let analysis = router.analysis(sql);
         let Some(stmt) = analysis.combined() else {
             // Unparseable here: the default shard's Postgres will say what is wrong with it.
@@ -102,7 +127,7 @@ impl Session {
                 self.routing_state().fanout = Some(Fanout {
                     sql: sql.to_owned(),
                     shards: (0..router.shards()).collect(),
-                    scatter: false,
+                    kind: FanoutKind::Everywhere,
                 });
                 Ok(None)
             }
@@ -110,7 +135,7 @@ impl Session {
                 self.routing_state().fanout = Some(Fanout {
                     sql: sql.to_owned(),
                     shards,
-                    scatter: true,
+                    kind: FanoutKind::Scatter,
                 });
                 Ok(None)
             }
@@ -207,10 +232,18 @@ impl Session {
         }
         if let Some(e) = failure {
             e.write(&mut self.cout);
-        } else if f.scatter {
-            self.scatter(&f, &mut lent).await;
         } else {
-            self.everywhere(&f, &mut lent).await;
+            match &f.kind {
+                FanoutKind::Scatter => self.scatter(&f, &mut lent).await,
+                FanoutKind::Everywhere => self.everywhere(&f, &mut lent).await,
+                FanoutKind::CopyIn(from, table) => {
+                    let (from, table) = (from.clone(), Arc::clone(table));
+                    Box::pin(self.copy_in(&from, &table, &mut lent)).await?
+                }
+                FanoutKind::CopyOut { header } => {
+                    Box::pin(self.copy_out(&f.sql, *header, &mut lent)).await?
+                }
+            }
         }
         for (pool, server) in lent {
             if server.status == TxStatus::Idle && !server.broken {
@@ -295,4 +328,54 @@ impl Session {
             }
         }
     }
+}
+
+/// Whether a query starts with the COPY keyword (after blanks and comments are not skipped: a hint comment before
+/// COPY makes it go the ordinary way, which refuses a keyless write).
+fn starts_with_copy(sql: &str) -> bool {
+    let t = sql.trim_start();
+    t.len() >= 4 && t[..4].eq_ignore_ascii_case("copy")
+}
+
+/// The fan-out a COPY of a sharded table needs; `None` when the COPY is not about a sharded table.
+fn copy_fanout(router: &ShardRouter, sql: &str) -> Result<Option<Fanout>, ClientError> {
+    use crate::sharding::copy::{CopySource, CopyStatement};
+    use crate::sharding::schema::TableKind;
+    let parsed =
+        CopyStatement::parse(sql).map_err(|e| ClientError::error(e.sqlstate(), e.to_string()))?;
+    let sharded = |name: &crate::sharding::copy::TableName| {
+        let full = match &name.schema {
+            Some(s) => format!("{s}.{}", name.name),
+            None => name.name.clone(),
+        };
+        match router.schema.lookup_str(&full) {
+            Some(TableKind::Sharded(t)) => Some(Arc::clone(t)),
+            _ => None,
+        }
+    };
+    let all: Vec<u16> = (0..router.shards()).collect();
+    Ok(match parsed {
+        Some(CopyStatement::Split(from)) => sharded(&from.table).map(|t| Fanout {
+            sql: sql.to_owned(),
+            shards: all,
+            kind: FanoutKind::CopyIn(Box::new(from), t),
+        }),
+        Some(CopyStatement::Concatenate(to)) => match &to.source {
+            CopySource::Table { table, .. } => sharded(table).map(|_| Fanout {
+                sql: sql.to_owned(),
+                shards: all,
+                kind: FanoutKind::CopyOut {
+                    header: to.options.header == crate::sharding::copy::HeaderLine::Present,
+                },
+            }),
+            CopySource::Query(_) => {
+                return Err(ClientError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "COPY (query) TO STDOUT is not supported on a sharded database: concatenating shards is only \
+                     correct for a table; use COPY table TO STDOUT, or a SELECT (which is merged)",
+                ))
+            }
+        },
+        None => None,
+    })
 }
