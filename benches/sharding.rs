@@ -39,5 +39,59 @@ fn hashing(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, hashing);
+/// The whole routing decision for a keyed statement: analysis (parse + key extraction; cached by text after the
+/// first time) and placement (key -> vshard -> shard through the catalog).
+fn routing_decision(c: &mut Criterion) {
+    use shardpool::config::sharding::ShardingConfig;
+    use shardpool::sharding::catalog::{initial_shard, Catalog};
+    use shardpool::sharding::keys::analyze_sql;
+    use shardpool::sharding::router::ShardRouter;
+
+    let cfg: ShardingConfig = toml::from_str(
+        "vshards = 4096\n[[shards]]\nhost = \"a\"\nport = 1\n[[shards]]\nhost = \"b\"\nport = 1\n\
+         [[tables]]\nname = \"pgbench_accounts\"\nkey = \"aid\"\ntype = \"int4\"\nmap = \"hash\"\n",
+    )
+    .expect("config");
+    let router = ShardRouter::new("bench", &cfg).expect("router");
+    router.install_catalog(Catalog {
+        epoch: 1,
+        vshards: 4096,
+        placement: (0..4096).map(|v| initial_shard(v, 4096, 2)).collect(),
+        directories: Default::default(),
+        ranges: Default::default(),
+    });
+    let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213";
+    let mut g = c.benchmark_group("shard_routing");
+    g.bench_function("cached_analysis_and_placement", |b| {
+        b.iter(|| {
+            let a = router.analysis(black_box(sql));
+            let stmt = a.combined().expect("analysed");
+            router.place(stmt, None).expect("placed")
+        })
+    });
+    g.bench_function("uncached_parse_analysis_and_placement", |b| {
+        b.iter(|| {
+            let a = analyze_sql(black_box(sql), &router.schema);
+            let stmt = a.combined().expect("analysed");
+            router.place(stmt, None).expect("placed")
+        })
+    });
+    // A prepared statement executed with a Bind parameter (binary int4), as pgbench -M prepared does.
+    let prepared = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
+    let value = 48213i32.to_be_bytes();
+    let params: [Option<&[u8]>; 1] = [Some(&value)];
+    let formats = [1i16];
+    g.bench_function("cached_with_bind_parameter", |b| {
+        b.iter(|| {
+            let a = router.analysis(black_box(prepared));
+            let stmt = a.combined().expect("analysed");
+            router
+                .place(stmt, Some((&params[..], &formats[..])))
+                .expect("placed")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, hashing, routing_decision);
 criterion_main!(benches);

@@ -132,6 +132,12 @@ impl ShardRouter {
         });
     }
 
+    /// Routes by a fixed catalog instead of following one (benchmarks, and tools that route offline).
+    pub fn install_catalog(&self, catalog: Catalog) {
+        self.catalog
+            .store(Some(Arc::new(ArcSwap::from_pointee(catalog))));
+    }
+
     pub fn catalog(&self) -> Option<Arc<Catalog>> {
         self.catalog.load().as_ref().map(|c| c.load_full())
     }
