@@ -439,6 +439,8 @@ impl Session {
             return;
         };
         self.on_detached();
+        // Idle from now on, before the client hears the transaction's end: SHOW CLIENTS must not lag behind it.
+        self.registration.info.set_state(ClientState::Idle);
         self.registration.info.set_server(None);
         if let Some(t) = self.xact_started.take() {
             let stats = &self.pool.stats;
