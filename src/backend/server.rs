@@ -89,9 +89,7 @@ impl ServerConn {
     /// Runs a query shardpool issues itself (health check, reset, rollback) and waits for ReadyForQuery, discarding
     /// results. Returns the first error the server reported, if any.
     pub async fn simple_query(&mut self, sql: &str) -> Result<Option<ErrorFields>, ServerIoError> {
-        let mut out = BytesMut::new();
-        write_query(&mut out, sql);
-        self.stream.write_all(&out).await?;
+        self.send_query(sql).await?;
         self.drain_until_ready().await
     }
 
@@ -101,46 +99,26 @@ impl ServerConn {
         &mut self,
         sql: &str,
     ) -> Result<Vec<Vec<Option<String>>>, ServerIoError> {
-        let mut out = BytesMut::new();
-        write_query(&mut out, sql);
-        self.stream.write_all(&out).await?;
+        self.send_query(sql).await?;
         let mut rows = Vec::new();
-        let mut first_error = None;
-        loop {
-            while let Some(frame) =
-                split_frame(&mut self.rbuf).map_err(|e| ServerIoError::Protocol(e.to_string()))?
-            {
-                match frame.tag {
-                    tag::DATA_ROW => {
-                        let values = crate::protocol::backend::parse_data_row(frame.body())
-                            .ok_or_else(|| ServerIoError::Protocol("bad DataRow".into()))?;
-                        rows.push(
-                            values
-                                .into_iter()
-                                .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
-                                .collect(),
-                        );
-                    }
-                    tag::READY_FOR_QUERY => {
-                        self.status = parse_ready_for_query(frame.body())
-                            .ok_or_else(|| ServerIoError::Protocol("bad ReadyForQuery".into()))?;
-                        return match first_error {
-                            Some(e) => Err(ServerIoError::Postgres(e)),
-                            None => Ok(rows),
-                        };
-                    }
-                    tag::ERROR_RESPONSE if first_error.is_none() => {
-                        first_error = Some(ErrorFields::parse(frame.body()))
-                    }
-                    tag::PARAMETER_STATUS => {
-                        if let Some((k, v)) = parse_parameter_status(frame.body()) {
-                            self.reported.insert(k, v);
-                        }
-                    }
-                    _ => {}
+        let error = self
+            .read_to_ready(|tag_byte, body| {
+                if tag_byte == tag::DATA_ROW {
+                    let values = crate::protocol::backend::parse_data_row(body)
+                        .ok_or_else(|| ServerIoError::Protocol("bad DataRow".into()))?;
+                    rows.push(
+                        values
+                            .into_iter()
+                            .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+                            .collect(),
+                    );
                 }
-            }
-            self.read_more().await?;
+                Ok(())
+            })
+            .await?;
+        match error {
+            Some(e) => Err(ServerIoError::Postgres(e)),
+            None => Ok(rows),
         }
     }
 
@@ -149,44 +127,38 @@ impl ServerConn {
         &mut self,
         sql: &str,
     ) -> Result<(Vec<String>, Option<ErrorFields>), ServerIoError> {
+        self.send_query(sql).await?;
+        let mut tags = Vec::new();
+        let error = self
+            .read_to_ready(|tag_byte, body| {
+                if tag_byte == tag::COMMAND_COMPLETE {
+                    let text = crate::protocol::backend::parse_command_complete(body);
+                    tags.push(String::from_utf8_lossy(text).into_owned());
+                }
+                Ok(())
+            })
+            .await?;
+        Ok((tags, error))
+    }
+
+    async fn send_query(&mut self, sql: &str) -> Result<(), ServerIoError> {
         let mut out = BytesMut::new();
         write_query(&mut out, sql);
         self.stream.write_all(&out).await?;
-        let mut tags = Vec::new();
-        let mut first_error = None;
-        loop {
-            while let Some(frame) =
-                split_frame(&mut self.rbuf).map_err(|e| ServerIoError::Protocol(e.to_string()))?
-            {
-                match frame.tag {
-                    tag::COMMAND_COMPLETE => tags.push(
-                        String::from_utf8_lossy(crate::protocol::backend::parse_command_complete(
-                            frame.body(),
-                        ))
-                        .into_owned(),
-                    ),
-                    tag::READY_FOR_QUERY => {
-                        self.status = parse_ready_for_query(frame.body())
-                            .ok_or_else(|| ServerIoError::Protocol("bad ReadyForQuery".into()))?;
-                        return Ok((tags, first_error));
-                    }
-                    tag::ERROR_RESPONSE if first_error.is_none() => {
-                        first_error = Some(ErrorFields::parse(frame.body()))
-                    }
-                    tag::PARAMETER_STATUS => {
-                        if let Some((k, v)) = parse_parameter_status(frame.body()) {
-                            self.reported.insert(k, v);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            self.read_more().await?;
-        }
+        Ok(())
     }
 
     /// Reads and discards messages until ReadyForQuery; used for shardpool's own queries and for cleanup.
     pub async fn drain_until_ready(&mut self) -> Result<Option<ErrorFields>, ServerIoError> {
+        self.read_to_ready(|_, _| Ok(())).await
+    }
+
+    /// Reads messages up to ReadyForQuery, showing each to `on` and keeping ParameterStatus and the transaction
+    /// status; returns the first ErrorResponse.
+    async fn read_to_ready(
+        &mut self,
+        mut on: impl FnMut(u8, &[u8]) -> Result<(), ServerIoError>,
+    ) -> Result<Option<ErrorFields>, ServerIoError> {
         let mut first_error = None;
         loop {
             while let Some(frame) =
@@ -206,7 +178,7 @@ impl ServerConn {
                             self.reported.insert(k, v);
                         }
                     }
-                    _ => {}
+                    other => on(other, frame.body())?,
                 }
             }
             self.read_more().await?;
