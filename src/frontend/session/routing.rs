@@ -90,25 +90,10 @@ impl Session {
         if let Some(r) = self.routing.as_mut() {
             r.excluded.clear();
         }
-        // A Bind runs a statement prepared earlier: its text is the client's definition of that statement.
-        let def = match frame.tag {
-            tag::BIND => {
-                parse_bind(frame.body()).and_then(|b| self.statements.get(b.statement).cloned())
-            }
-            _ => None,
-        };
-        let text = match frame.tag {
-            tag::QUERY => query_text(frame.body()),
-            tag::PARSE => parse_parse(frame.body()).map(|p| p.query),
-            tag::BIND => def.as_ref().map(|d| &d.query[..]),
-            _ => None,
-        };
-        let text = text.and_then(|t| std::str::from_utf8(t).ok());
         if frame.tag == tag::QUERY {
-            if let Some(sql) = text {
-                if self.answer_proxy_command(sql) {
-                    return None;
-                }
+            let sql = query_text(frame.body()).and_then(|t| std::str::from_utf8(t).ok());
+            if sql.is_some_and(|sql| self.answer_proxy_command(sql)) {
+                return None;
             }
         }
         let deferred = self
@@ -146,6 +131,21 @@ impl Session {
         if self.mode == crate::config::PoolMode::Session {
             return Some(Route::Primary { capture: false });
         }
+        // Only now, past the fast paths, is the statement text looked up (a Bind's means a map lookup).
+        // A Bind runs a statement prepared earlier: its text is the client's definition of that statement.
+        let def = match frame.tag {
+            tag::BIND => {
+                parse_bind(frame.body()).and_then(|b| self.statements.get(b.statement).cloned())
+            }
+            _ => None,
+        };
+        let text = match frame.tag {
+            tag::QUERY => query_text(frame.body()),
+            tag::PARSE => parse_parse(frame.body()).map(|p| p.query),
+            tag::BIND => def.as_ref().map(|d| &d.query[..]),
+            _ => None,
+        };
+        let text = text.and_then(|t| std::str::from_utf8(t).ok());
         let Some(sql) = text else {
             return Some(self.write_route(deferred, "no statement text"));
         };
