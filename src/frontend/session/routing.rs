@@ -725,12 +725,11 @@ fn parse_token(token: &str) -> Option<u64> {
 
 /// BEGIN forms whose deferral cannot change their meaning: no options that could fail when finally sent.
 fn is_bare_begin(sql: &str) -> bool {
-    let t = sql.trim().trim_end_matches(';').trim();
-    let mut words = t.split_ascii_whitespace().map(|w| w.to_ascii_lowercase());
-    let w: Vec<String> = words.by_ref().take(3).collect();
-    let w: Vec<&str> = w.iter().map(String::as_str).collect();
-    matches!(
-        w.as_slice(),
-        ["begin"] | ["begin", "transaction"] | ["begin", "work"] | ["start", "transaction"]
-    )
+    let mut words = sql.trim().trim_end_matches(';').split_ascii_whitespace();
+    let is = |w: Option<&str>, want: &str| w.is_some_and(|w| w.eq_ignore_ascii_case(want));
+    let (first, second, third) = (words.next(), words.next(), words.next());
+    third.is_none()
+        && ((is(first, "begin")
+            && (second.is_none() || is(second, "transaction") || is(second, "work")))
+            || (is(first, "start") && is(second, "transaction")))
 }
