@@ -1,6 +1,7 @@
 //! The client side of the proxy: accepting connections, the startup handshake and login, and the session that
 //! multiplexes a client's transactions onto pooled server connections.
 
+pub mod buffers;
 pub mod handshake;
 pub mod listener;
 pub mod login;

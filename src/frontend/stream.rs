@@ -29,7 +29,9 @@ impl ClientStream {
         match self {
             ClientStream::Plain(s) => loop {
                 s.readable().await?;
-                if buf.capacity() - buf.len() < 1024 {
+                if buf.capacity() == 0 {
+                    *buf = super::buffers::take(CLIENT_READ_CHUNK);
+                } else if buf.capacity() - buf.len() < 1024 {
                     buf.reserve(CLIENT_READ_CHUNK);
                 }
                 // One read attempt through `poll_read` rather than `try_read_buf`: on a short read (the usual case,
@@ -42,7 +44,7 @@ impl ClientStream {
                         // Readiness was stale (left over from the last read): give the buffer back before
                         // waiting again, or every idle client would sit on a full read buffer.
                         if buf.is_empty() {
-                            *buf = BytesMut::new();
+                            super::buffers::give(buf);
                         }
                         continue;
                     }

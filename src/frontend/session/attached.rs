@@ -6,7 +6,6 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
@@ -94,7 +93,7 @@ impl Session {
         let client = &mut self.client;
         let (cin, cout, sout) = (&mut self.cin, &mut self.cout, &mut self.sout);
         let to_client = &mut self.bytes_to_client;
-        let stats = &self.pool.stats;
+        let from_client = &mut self.tally.bytes_in;
         let (stream, sin) = (&mut server.stream, &mut server.rbuf);
         poll_fn(|cx| {
             let mut ev = PumpEvent::default();
@@ -103,15 +102,13 @@ impl Session {
             if !hold {
                 write_some(cx, Pin::new(&mut *client), cout).map_err(SessionError::ClientIo)?;
             }
-            let written = (before - cout.len()) as u64;
-            *to_client += written;
-            stats.bytes_sent.fetch_add(written, Ordering::Relaxed);
+            *to_client += (before - cout.len()) as u64;
             if sout.len() < HIGH_WATER {
                 reserve(cin);
                 match poll_read_buf(Pin::new(&mut *client), cx, cin) {
                     Poll::Ready(Ok(0)) => ev.client_eof = true,
                     Poll::Ready(Ok(n)) => {
-                        stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                        *from_client += n as u64;
                         ev.client_data = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
@@ -298,8 +295,12 @@ impl Session {
                 }
                 if outcome.forward {
                     self.replayed = false;
-                    self.pool.stats.query_count.fetch_add(1, Ordering::Relaxed);
+                    self.tally.queries += 1;
                     if status == TxStatus::Idle {
+                        if self.mode == crate::config::PoolMode::Session || self.pinned.is_some() {
+                            // No release ends this transaction: settle the counters here instead.
+                            self.settle_stats();
+                        }
                         if !self.batch_failed && !self.last_was_rollback {
                             self.commit_effects(server);
                         } else {

@@ -106,6 +106,18 @@ pub struct Session {
     routing: Option<Box<routing::RoutingState>>,
     /// Bytes written to the client so far: tells whether a failed read already showed the client something.
     bytes_to_client: u64,
+    tally: Tally,
+}
+
+/// Pool counters this session has not added to its pool yet. Adding them once per transaction instead of on every
+/// read and write keeps the pool's shared counters (one cache line for all its clients) from bouncing between the
+/// runtime's threads several times per transaction.
+#[derive(Debug, Default)]
+struct Tally {
+    bytes_in: u64,
+    queries: u64,
+    /// `bytes_to_client` as of the last settlement.
+    settled_out: u64,
 }
 
 impl Session {
@@ -165,6 +177,7 @@ impl Session {
             xact_started: None,
             routing,
             bytes_to_client: 0,
+            tally: Tally::default(),
         }
     }
 
@@ -209,28 +222,35 @@ impl Session {
                     continue;
                 }
             };
-            // The attached state's futures are boxed: an idle session's task then holds only what idleness needs.
-            Box::pin(self.attach(route, &frame)).await?;
-            if self.server.is_none() {
-                // Attach failed and the error is queued for the client: send it before waiting for more input.
-                if self.cin.is_empty() {
-                    self.flush_client().await?;
-                }
-                continue;
+            // The attached state's future is boxed (once per transaction): an idle session's task then holds only
+            // what idleness needs.
+            Box::pin(self.transaction(route, frame)).await?;
+        }
+    }
+
+    /// One transaction (or, in session mode, the rest of the session) on a server: attach, pump until the server
+    /// can go back, and re-run a replica read that failed unseen.
+    async fn transaction(&mut self, route: Route, frame: Frame) -> Result<(), SessionError> {
+        self.attach(route, &frame).await?;
+        if self.server.is_none() {
+            // Attach failed and the error is queued for the client: send it before waiting for more input.
+            if self.cin.is_empty() {
+                self.flush_client().await?;
             }
-            if self.on_client_frame(frame)? == Flow::ClientGone {
-                return Err(SessionError::ClientGone);
-            }
-            loop {
-                match Box::pin(self.run_attached()).await {
-                    Err(e) if self.read_can_be_retried(&e) => {
-                        if !Box::pin(self.retry_read(e)).await? {
-                            // No server for the retry; the client has the error.
-                            break;
-                        }
+            return Ok(());
+        }
+        if self.on_client_frame(frame)? == Flow::ClientGone {
+            return Err(SessionError::ClientGone);
+        }
+        loop {
+            match self.run_attached().await {
+                Err(e) if self.read_can_be_retried(&e) => {
+                    if !Box::pin(self.retry_read(e)).await? {
+                        // No server for the retry; the client has the error.
+                        return Ok(());
                     }
-                    other => break other?,
                 }
+                other => return other,
             }
         }
     }
@@ -245,12 +265,13 @@ impl Session {
                 Err(e) => return Err(protocol_violation(e.to_string())),
             }
             if self.cin.is_empty() {
-                // Idle clients hold no buffers: this is what keeps thousands of idle clients cheap.
-                self.cin = BytesMut::new();
+                // Idle clients hold no buffers: this is what keeps thousands of idle clients cheap. The next
+                // transaction on this thread reuses them.
+                crate::frontend::buffers::give(&mut self.cin);
                 if self.cout.is_empty() {
-                    self.cout = BytesMut::new();
+                    crate::frontend::buffers::give(&mut self.cout);
                 }
-                self.sout = BytesMut::new();
+                crate::frontend::buffers::give(&mut self.sout);
             }
             if self.ctx.is_shutting_down() {
                 return Err(SessionError::Terminated(ClientError::fatal(
@@ -273,10 +294,7 @@ impl Session {
             if n == 0 {
                 return Ok(None);
             }
-            self.pool
-                .stats
-                .bytes_received
-                .fetch_add(n as u64, Ordering::Relaxed);
+            self.tally.bytes_in += n as u64;
         }
     }
 
@@ -344,9 +362,12 @@ impl Session {
         info.set_state(ClientState::Active);
         info.set_server(Some((server.addr, server.cancel_key, server.id)));
         self.sync_settings(&mut server);
-        // One allocation each for the transaction instead of a chain of regrowths.
-        self.sout.reserve(4096);
-        self.cout.reserve(4096);
+        // Room for the transaction's traffic up front instead of a chain of regrowths, from the thread's spares.
+        for buf in [&mut self.sout, &mut self.cout] {
+            if buf.capacity() == 0 {
+                *buf = crate::frontend::buffers::take(4096);
+            }
+        }
         self.xact_started = Some(Instant::now());
         self.batch_failed = false;
         self.last_was_rollback = false;
@@ -449,7 +470,30 @@ impl Session {
                 .xact_time_us
                 .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
+        self.settle_stats();
         self.pool.checkin(server);
+    }
+
+    /// Adds what the session counted since the last time to its pool's counters (SHOW STATS lags by at most the
+    /// transaction in progress, and the bytes of its last reply).
+    fn settle_stats(&mut self) {
+        let stats = &self.pool.stats;
+        let t = &mut self.tally;
+        let out = self.bytes_to_client - t.settled_out;
+        if out > 0 {
+            stats.bytes_sent.fetch_add(out, Ordering::Relaxed);
+            t.settled_out = self.bytes_to_client;
+        }
+        if t.bytes_in > 0 {
+            stats
+                .bytes_received
+                .fetch_add(std::mem::take(&mut t.bytes_in), Ordering::Relaxed);
+        }
+        if t.queries > 0 {
+            stats
+                .query_count
+                .fetch_add(std::mem::take(&mut t.queries), Ordering::Relaxed);
+        }
     }
 
     /// The client left (or was thrown out) while holding a server. An idle-in-transaction server is rolled back and
@@ -495,10 +539,6 @@ impl Session {
         if self.cout.is_empty() {
             return Ok(());
         }
-        self.pool
-            .stats
-            .bytes_sent
-            .fetch_add(self.cout.len() as u64, Ordering::Relaxed);
         self.client
             .write_all(&self.cout)
             .await
@@ -548,6 +588,7 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.settle_stats();
         self.home.stats.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
