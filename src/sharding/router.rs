@@ -4,13 +4,11 @@
 //! fan-out; DDL and reference-table writes run on every shard. The catalog snapshot comes from a follower that keeps
 //! it current; routing reads it with one atomic load.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use xxhash_rust::xxh3::xxh3_64;
 
 use super::catalog::{self, Catalog};
 use super::follow::{CatalogFollower, FollowOptions};
@@ -19,6 +17,7 @@ use super::keys::{analyze_sql, bind_keys, ShardAnalysis, StatementKind, Statemen
 use super::schema::{ShardSchema, ShardedTable};
 use crate::config::sharding::{MapConfig, ShardingConfig, UnknownKeys};
 use crate::error::{sqlstate, ClientError};
+use crate::router::analysis_cache::{StripedCache, DEFAULT_MAX_BYTES};
 
 /// Where a statement runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,15 +31,15 @@ pub enum Placement {
     Scatter(Vec<u16>),
 }
 
-/// A statement text and its analysis (the text is compared on lookup: a hash collision must not misroute).
-type CachedAnalysis = (Box<str>, Arc<ShardAnalysis>);
-
 /// Parameter values and their format codes from a Bind.
 pub type Params<'a> = (&'a [Option<&'a [u8]>], &'a [i16]);
 
-/// Cached analyses beyond this many are dropped wholesale (a workload with that many distinct texts is not
-/// using prepared statements, and re-parsing is then the cost it already pays elsewhere).
+/// Cached analyses beyond this many are evicted (CLOCK): a workload with more distinct texts is not using prepared
+/// statements, and re-parsing is then the cost it already pays elsewhere.
 const MAX_CACHED: usize = 10_000;
+
+/// Shard analyses depend only on the text and the (fixed) configuration: nothing ever invalidates them.
+const ANALYSIS_GENERATION: u64 = 0;
 
 pub struct ShardRouter {
     pub database: String,
@@ -49,7 +48,8 @@ pub struct ShardRouter {
     /// The follower's snapshot cell, once the catalog could be loaded.
     catalog: ArcSwapOption<ArcSwap<Catalog>>,
     follower: Mutex<Option<CatalogFollower>>,
-    analyses: Mutex<HashMap<u64, CachedAnalysis>>,
+    /// Lock-striped (see `router::analysis_cache`): sessions on different threads rarely wait on each other.
+    analyses: StripedCache<ShardAnalysis>,
     /// Statements routed by key to each vshard, and rows written to it (INSERT rows; one per keyed UPDATE/DELETE):
     /// what a remap wants to know to pick hot vshards.
     pub vshard_queries: Box<[AtomicU64]>,
@@ -83,7 +83,7 @@ impl ShardRouter {
             schema,
             catalog: ArcSwapOption::empty(),
             follower: Mutex::new(None),
-            analyses: Mutex::new(HashMap::new()),
+            analyses: StripedCache::new(MAX_CACHED, DEFAULT_MAX_BYTES),
             vshard_queries: counters(config.vshards as usize),
             vshard_writes: counters(config.vshards as usize),
             shard_queries: counters(config.shards.len()),
@@ -146,24 +146,10 @@ impl ShardRouter {
         self.config.shards.len() as u16
     }
 
-    /// The shard analysis of a statement text, cached by text.
+    /// The shard analysis of a statement text, cached by text (compared on every hit: a hash collision is a miss).
     pub fn analysis(&self, sql: &str) -> Arc<ShardAnalysis> {
-        let h = xxh3_64(sql.as_bytes());
-        {
-            let cache = self.analyses.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((text, a)) = cache.get(&h) {
-                if &**text == sql {
-                    return Arc::clone(a);
-                }
-            }
-        }
-        let a = Arc::new(analyze_sql(sql, &self.schema));
-        let mut cache = self.analyses.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= MAX_CACHED {
-            cache.clear();
-        }
-        cache.insert(h, (sql.into(), Arc::clone(&a)));
-        a
+        self.analyses
+            .get_or_insert_with(sql, ANALYSIS_GENERATION, || analyze_sql(sql, &self.schema))
     }
 
     /// The vshard of a key of `table`.
