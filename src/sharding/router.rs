@@ -5,7 +5,7 @@
 //! it current; routing reads it with one atomic load.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -13,8 +13,11 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use super::catalog::{self, Catalog};
 use super::follow::{CatalogFollower, FollowOptions};
 use super::key::KeyValue;
-use super::keys::{analyze_sql, bind_keys, ShardAnalysis, StatementKind, StatementShards, Target};
-use super::schema::{ShardSchema, ShardedTable};
+use super::keys::{
+    analyze_sql_with, bind_keys, ShardAnalysis, StatementKind, StatementShards, Target,
+};
+use super::recorder::DirectoryRecorder;
+use super::schema::{ShardSchema, ShardedTable, TableColumns};
 use crate::config::sharding::{MapConfig, ShardingConfig, UnknownKeys};
 use crate::error::{sqlstate, ClientError};
 use crate::router::analysis_cache::{StripedCache, DEFAULT_MAX_BYTES};
@@ -38,8 +41,13 @@ pub type Params<'a> = (&'a [Option<&'a [u8]>], &'a [i16]);
 /// statements, and re-parsing is then the cost it already pays elsewhere.
 const MAX_CACHED: usize = 10_000;
 
-/// Shard analyses depend only on the text and the (fixed) configuration: nothing ever invalidates them.
-const ANALYSIS_GENERATION: u64 = 0;
+/// The column order of sharded tables as last read, with a generation that changes with it: analyses of
+/// column-less INSERTs depend on it, so the analysis cache drops entries made under an older generation.
+#[derive(Default)]
+struct ColumnState {
+    generation: u64,
+    columns: TableColumns,
+}
 
 pub struct ShardRouter {
     pub database: String,
@@ -50,6 +58,10 @@ pub struct ShardRouter {
     follower: Mutex<Option<CatalogFollower>>,
     /// Lock-striped (see `router::analysis_cache`): sessions on different threads rarely wait on each other.
     analyses: StripedCache<ShardAnalysis>,
+    columns: ArcSwap<ColumnState>,
+    /// Writes directory entries for keys placed by the `unknown_keys = "hash"` policy; set once the catalog is
+    /// followed (an instance routing by a fixed catalog records nothing).
+    recorder: OnceLock<DirectoryRecorder>,
     /// Statements routed by key to each vshard, and rows written to it (INSERT rows; one per keyed UPDATE/DELETE):
     /// what a remap wants to know to pick hot vshards.
     pub vshard_queries: Box<[AtomicU64]>,
@@ -84,6 +96,8 @@ impl ShardRouter {
             catalog: ArcSwapOption::empty(),
             follower: Mutex::new(None),
             analyses: StripedCache::new(MAX_CACHED, DEFAULT_MAX_BYTES),
+            columns: ArcSwap::from_pointee(ColumnState::default()),
+            recorder: OnceLock::new(),
             vshard_queries: counters(config.vshards as usize),
             vshard_writes: counters(config.vshards as usize),
             shard_queries: counters(config.shards.len()),
@@ -117,6 +131,12 @@ impl ShardRouter {
                             tracing::warn!(database = %router.database, problem = %p, "catalog and config disagree");
                         }
                         router.catalog.store(Some(f.shared()));
+                        let _ = router.recorder.set(DirectoryRecorder::start(pg_recorder(
+                            &target,
+                            &role,
+                            password.as_deref(),
+                        )));
+                        router.follow_columns(role, password, f.epochs());
                         *router.follower.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
                         tracing::info!(database = %router.database, "shard catalog loaded");
                         return;
@@ -130,6 +150,100 @@ impl ShardRouter {
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
         });
+    }
+
+    /// Keeps the column order of sharded tables current: read from the default shard now, after every catalog
+    /// reload and every `catalog_check_interval` (a DDL that reorders columns changes no epoch). Ends with the
+    /// follower.
+    fn follow_columns(
+        self: &Arc<Self>,
+        role: String,
+        password: Option<String>,
+        mut epochs: tokio::sync::watch::Receiver<i64>,
+    ) {
+        let shard = &self.config.shards[usize::from(self.config.default_shard)];
+        let target = crate::config::sharding::CatalogTarget {
+            host: shard.host.clone(),
+            port: shard.port,
+            database: shard.database(&self.database).to_owned(),
+        };
+        let pg = catalog::connect_config(
+            &target,
+            &role,
+            password.as_deref(),
+            "shardpool column reader",
+        );
+        let period = self.config.check_interval();
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut client: Option<tokio_postgres::Client> = None;
+            loop {
+                let Some(router) = me.upgrade() else { return };
+                if client
+                    .as_ref()
+                    .is_none_or(tokio_postgres::Client::is_closed)
+                {
+                    client = match pg.connect(tokio_postgres::NoTls).await {
+                        Ok((c, conn)) => {
+                            tokio::spawn(conn);
+                            Some(c)
+                        }
+                        Err(e) => {
+                            tracing::warn!(database = %router.database, error = %e, "cannot read column order from the default shard");
+                            None
+                        }
+                    };
+                }
+                if let Some(c) = &client {
+                    match super::columns::load(c, router.schema.sharded_tables().map(|t| &**t))
+                        .await
+                    {
+                        Ok((columns, problems)) => {
+                            for p in problems {
+                                tracing::warn!(database = %router.database, problem = %p, "INSERT without a column list cannot be routed");
+                            }
+                            router.set_columns(columns);
+                        }
+                        Err(e) => {
+                            tracing::warn!(database = %router.database, error = %e, "reading column order failed")
+                        }
+                    }
+                }
+                drop(router);
+                tokio::select! {
+                    changed = epochs.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(period) => {}
+                }
+            }
+        });
+    }
+
+    /// Installs a column order (when it differs from the current one, cached analyses made under the old one are
+    /// dropped).
+    pub fn set_columns(&self, columns: TableColumns) {
+        let current = self.columns.load();
+        if current.columns == columns {
+            return;
+        }
+        self.columns.store(Arc::new(ColumnState {
+            generation: current.generation + 1,
+            columns,
+        }));
+    }
+
+    /// The key position of `table` for a column-less INSERT, when known.
+    pub fn key_position(&self, table: &str) -> Option<usize> {
+        let state = self.columns.load();
+        match self.schema.lookup_str(table)? {
+            super::schema::TableKind::Sharded(t) => state.columns.key_position(t),
+            super::schema::TableKind::Reference => None,
+        }
+    }
+
+    /// Epoch changes of the followed catalog: lets a caller wait for a reload instead of polling.
+    pub fn catalog_epochs(&self) -> Option<tokio::sync::watch::Receiver<i64>> {
+        let f = self.follower.lock().unwrap_or_else(|p| p.into_inner());
+        f.as_ref().map(CatalogFollower::epochs)
     }
 
     /// Routes by a fixed catalog instead of following one (benchmarks, and tools that route offline).
@@ -148,8 +262,10 @@ impl ShardRouter {
 
     /// The shard analysis of a statement text, cached by text (compared on every hit: a hash collision is a miss).
     pub fn analysis(&self, sql: &str) -> Arc<ShardAnalysis> {
-        self.analyses
-            .get_or_insert_with(sql, ANALYSIS_GENERATION, || analyze_sql(sql, &self.schema))
+        let cols = self.columns.load();
+        self.analyses.get_or_insert_with(sql, cols.generation, || {
+            analyze_sql_with(sql, &self.schema, &cols.columns)
+        })
     }
 
     /// The vshard of a key of `table`.
@@ -159,19 +275,33 @@ impl ShardRouter {
         table: &ShardedTable,
         key: &KeyValue,
     ) -> Result<u32, ClientError> {
+        self.placed_vshard(catalog, table, key).map(|(v, _)| v)
+    }
+
+    /// The vshard of a key of `table`, and whether it is a directory key without an entry placed by hash (an
+    /// INSERT of it gets recorded).
+    fn placed_vshard(
+        &self,
+        catalog: &Catalog,
+        table: &ShardedTable,
+        key: &KeyValue,
+    ) -> Result<(u32, bool), ClientError> {
         let vshards = catalog.vshards.max(1);
         if table.map == "hash" {
-            return key.vshard(vshards).ok_or_else(null_key);
+            return key.vshard(vshards).ok_or_else(null_key).map(|v| (v, false));
         }
         match self.config.maps.get(&table.map) {
             Some(MapConfig::Range { .. }) => catalog
                 .range_vshard(&table.map, key)
+                .map(|v| (v, false))
                 .map_err(|e| ClientError::error(sqlstate::INVALID_PARAMETER_VALUE, e.to_string())),
             Some(MapConfig::Directory { unknown_keys, .. }) => {
                 match catalog.directory_vshard(&table.map, key) {
-                    Ok(Some(v)) => Ok(v),
+                    Ok(Some(v)) => Ok((v, false)),
                     Ok(None) => match unknown_keys {
-                        UnknownKeys::Hash => key.vshard(vshards).ok_or_else(null_key),
+                        UnknownKeys::Hash => {
+                            key.vshard(vshards).ok_or_else(null_key).map(|v| (v, true))
+                        }
                         UnknownKeys::Error => Err(ClientError::error(
                             sqlstate::INVALID_PARAMETER_VALUE,
                             format!(
@@ -208,6 +338,16 @@ impl ShardRouter {
         };
         if stmt.insert_null_key {
             return Err(null_key());
+        }
+        if let Some(table) = &stmt.insert_columns_unknown {
+            return Err(ClientError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "INSERT into sharded table {table} without a column list: the table's column order has not been \
+                     read from the default shard (yet), so the position of its shard key is unknown; name the \
+                     columns, e.g. INSERT INTO {table} (key, ...) VALUES (...)"
+                ),
+            ));
         }
         if stmt.changes_key {
             return Err(ClientError::error(
@@ -271,11 +411,22 @@ impl ShardRouter {
         })?;
         let mut shards: Vec<u16> = Vec::new();
         let mut vshards = Vec::new();
+        // Directory keys placed by hash that this INSERT writes: recorded once the INSERT is routed.
+        let mut unrecorded: Vec<(&ShardedTable, &KeyValue, u32)> = Vec::new();
         for (table, key) in &bound {
             if *key == KeyValue::Null {
                 continue; // matches nothing
             }
-            let v = self.vshard(&catalog, table, key)?;
+            let (v, by_hash) = self.placed_vshard(&catalog, table, key)?;
+            if by_hash
+                && stmt.kind == StatementKind::Write
+                && stmt
+                    .insert_table
+                    .as_ref()
+                    .is_some_and(|t| t.name == table.name)
+            {
+                unrecorded.push((table, key, v));
+            }
             let s = catalog.shard_of(v).ok_or_else(|| {
                 ClientError::error(
                     sqlstate::INTERNAL_ERROR,
@@ -300,10 +451,17 @@ impl ShardRouter {
         }
         match shards.as_slice() {
             [] => Ok(default),
-            [one] => Ok(Placement::One {
-                shard: *one,
-                keyed: true,
-            }),
+            [one] => {
+                if let Some(r) = self.recorder.get() {
+                    for (table, key, v) in unrecorded {
+                        r.record(&table.map, key, v);
+                    }
+                }
+                Ok(Placement::One {
+                    shard: *one,
+                    keyed: true,
+                })
+            }
             several => {
                 if let Some(cs) = &stmt.cross_shard {
                     return Err(cross_shard(cs.to_string()));
@@ -351,6 +509,15 @@ fn describe(key: &KeyValue) -> String {
 fn table_names(stmt: &StatementShards) -> String {
     let names: Vec<&str> = stmt.sharded.iter().map(|t| t.name.as_str()).collect();
     names.join(", ")
+}
+
+/// Connection settings of the directory recorder (its own connection: it writes, the follower only reads).
+fn pg_recorder(
+    target: &crate::config::sharding::CatalogTarget,
+    role: &str,
+    password: Option<&str>,
+) -> tokio_postgres::Config {
+    catalog::connect_config(target, role, password, "shardpool directory recorder")
 }
 
 pub fn list(shards: &[u16]) -> String {

@@ -29,7 +29,7 @@ use sqlparser::ast::Statement;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use super::schema::ShardSchema;
+use super::schema::{ShardSchema, TableColumns};
 use walk::Walker;
 
 pub use bind::{bind_insert_rows, bind_keys, BindError};
@@ -57,10 +57,19 @@ impl ShardAnalysis {
 /// Analyzes already parsed statements (the router parses once for all its decisions). Never fails: what it cannot
 /// follow comes back as `Keys::None` with a [`CrossShard`] reason.
 pub fn analyze(statements: &[Statement], schema: &ShardSchema) -> ShardAnalysis {
+    analyze_with(statements, schema, &TableColumns::default())
+}
+
+/// [`analyze`], knowing the column order of sharded tables (for `INSERT` without a column list).
+pub fn analyze_with(
+    statements: &[Statement],
+    schema: &ShardSchema,
+    columns: &TableColumns,
+) -> ShardAnalysis {
     let mut each = Vec::with_capacity(statements.len());
     let mut combined = StatementShards::default();
     for st in statements {
-        let mut w = Walker::new(schema);
+        let mut w = Walker::new(schema, columns);
         w.statement(st, true);
         let s = w.finish();
         combined.absorb(&s);
@@ -74,8 +83,13 @@ pub fn analyze(statements: &[Statement], schema: &ShardSchema) -> ShardAnalysis 
 
 /// Parses with the Postgres dialect, then [`analyze`]s.
 pub fn analyze_sql(sql: &str, schema: &ShardSchema) -> ShardAnalysis {
+    analyze_sql_with(sql, schema, &TableColumns::default())
+}
+
+/// [`analyze_sql`], knowing the column order of sharded tables.
+pub fn analyze_sql_with(sql: &str, schema: &ShardSchema, columns: &TableColumns) -> ShardAnalysis {
     match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
-        Ok(statements) => analyze(&statements, schema),
+        Ok(statements) => analyze_with(&statements, schema, columns),
         Err(e) => ShardAnalysis::Unroutable {
             reason: e.to_string(),
         },

@@ -87,10 +87,13 @@ pub struct StatementShards {
     pub unsharded: Option<String>,
     pub keys: Keys,
     /// The sharded table of an `INSERT ... VALUES` and the key of each of its rows, in row order (empty when any
-    /// row's key is unknown, e.g. DEFAULT or no column list): the router splits or refuses a multi-row insert
+    /// row's key is unknown, e.g. DEFAULT, or no column list and no known column order): the router splits or refuses a multi-row insert
     /// spanning shards.
     pub insert_table: Option<Arc<ShardedTable>>,
     pub insert_rows: Vec<KeyRef>,
+    /// An `INSERT` without a column list into this sharded table, whose column order is not known (yet): where its
+    /// key is cannot be told, so it is refused rather than treated as keyless.
+    pub insert_columns_unknown: Option<String>,
     /// An inserted row has a NULL key: refuse.
     pub insert_null_key: bool,
     /// An UPDATE (or ON CONFLICT DO UPDATE) assigns the shard key: a row would have to move; refuse.
@@ -162,6 +165,10 @@ impl StatementShards {
         if self.insert_table.is_none() {
             self.insert_table.clone_from(&s.insert_table);
             self.insert_rows.clone_from(&s.insert_rows);
+        }
+        if self.insert_columns_unknown.is_none() {
+            self.insert_columns_unknown
+                .clone_from(&s.insert_columns_unknown);
         }
         self.insert_null_key |= s.insert_null_key;
         self.changes_key |= s.changes_key;

@@ -2,6 +2,7 @@
 
 mod bind;
 mod joins;
+mod positional;
 mod single;
 mod statements;
 mod subqueries;

@@ -27,7 +27,7 @@ use super::statement::{
 use super::syntax::{is_aggregate, is_inner, last_ident, single_column, strip_nested};
 use crate::sharding::key::KeyValue;
 use crate::sharding::schema::{ident_is, same_ident, TableKind};
-use crate::sharding::schema::{ShardSchema, ShardedTable};
+use crate::sharding::schema::{ShardSchema, ShardedTable, TableColumns};
 
 /// How a table name in a statement resolves.
 enum Resolved {
@@ -121,6 +121,8 @@ enum Projected<'a> {
 
 pub(super) struct Walker<'a, 's> {
     schema: &'s ShardSchema,
+    /// Column order of sharded tables, for INSERT without a column list.
+    columns: &'s TableColumns,
     insts: Vec<Inst>,
     parent: Vec<usize>,
     blocks: Vec<Block>,
@@ -137,9 +139,10 @@ pub(super) struct Walker<'a, 's> {
 }
 
 impl<'a, 's> Walker<'a, 's> {
-    pub(super) fn new(schema: &'s ShardSchema) -> Self {
+    pub(super) fn new(schema: &'s ShardSchema, columns: &'s TableColumns) -> Self {
         let mut w = Walker {
             schema,
+            columns,
             insts: Vec::new(),
             parent: Vec::new(),
             blocks: Vec::new(),

@@ -80,10 +80,18 @@ impl<'a, 's> Walker<'a, 's> {
         };
         let target = self.write_target(name, true);
         let key_pos = target.and_then(|i| {
-            let key = &self.insts[i].table.key;
+            let table = &self.insts[i].table;
+            if ins.columns.is_empty() && ins.source.is_some() {
+                // No column list: values go to the table's columns in order, which only the database knows.
+                let pos = self.columns.key_position(table);
+                if pos.is_none() && self.out.insert_columns_unknown.is_none() {
+                    self.out.insert_columns_unknown = Some(table.name.clone());
+                }
+                return pos;
+            }
             ins.columns
                 .iter()
-                .position(|c| last_ident(c).is_some_and(|id| ident_is(id, key)))
+                .position(|c| last_ident(c).is_some_and(|id| ident_is(id, &table.key)))
         });
         let mut rows: Option<Vec<KeyRef>> = None;
         if let Some(src) = &ins.source {
