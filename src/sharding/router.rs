@@ -4,6 +4,7 @@
 //! fan-out; DDL and reference-table writes run on every shard. The catalog snapshot comes from a follower that keeps
 //! it current; routing reads it with one atomic load.
 
+use std::cmp::Ordering as KeyOrder;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -14,7 +15,8 @@ use super::catalog::{self, Catalog};
 use super::follow::{CatalogFollower, FollowOptions};
 use super::key::KeyValue;
 use super::keys::{
-    analyze_sql_with, bind_keys, ShardAnalysis, StatementKind, StatementShards, Target,
+    analyze_sql_with, bind_keys, bind_range, BindError, ShardAnalysis, StatementKind,
+    StatementShards, Target,
 };
 use super::recorder::DirectoryRecorder;
 use super::schema::{ShardSchema, ShardedTable, TableColumns};
@@ -360,6 +362,9 @@ impl ShardRouter {
             Target::AnyShard | Target::DefaultShard => return Ok(default),
             Target::AllShards => return Ok(Placement::Every),
             Target::Scatter => {
+                if let Some(p) = self.place_by_range(stmt, params, &default)? {
+                    return Ok(p);
+                }
                 return match stmt.kind {
                     StatementKind::Ddl => Ok(Placement::Every),
                     StatementKind::Read | StatementKind::Other => {
@@ -483,12 +488,111 @@ impl ShardRouter {
         }
     }
 
+    /// A keyless statement whose sharded rows lie in key ranges of a range map: runs on the shards whose ranges
+    /// overlap. `None` when that does not apply (no ranges, another map, cross-shard shapes, no catalog yet) or
+    /// several shards remain for a write: the caller then treats it as keyless.
+    fn place_by_range(
+        &self,
+        stmt: &StatementShards,
+        params: Option<Params<'_>>,
+        default: &Placement,
+    ) -> Result<Option<Placement>, ClientError> {
+        if stmt.ranges.is_empty() || stmt.cross_shard.is_some() || stmt.kind == StatementKind::Ddl {
+            return Ok(None);
+        }
+        let range_maps = stmt.ranges.iter().all(|r| {
+            matches!(
+                self.config.maps.get(&r.table.map),
+                Some(MapConfig::Range { .. })
+            )
+        });
+        let Some(catalog) = self.catalog().filter(|_| range_maps) else {
+            return Ok(None);
+        };
+        let mut shards: Vec<u16> = Vec::new();
+        for r in &stmt.ranges {
+            let bound = match params {
+                Some((values, formats)) => bind_range(&r.range, r.table.key_type, values, formats),
+                None => bind_range(&r.range, r.table.key_type, &[], &[]),
+            }
+            .map_err(|e| match (params, e) {
+                // Parameters not known yet (a Parse or Describe): preparing works on any shard.
+                (None, BindError::MissingParam { .. }) => None,
+                (_, e) => Some(ClientError::error(
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    e.to_string(),
+                )),
+            });
+            let (lower, upper) = match bound {
+                Ok(b) => b,
+                Err(None) => return Ok(Some(default.clone())),
+                Err(Some(e)) => return Err(e),
+            };
+            if lower
+                .iter()
+                .chain(&upper)
+                .any(|(k, _)| *k == KeyValue::Null)
+            {
+                continue; // a comparison with NULL matches no row
+            }
+            let (lower, upper) = (
+                tightest(lower, KeyOrder::Greater),
+                tightest(upper, KeyOrder::Less),
+            );
+            let vshards = catalog
+                .range_vshards(
+                    &r.table.map,
+                    lower.as_ref().map(|(k, i)| (k, *i)),
+                    upper.as_ref().map(|(k, i)| (k, *i)),
+                )
+                .map_err(|e| {
+                    ClientError::error(sqlstate::INVALID_PARAMETER_VALUE, e.to_string())
+                })?;
+            for v in vshards {
+                let s = catalog.shard_of(v).ok_or_else(|| {
+                    ClientError::error(
+                        sqlstate::INTERNAL_ERROR,
+                        format!("vshard {v} has no shard in the catalog"),
+                    )
+                })?;
+                if !shards.contains(&s) {
+                    shards.push(s);
+                }
+            }
+        }
+        shards.sort_unstable();
+        Ok(match shards.as_slice() {
+            // No row can match: any shard answers that (with the right columns) as well as all of them.
+            [] => Some(default.clone()),
+            [one] => Some(Placement::One {
+                shard: *one,
+                keyed: true,
+            }),
+            several if stmt.kind != StatementKind::Write => {
+                Some(Placement::Scatter(several.to_vec()))
+            }
+            _ => None,
+        })
+    }
+
     /// Counts a statement run on `shard`.
     pub fn count_shard(&self, shard: u16) {
         if let Some(c) = self.shard_queries.get(shard as usize) {
             c.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// The tightest of several bounds on one side: the greatest lower bound (`towards = Greater`) or the least upper
+/// bound (`Less`); on a tie an exclusive bound is the tighter.
+fn tightest(bounds: Vec<(KeyValue, bool)>, towards: KeyOrder) -> Option<(KeyValue, bool)> {
+    bounds
+        .into_iter()
+        .reduce(|best, b| match catalog::compare_keys(&b.0, &best.0) {
+            Some(o) if o == towards => b,
+            Some(KeyOrder::Equal) if !b.1 => b,
+            _ => best,
+        })
 }
 
 fn null_key() -> ClientError {

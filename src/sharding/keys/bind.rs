@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::statement::{KeyRef, Keys, StatementShards};
+use super::statement::{Bound, KeyRange, KeyRef, Keys, StatementShards};
 use crate::sharding::key::{KeyError, KeyType, KeyValue};
 use crate::sharding::schema::ShardedTable;
 
@@ -57,6 +57,25 @@ pub fn bind_insert_rows(
         .iter()
         .map(|k| resolve(k, ty, params, formats))
         .collect()
+}
+
+/// A key range's bounds resolved with one Bind's parameters, as (value, inclusive): lower bounds, upper bounds.
+pub type BoundRange = (Vec<(KeyValue, bool)>, Vec<(KeyValue, bool)>);
+
+/// Resolves every bound of `range` (a key of type `ty`) with one Bind's parameters.
+pub fn bind_range(
+    range: &KeyRange,
+    ty: KeyType,
+    params: &[Option<&[u8]>],
+    formats: &[i16],
+) -> Result<BoundRange, BindError> {
+    let side = |bounds: &[Bound]| -> Result<Vec<(KeyValue, bool)>, BindError> {
+        bounds
+            .iter()
+            .map(|b| Ok((resolve(&b.key, ty, params, formats)?, b.inclusive)))
+            .collect()
+    };
+    Ok((side(&range.lower)?, side(&range.upper)?))
 }
 
 fn resolve(

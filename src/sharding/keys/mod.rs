@@ -13,9 +13,14 @@
 //! on their keys, a subquery that needs every shard's rows (LIMIT, DISTINCT, aggregates not grouped by the key), or
 //! a shape this walker does not understand.
 //!
+//! Range conditions (`key > 5`, `key BETWEEN $1 AND $2`, ANDs of them) on integer and uuid keys give a key range per
+//! unit ([`StatementShards::ranges`]), which a range map turns into the shards whose ranges overlap; `OR` with a
+//! range gives nothing (scatter), and a range ANDed with equalities keeps the equalities.
+//!
 //! Known limits, all on the safe side: a key limited only outside a CTE or derived table is not traced into it
-//! (`WITH x AS (SELECT * FROM t) SELECT * FROM x WHERE x.key = 1` scatters); range conditions (`key > 5`) give no key
-//! for any map; user-defined aggregates are not recognised as aggregates.
+//! (`WITH x AS (SELECT * FROM t) SELECT * FROM x WHERE x.key = 1` scatters); ranges on text keys give no range (the
+//! column's collation, not the map's byte order, decides what `>` means); user-defined aggregates are not recognised
+//! as aggregates.
 
 mod bind;
 mod literals;
@@ -32,10 +37,15 @@ use sqlparser::parser::Parser;
 use super::schema::{ShardSchema, TableColumns};
 use walk::Walker;
 
-pub use bind::{bind_insert_rows, bind_keys, BindError};
-pub use statement::{CrossShard, KeyRef, KeyUse, Keys, StatementKind, StatementShards, Target};
+pub use bind::{bind_insert_rows, bind_keys, bind_range, BindError, BoundRange};
+pub use statement::{
+    Bound, CrossShard, KeyRange, KeyRef, KeyUse, Keys, RangeUse, StatementKind, StatementShards,
+    Target,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+// Analyses live behind an `Arc` in the router's cache: the size of the unparsed variant is irrelevant.
+#[allow(clippy::large_enum_variant)]
 pub enum ShardAnalysis {
     Analyzed {
         statements: Vec<StatementShards>,

@@ -31,6 +31,37 @@ impl KeyUse {
     }
 }
 
+/// One end of a key range: the bound and whether it is included.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Bound {
+    pub key: KeyRef,
+    pub inclusive: bool,
+}
+
+/// Keys between bounds, from `key > v`, `key <= v`, `key BETWEEN a AND b` and ANDs of them. Every listed bound holds:
+/// bounds that are parameters can only be compared once bound, so all are kept and the tightest wins then.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct KeyRange {
+    pub lower: Vec<Bound>,
+    pub upper: Vec<Bound>,
+}
+
+impl KeyRange {
+    /// Both ranges hold.
+    pub fn and(mut self, other: KeyRange) -> KeyRange {
+        self.lower.extend(other.lower);
+        self.upper.extend(other.upper);
+        self
+    }
+}
+
+/// A key range of one sharded table (its unit's rows all have keys in it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeUse {
+    pub table: Arc<ShardedTable>,
+    pub range: KeyRange,
+}
+
 /// The key values a statement's sharded rows are limited to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Keys {
@@ -99,6 +130,10 @@ pub struct StatementShards {
     /// An UPDATE (or ON CONFLICT DO UPDATE) assigns the shard key: a row would have to move; refuse.
     pub changes_key: bool,
     pub cross_shard: Option<CrossShard>,
+    /// With `Keys::None` only: the key range of every sharded unit, when each has one (else empty). A range map
+    /// can then run the statement on just the shards whose ranges overlap. Integer and uuid keys only: text
+    /// comparisons follow the column's collation, and a range map orders text by bytes.
+    pub ranges: Vec<RangeUse>,
 }
 
 /// Where a statement must run, before key values are mapped to shards.
@@ -145,6 +180,12 @@ impl StatementShards {
             self.kind = s.kind;
         }
         if !s.sharded.is_empty() {
+            // Ranges narrow a string only when every statement with sharded tables has them.
+            if self.sharded.is_empty() || !self.ranges.is_empty() && !s.ranges.is_empty() {
+                self.ranges.extend(s.ranges.iter().cloned());
+            } else {
+                self.ranges.clear();
+            }
             self.keys = match (std::mem::take(&mut self.keys), &s.keys) {
                 (_, Keys::Values(v)) if self.sharded.is_empty() => Keys::Values(v.clone()),
                 (Keys::Values(mut mine), Keys::Values(v)) => {

@@ -3,6 +3,7 @@
 mod bind;
 mod joins;
 mod positional;
+mod ranges;
 mod single;
 mod statements;
 mod subqueries;

@@ -65,7 +65,10 @@ fn insert_select_reads_the_key_at_its_column_position() {
     let s = with_columns("INSERT INTO history SELECT aid, 1, 0 FROM accounts WHERE aid = 5");
     assert_eq!(
         keys_of(&s),
-        Some(vec![("history".into(), int(1)), ("accounts".into(), int(5))])
+        Some(vec![
+            ("history".into(), int(1)),
+            ("accounts".into(), int(5))
+        ])
     );
 }
 

@@ -38,6 +38,42 @@ impl<'a, 's> Walker<'a, 's> {
                 list,
                 negated: false,
             } => self.in_list(expr, list),
+            Expr::BinaryOp {
+                left,
+                op:
+                    op @ (BinaryOperator::Gt
+                    | BinaryOperator::GtEq
+                    | BinaryOperator::Lt
+                    | BinaryOperator::LtEq),
+                right,
+            } => {
+                self.visit(e);
+                self.comparison(left, op, right)
+            }
+            Expr::Between {
+                expr,
+                negated: false,
+                low,
+                high,
+            } => {
+                self.visit(e);
+                match (self.ranged_key(expr, low), self.ranged_key(expr, high)) {
+                    (Some((x, low)), Some((_, high))) => Cond::Range(
+                        x,
+                        KeyRange {
+                            lower: vec![Bound {
+                                key: low,
+                                inclusive: true,
+                            }],
+                            upper: vec![Bound {
+                                key: high,
+                                inclusive: true,
+                            }],
+                        },
+                    ),
+                    _ => Cond::True,
+                }
+            }
             Expr::AnyOp {
                 left,
                 compare_op: BinaryOperator::Eq,
@@ -92,6 +128,52 @@ impl<'a, 's> Walker<'a, 's> {
                 Cond::True
             }
         }
+    }
+
+    /// `key > v`, `v <= key`...: a range on an integer or uuid key (the caller has visited both sides).
+    pub(super) fn comparison(&mut self, l: &'a Expr, op: &BinaryOperator, r: &'a Expr) -> Cond {
+        // Written with the key on the left: `5 < key` is `key > 5`.
+        let (x, bound, op) = match (self.ranged_key(l, r), self.ranged_key(r, l)) {
+            (Some((x, k)), _) => (x, k, op.clone()),
+            (None, Some((x, k))) => (
+                x,
+                k,
+                match op {
+                    BinaryOperator::Gt => BinaryOperator::Lt,
+                    BinaryOperator::GtEq => BinaryOperator::LtEq,
+                    BinaryOperator::Lt => BinaryOperator::Gt,
+                    _ => BinaryOperator::GtEq,
+                },
+            ),
+            (None, None) => return Cond::True,
+        };
+        let inclusive = matches!(op, BinaryOperator::GtEq | BinaryOperator::LtEq);
+        let b = vec![Bound {
+            key: bound,
+            inclusive,
+        }];
+        let range = match op {
+            BinaryOperator::Gt | BinaryOperator::GtEq => KeyRange {
+                lower: b,
+                upper: Vec::new(),
+            },
+            _ => KeyRange {
+                lower: Vec::new(),
+                upper: b,
+            },
+        };
+        Cond::Range(x, range)
+    }
+
+    /// `key` is a bare key column of an integer or uuid key and `value` a key value of its type: the pair a range
+    /// condition needs. Text keys never qualify (collation order is not the map's byte order).
+    fn ranged_key(&self, key: &Expr, value: &Expr) -> Option<(usize, KeyRef)> {
+        let x = self.key_column(key)?;
+        let ty = self.insts[x].table.key_type;
+        if ty == KeyType::Text {
+            return None;
+        }
+        Some((x, key_ref(value, ty)?))
     }
 
     /// `key = other`.

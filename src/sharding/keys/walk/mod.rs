@@ -22,10 +22,11 @@ use sqlparser::ast::{
 
 use super::literals::key_ref;
 use super::statement::{
-    add_table, CrossShard, KeyRef, KeyUse, Keys, StatementKind, StatementShards,
+    add_table, Bound, CrossShard, KeyRange, KeyRef, KeyUse, Keys, RangeUse, StatementKind,
+    StatementShards,
 };
 use super::syntax::{is_aggregate, is_inner, last_ident, single_column, strip_nested};
-use crate::sharding::key::KeyValue;
+use crate::sharding::key::{KeyType, KeyValue};
 use crate::sharding::schema::{ident_is, same_ident, TableKind};
 use crate::sharding::schema::{ShardSchema, ShardedTable, TableColumns};
 
@@ -48,7 +49,7 @@ struct Inst {
 struct Block {
     depth: u32,
     /// Key limits this block's conditions put on each of its units, keyed by the unit's root when the block ended.
-    constraints: Vec<(usize, Vec<KeyRef>)>,
+    constraints: Vec<(usize, Limit)>,
     /// What in this block needs all of its input rows at once (LIMIT, DISTINCT, a window function...): run per
     /// shard, it would see only that shard's rows.
     needs_all: Option<&'static str>,
@@ -85,6 +86,7 @@ struct Frame<'a> {
 enum Cond {
     True,
     Pin(usize, Vec<KeyRef>),
+    Range(usize, KeyRange),
     And(Vec<Cond>),
     Or(Vec<Cond>),
 }
@@ -109,6 +111,13 @@ fn or(a: Cond, b: Cond) -> Cond {
         }
         (a, b) => Cond::Or(vec![a, b]),
     }
+}
+
+/// What a block's conditions limit one unit's keys to.
+#[derive(Clone)]
+enum Limit {
+    Values(Vec<KeyRef>),
+    Range(KeyRange),
 }
 
 /// What a query's output column at a given position is.

@@ -106,24 +106,45 @@ impl<'a, 's> Walker<'a, 's> {
     pub(super) fn constraint_of(&mut self, i: usize) -> Option<Vec<KeyRef>> {
         let r = self.find(i);
         let b = self.insts[i].block;
-        let found = self.blocks[b]
-            .constraints
-            .iter()
-            .position(|(u, _)| *u == r)?;
-        Some(self.blocks[b].constraints[found].1.clone())
+        match self.limit_of(r, b)? {
+            Limit::Values(v) => Some(v.clone()),
+            Limit::Range(_) => None,
+        }
     }
 
-    pub(super) fn eval(&mut self, c: Cond) -> Vec<(usize, Vec<KeyRef>)> {
+    /// The key range block-level conditions put on the unit of `i`, when that is a range.
+    pub(super) fn range_of(&mut self, i: usize) -> Option<KeyRange> {
+        let r = self.find(i);
+        let b = self.insts[i].block;
+        match self.limit_of(r, b)? {
+            Limit::Range(range) => Some(range.clone()),
+            Limit::Values(_) => None,
+        }
+    }
+
+    fn limit_of(&self, root: usize, block: usize) -> Option<&Limit> {
+        self.blocks[block]
+            .constraints
+            .iter()
+            .find(|(u, _)| *u == root)
+            .map(|(_, l)| l)
+    }
+
+    pub(super) fn eval(&mut self, c: Cond) -> Vec<(usize, Limit)> {
         match c {
             Cond::True => Vec::new(),
-            Cond::Pin(i, keys) => vec![(self.find(i), keys)],
+            Cond::Pin(i, keys) => vec![(self.find(i), Limit::Values(keys))],
+            Cond::Range(i, range) => vec![(self.find(i), Limit::Range(range))],
             Cond::And(cs) => {
-                let mut acc: Vec<(usize, Vec<KeyRef>)> = Vec::new();
+                let mut acc: Vec<(usize, Limit)> = Vec::new();
                 for c in cs {
-                    for (u, keys) in self.eval(c) {
+                    for (u, limit) in self.eval(c) {
                         match acc.iter_mut().find(|(v, _)| *v == u) {
-                            Some((_, mine)) => *mine = intersect(std::mem::take(mine), keys),
-                            None => acc.push((u, keys)),
+                            Some((_, mine)) => {
+                                let old = std::mem::replace(mine, Limit::Values(Vec::new()));
+                                *mine = both(old, limit);
+                            }
+                            None => acc.push((u, limit)),
                         }
                     }
                 }
@@ -134,19 +155,22 @@ impl<'a, 's> Walker<'a, 's> {
                 let mut acc = it.next().map(|c| self.eval(c)).unwrap_or_default();
                 for c in it {
                     let next = self.eval(c);
-                    acc.retain_mut(|(u, mine)| match next.iter().find(|(v, _)| v == u) {
-                        Some((_, theirs)) => {
-                            // Duplicates are harmless (the router dedupes shards); skip them only when cheap.
-                            let dedupe = mine.len() * theirs.len() <= QUADRATIC_LIMIT;
-                            for k in theirs {
-                                if !dedupe || !mine.contains(k) {
-                                    mine.push(k.clone());
+                    acc.retain_mut(
+                        |(u, mine)| match (mine, next.iter().find(|(v, _)| v == u)) {
+                            (Limit::Values(mine), Some((_, Limit::Values(theirs)))) => {
+                                // Duplicates are harmless (the router dedupes shards); skip them only when cheap.
+                                let dedupe = mine.len() * theirs.len() <= QUADRATIC_LIMIT;
+                                for k in theirs {
+                                    if !dedupe || !mine.contains(k) {
+                                        mine.push(k.clone());
+                                    }
                                 }
+                                true
                             }
-                            true
-                        }
-                        None => false,
-                    });
+                            // A range on either side: the union is not worth describing; the unit goes unlimited.
+                            _ => false,
+                        },
+                    );
                 }
                 acc
             }
@@ -164,6 +188,8 @@ impl<'a, 's> Walker<'a, 's> {
         }
         let mut values = Vec::new();
         let mut pinned = true;
+        let mut ranges = Vec::new();
+        let mut all_ranged = true;
         let mut root_blocks = Vec::with_capacity(units.len());
         let mut cross = self.unanalyzed.map(CrossShard::Unanalyzed);
         for &(u, first) in &units {
@@ -192,6 +218,13 @@ impl<'a, 's> Walker<'a, 's> {
                     key,
                 })),
                 None => pinned = false,
+            }
+            match self.range_of(top) {
+                Some(range) => ranges.push(RangeUse {
+                    table: self.insts[first].table.clone(),
+                    range,
+                }),
+                None => all_ranged = false,
             }
         }
         // One keyless unit runs on every shard: each block other than the main one must then work on per-shard rows.
@@ -240,6 +273,9 @@ impl<'a, 's> Walker<'a, 's> {
         } else {
             Keys::None
         };
+        if !pinned && all_ranged && self.unanalyzed.is_none() {
+            self.out.ranges = ranges;
+        }
         self.out.cross_shard = cross;
         self.out
     }
@@ -263,5 +299,17 @@ fn intersect(a: Vec<KeyRef>, b: Vec<KeyRef>) -> Vec<KeyRef> {
         b
     } else {
         a
+    }
+}
+
+/// Two limits on one unit both hold. Values ANDed with a range stay the values (a correct, wider answer than
+/// filtering them, which parameters would not allow anyway).
+fn both(a: Limit, b: Limit) -> Limit {
+    match (a, b) {
+        (Limit::Values(a), Limit::Values(b)) => Limit::Values(intersect(a, b)),
+        (Limit::Values(v), Limit::Range(_)) | (Limit::Range(_), Limit::Values(v)) => {
+            Limit::Values(v)
+        }
+        (Limit::Range(a), Limit::Range(b)) => Limit::Range(a.and(b)),
     }
 }
