@@ -5,8 +5,10 @@
 //! refuses such INSERTs (0A000) while a table's order is unknown.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use tokio_postgres::Client;
+use tokio::sync::watch;
+use tokio_postgres::{Client, NoTls};
 
 use super::schema::{ShardedTable, TableColumns};
 
@@ -41,6 +43,52 @@ pub async fn load<'t>(
         }
     }
     Ok((TableColumns::new(by_table), problems))
+}
+
+/// Reads the column order of `tables` from the server `pg` names now, after every epoch change and every `period`,
+/// handing each result to `install` (which returns false once nobody needs it: the task then ends, as it does when
+/// the epoch sender goes away).
+pub fn follow(
+    pg: tokio_postgres::Config,
+    tables: Vec<ShardedTable>,
+    period: Duration,
+    mut epochs: watch::Receiver<i64>,
+    install: impl Fn(TableColumns) -> bool + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let mut client: Option<Client> = None;
+        loop {
+            if client.as_ref().is_none_or(Client::is_closed) {
+                client = match pg.connect(NoTls).await {
+                    Ok((c, conn)) => {
+                        tokio::spawn(conn);
+                        Some(c)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read column order from the default shard");
+                        None
+                    }
+                };
+            }
+            if let Some(c) = &client {
+                match load(c, tables.iter()).await {
+                    Ok((columns, problems)) => {
+                        for p in problems {
+                            tracing::warn!(problem = %p, "INSERT without a column list cannot be routed");
+                        }
+                        if !install(columns) {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading column order failed"),
+                }
+            }
+            tokio::select! {
+                changed = epochs.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(period) => {}
+            }
+        }
+    });
 }
 
 /// A resolved table name (`t` or `s.t`, as `ShardSchema` stores it) quoted for `to_regclass`, so case and special

@@ -161,7 +161,7 @@ impl ShardRouter {
         self: &Arc<Self>,
         role: String,
         password: Option<String>,
-        mut epochs: tokio::sync::watch::Receiver<i64>,
+        epochs: tokio::sync::watch::Receiver<i64>,
     ) {
         let shard = &self.config.shards[usize::from(self.config.default_shard)];
         let target = crate::config::sharding::CatalogTarget {
@@ -175,49 +175,25 @@ impl ShardRouter {
             password.as_deref(),
             "shardpool column reader",
         );
-        let period = self.config.check_interval();
+        let tables: Vec<ShardedTable> = self
+            .schema
+            .sharded_tables()
+            .map(|t| (**t).clone())
+            .collect();
         let me = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut client: Option<tokio_postgres::Client> = None;
-            loop {
-                let Some(router) = me.upgrade() else { return };
-                if client
-                    .as_ref()
-                    .is_none_or(tokio_postgres::Client::is_closed)
-                {
-                    client = match pg.connect(tokio_postgres::NoTls).await {
-                        Ok((c, conn)) => {
-                            tokio::spawn(conn);
-                            Some(c)
-                        }
-                        Err(e) => {
-                            tracing::warn!(database = %router.database, error = %e, "cannot read column order from the default shard");
-                            None
-                        }
-                    };
+        super::columns::follow(
+            pg,
+            tables,
+            self.config.check_interval(),
+            epochs,
+            move |columns| match me.upgrade() {
+                Some(router) => {
+                    router.set_columns(columns);
+                    true
                 }
-                if let Some(c) = &client {
-                    match super::columns::load(c, router.schema.sharded_tables().map(|t| &**t))
-                        .await
-                    {
-                        Ok((columns, problems)) => {
-                            for p in problems {
-                                tracing::warn!(database = %router.database, problem = %p, "INSERT without a column list cannot be routed");
-                            }
-                            router.set_columns(columns);
-                        }
-                        Err(e) => {
-                            tracing::warn!(database = %router.database, error = %e, "reading column order failed")
-                        }
-                    }
-                }
-                drop(router);
-                tokio::select! {
-                    changed = epochs.changed() => if changed.is_err() { return },
-                    _ = tokio::time::sleep(period) => {}
-                }
-            }
-        });
+                None => false,
+            },
+        );
     }
 
     /// Installs a column order (when it differs from the current one, cached analyses made under the old one are
