@@ -43,6 +43,7 @@ pub use statement::{
     Target,
 };
 
+/// The analysis of a query string: per statement, and combined for a simple query holding several.
 #[derive(Clone, Debug, PartialEq, Eq)]
 // Analyses live behind an `Arc` in the router's cache: the size of the unparsed variant is irrelevant.
 #[allow(clippy::large_enum_variant)]

@@ -1,3 +1,5 @@
+//! Resolving `$n` keys from Bind parameters in text and binary formats.
+
 use super::*;
 
 // --- binding ------------------------------------------------------------------------------------------------

@@ -1,3 +1,5 @@
+//! Joins: co-located tables on their keys, outer joins, and the joins that cannot run per shard.
+
 use super::*;
 
 // --- joins --------------------------------------------------------------------------------------------------

@@ -1,3 +1,5 @@
+//! Statements on one sharded table: equalities, IN lists, AND/OR, casts, NULL, names and aliases, key types.
+
 use super::*;
 
 // --- single table -------------------------------------------------------------------------------------------

@@ -1,3 +1,5 @@
+//! Whole query strings and other statement kinds, parse failures, and shapes that need every shard's rows.
+
 use super::*;
 
 // --- whole strings, other statements ------------------------------------------------------------------------

@@ -1,3 +1,5 @@
+//! CTEs, derived tables, correlated subqueries and `key IN (SELECT ...)` semi-joins.
+
 use super::*;
 
 // --- subqueries and CTEs ------------------------------------------------------------------------------------

@@ -1,3 +1,5 @@
+//! INSERT rows, INSERT ... SELECT, UPDATE and DELETE by key, and writes that would move a row.
+
 use super::*;
 
 // --- writes -------------------------------------------------------------------------------------------------
