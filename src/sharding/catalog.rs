@@ -140,6 +140,22 @@ pub struct RangeMap {
     pub bounds: Vec<(KeyValue, u32)>,
 }
 
+impl RangeMap {
+    /// The index of the range holding `key`: 0 is the one unbounded below, i > 0 the one starting at
+    /// `bounds[i - 1]` (bounds are inclusive lower bounds: the last one <= key).
+    fn index(&self, key: &KeyValue) -> usize {
+        self.bounds
+            .partition_point(|(bound, _)| compare_keys(bound, key) != Some(Ordering::Greater))
+    }
+
+    fn vshard_at(&self, index: usize) -> u32 {
+        match index.checked_sub(1) {
+            None => self.first,
+            Some(i) => self.bounds.get(i).map_or(self.first, |b| b.1),
+        }
+    }
+}
+
 /// Orders two keys of the same type the way the catalog does: ints numerically, text by bytes (the C collation,
 /// which is what a range boundary means regardless of the database's collation), uuids by bytes (as Postgres'
 /// `uuid_cmp`). `None` for NULL or mixed types.
@@ -210,21 +226,15 @@ impl Catalog {
 
     /// The vshard of the range containing `key` in range map `map`.
     pub fn range_vshard(&self, map: &str, key: &KeyValue) -> Result<u32, LookupError> {
-        let ranges = self
-            .ranges
-            .get(map)
-            .ok_or_else(|| LookupError::UnknownMap {
-                map: map.into(),
-                kind: "range",
-            })?;
+        let ranges = self.range_map(map)?;
         typed_key(map, ranges.key_type, key)?;
-        // Bounds are inclusive lower bounds: the range is the last one whose bound is <= key.
-        let above = ranges
-            .bounds
-            .partition_point(|(bound, _)| compare_keys(bound, key) != Some(Ordering::Greater));
-        Ok(match above {
-            0 => ranges.first,
-            n => ranges.bounds[n - 1].1,
+        Ok(ranges.vshard_at(ranges.index(key)))
+    }
+
+    fn range_map(&self, map: &str) -> Result<&RangeMap, LookupError> {
+        self.ranges.get(map).ok_or_else(|| LookupError::UnknownMap {
+            map: map.into(),
+            kind: "range",
         })
     }
 
@@ -237,13 +247,7 @@ impl Catalog {
         lower: Option<(&KeyValue, bool)>,
         upper: Option<(&KeyValue, bool)>,
     ) -> Result<Vec<u32>, LookupError> {
-        let ranges = self
-            .ranges
-            .get(map)
-            .ok_or_else(|| LookupError::UnknownMap {
-                map: map.into(),
-                kind: "range",
-            })?;
+        let ranges = self.range_map(map)?;
         for (k, _) in lower.iter().chain(upper.iter()) {
             typed_key(map, ranges.key_type, k)?;
         }
@@ -269,17 +273,11 @@ impl Catalog {
                 _ => {}
             }
         }
-        // Range index i: 0 is the one unbounded below, i > 0 starts at bounds[i - 1].
-        let index = |key: &KeyValue| {
-            ranges
-                .bounds
-                .partition_point(|(bound, _)| compare_keys(bound, key) != Some(Ordering::Greater))
-        };
-        let first = lower.as_ref().map_or(0, |(k, _)| index(k));
+        let first = lower.as_ref().map_or(0, |(k, _)| ranges.index(k));
         let last = match &upper {
             None => ranges.bounds.len(),
             Some((k, inclusive)) => {
-                let i = index(k);
+                let i = ranges.index(k);
                 // `key < b` where a range starts exactly at b: that range holds no such key.
                 if !inclusive
                     && i > 0
@@ -293,10 +291,7 @@ impl Catalog {
         };
         Ok((first..=last)
             .filter(|_| first <= last)
-            .map(|i| match i {
-                0 => ranges.first,
-                n => ranges.bounds[n - 1].1,
-            })
+            .map(|i| ranges.vshard_at(i))
             .collect())
     }
 
