@@ -90,6 +90,36 @@ fn routing_decision(c: &mut Criterion) {
                 .expect("placed")
         })
     });
+    // The cached decision while other threads make it too: what the analysis cache's lock striping is for.
+    g.bench_function("cached_4_threads_contended", |b| {
+        b.iter_custom(|iters| {
+            let threads: Vec<_> = (0..4)
+                .map(|t| {
+                    let router = std::sync::Arc::clone(&router);
+                    std::thread::spawn(move || {
+                        let texts: Vec<String> = (0..64)
+                            .map(|i| {
+                                format!(
+                                    "SELECT abalance FROM pgbench_accounts WHERE aid = {}",
+                                    i * 4 + t
+                                )
+                            })
+                            .collect();
+                        let start = std::time::Instant::now();
+                        for i in 0..iters {
+                            let a = router.analysis(black_box(&texts[i as usize % texts.len()]));
+                            let stmt = a.combined().expect("analysed");
+                            black_box(router.place(stmt, None).expect("placed"));
+                        }
+                        start.elapsed()
+                    })
+                })
+                .collect();
+            let total: std::time::Duration =
+                threads.into_iter().map(|h| h.join().expect("thread")).sum();
+            total / 4
+        })
+    });
     g.finish();
 }
 

@@ -7,6 +7,8 @@
 //! O(1) amortised. Lock striping: the hash picks one of N independently locked shards, so sessions on different
 //! threads rarely wait on each other. Each shard remembers the `FunctionVolatility` generation its entries were
 //! computed under and drops them when a newer table arrives (catalog reload or new overrides).
+//!
+//! The machinery is generic ([`StripedCache`]): the sharding router keeps its shard analyses in one too.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -24,12 +26,18 @@ const SHARDS: usize = 16;
 const ENTRY_OVERHEAD: usize = 160;
 
 pub struct AnalysisCache {
-    shards: Box<[Stripe]>,
+    cache: StripedCache<Analysis>,
+}
+
+/// Text -> `Arc<V>`, lock-striped, bounded, CLOCK-evicted, with a generation that invalidates: the machinery of
+/// [`AnalysisCache`], shared with the sharding router's cache of shard analyses.
+pub struct StripedCache<V> {
+    shards: Box<[Stripe<V>]>,
 }
 
 /// One shard per cache line pair, so threads locking neighbouring shards do not bounce a shared line.
 #[repr(align(128))]
-struct Stripe(Mutex<Shard>);
+struct Stripe<V>(Mutex<Shard<V>>);
 
 /// Counters summed over shards, for SHOW and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -55,6 +63,30 @@ impl AnalysisCache {
 
     /// As `new` with a chosen number of lock shards (at least 1); for measuring lock contention.
     pub fn with_shards(max_entries: usize, max_bytes: usize, shards: usize) -> AnalysisCache {
+        AnalysisCache {
+            cache: StripedCache::with_shards(max_entries, max_bytes, shards),
+        }
+    }
+
+    /// The analysis of `sql`, from the cache or classified now (and remembered).
+    pub fn analyse(&self, sql: &str, functions: &FunctionVolatility) -> Arc<Analysis> {
+        self.cache
+            .get_or_insert_with(sql, functions.generation(), || classify(sql, functions))
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+}
+
+impl<V> StripedCache<V> {
+    /// At most `max_entries` values and about `max_bytes` of text plus overhead (split evenly over the shards).
+    pub fn new(max_entries: usize, max_bytes: usize) -> StripedCache<V> {
+        StripedCache::with_shards(max_entries, max_bytes, SHARDS)
+    }
+
+    /// As `new` with a chosen number of lock shards (at least 1).
+    pub fn with_shards(max_entries: usize, max_bytes: usize, shards: usize) -> StripedCache<V> {
         let n = shards.max(1);
         let shards = (0..n)
             .map(|_| {
@@ -65,29 +97,35 @@ impl AnalysisCache {
                 }))
             })
             .collect();
-        AnalysisCache { shards }
+        StripedCache { shards }
     }
 
-    /// The analysis of `sql`, from the cache or classified now (and remembered).
-    pub fn analyse(&self, sql: &str, functions: &FunctionVolatility) -> Arc<Analysis> {
-        let hash = xxh3_64(sql.as_bytes());
+    /// The value cached for `text` under `generation`, or `make()` (run outside any lock, then remembered). A value
+    /// made under an older generation than a shard has seen is returned but not kept.
+    pub fn get_or_insert_with(
+        &self,
+        text: &str,
+        generation: u64,
+        make: impl FnOnce() -> V,
+    ) -> Arc<V> {
+        let hash = xxh3_64(text.as_bytes());
         let shard = self.shard(hash);
-        if let Some(hit) = shard.lock().unwrap_or_else(PoisonError::into_inner).get(
-            hash,
-            sql,
-            functions.generation(),
-        ) {
+        if let Some(hit) = shard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(hash, text, generation)
+        {
             return hit;
         }
-        // Classify outside the lock: a parse takes microseconds and other sessions share the shard.
-        let analysis = Arc::new(classify(sql, functions));
+        // Compute outside the lock: a parse takes microseconds and other sessions share the shard.
+        let value = Arc::new(make());
         shard.lock().unwrap_or_else(PoisonError::into_inner).insert(
             hash,
-            sql,
-            functions.generation(),
-            Arc::clone(&analysis),
+            text,
+            generation,
+            Arc::clone(&value),
         );
-        analysis
+        value
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -103,19 +141,18 @@ impl AnalysisCache {
         total
     }
 
-    fn shard(&self, hash: u64) -> &Mutex<Shard> {
+    fn shard(&self, hash: u64) -> &Mutex<Shard<V>> {
         // High bits pick the shard; the shard's map uses the low bits.
         &self.shards[(hash >> 32) as usize % self.shards.len()].0
     }
 }
 
-#[derive(Default)]
-struct Shard {
+struct Shard<V> {
     max_entries: usize,
     max_bytes: usize,
     generation: u64,
     index: HashMap<u64, usize, BuildHasherDefault<PrehashedKey>>,
-    slots: Vec<Slot>,
+    slots: Vec<Slot<V>>,
     /// The CLOCK hand: next slot considered for eviction.
     hand: usize,
     bytes: usize,
@@ -124,10 +161,10 @@ struct Shard {
     evictions: u64,
 }
 
-struct Slot {
+struct Slot<V> {
     hash: u64,
     text: Box<str>,
-    analysis: Arc<Analysis>,
+    analysis: Arc<V>,
     /// Set on every hit, cleared as the hand passes: an entry is evicted only if unused for a whole turn.
     referenced: bool,
 }
@@ -136,8 +173,26 @@ fn cost(text: &str) -> usize {
     text.len() + ENTRY_OVERHEAD
 }
 
-impl Shard {
-    fn get(&mut self, hash: u64, text: &str, generation: u64) -> Option<Arc<Analysis>> {
+// Not derived: a derive would demand `V: Default`.
+impl<V> Default for Shard<V> {
+    fn default() -> Self {
+        Shard {
+            max_entries: 0,
+            max_bytes: 0,
+            generation: 0,
+            index: HashMap::default(),
+            slots: Vec::new(),
+            hand: 0,
+            bytes: 0,
+            hits: 0,
+            misses: 0,
+            evictions: 0,
+        }
+    }
+}
+
+impl<V> Shard<V> {
+    fn get(&mut self, hash: u64, text: &str, generation: u64) -> Option<Arc<V>> {
         self.adopt(generation);
         let found = self
             .index
@@ -158,7 +213,7 @@ impl Shard {
         }
     }
 
-    fn insert(&mut self, hash: u64, text: &str, generation: u64, analysis: Arc<Analysis>) {
+    fn insert(&mut self, hash: u64, text: &str, generation: u64, analysis: Arc<V>) {
         self.adopt(generation);
         // An analysis made under an older table than this shard holds is stale: use it once, do not keep it.
         let cost = cost(text);
@@ -225,7 +280,7 @@ impl Shard {
     }
 }
 
-fn cost_of(slot: &Slot) -> usize {
+fn cost_of<V>(slot: &Slot<V>) -> usize {
     cost(&slot.text)
 }
 

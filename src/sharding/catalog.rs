@@ -140,6 +140,22 @@ pub struct RangeMap {
     pub bounds: Vec<(KeyValue, u32)>,
 }
 
+impl RangeMap {
+    /// The index of the range holding `key`: 0 is the one unbounded below, i > 0 the one starting at
+    /// `bounds[i - 1]` (bounds are inclusive lower bounds: the last one <= key).
+    fn index(&self, key: &KeyValue) -> usize {
+        self.bounds
+            .partition_point(|(bound, _)| compare_keys(bound, key) != Some(Ordering::Greater))
+    }
+
+    fn vshard_at(&self, index: usize) -> u32 {
+        match index.checked_sub(1) {
+            None => self.first,
+            Some(i) => self.bounds.get(i).map_or(self.first, |b| b.1),
+        }
+    }
+}
+
 /// Orders two keys of the same type the way the catalog does: ints numerically, text by bytes (the C collation,
 /// which is what a range boundary means regardless of the database's collation), uuids by bytes (as Postgres'
 /// `uuid_cmp`). `None` for NULL or mixed types.
@@ -210,22 +226,73 @@ impl Catalog {
 
     /// The vshard of the range containing `key` in range map `map`.
     pub fn range_vshard(&self, map: &str, key: &KeyValue) -> Result<u32, LookupError> {
-        let ranges = self
-            .ranges
-            .get(map)
-            .ok_or_else(|| LookupError::UnknownMap {
-                map: map.into(),
-                kind: "range",
-            })?;
+        let ranges = self.range_map(map)?;
         typed_key(map, ranges.key_type, key)?;
-        // Bounds are inclusive lower bounds: the range is the last one whose bound is <= key.
-        let above = ranges
-            .bounds
-            .partition_point(|(bound, _)| compare_keys(bound, key) != Some(Ordering::Greater));
-        Ok(match above {
-            0 => ranges.first,
-            n => ranges.bounds[n - 1].1,
+        Ok(ranges.vshard_at(ranges.index(key)))
+    }
+
+    fn range_map(&self, map: &str) -> Result<&RangeMap, LookupError> {
+        self.ranges.get(map).ok_or_else(|| LookupError::UnknownMap {
+            map: map.into(),
+            kind: "range",
         })
+    }
+
+    /// The vshards of range map `map` whose ranges overlap the keys between `lower` and `upper` (each a bound and
+    /// whether it is included; `None` = unbounded), in key order. Errs towards more vshards, never fewer: an
+    /// exclusive text or uuid lower bound keeps the range it falls in.
+    pub fn range_vshards(
+        &self,
+        map: &str,
+        lower: Option<(&KeyValue, bool)>,
+        upper: Option<(&KeyValue, bool)>,
+    ) -> Result<Vec<u32>, LookupError> {
+        let ranges = self.range_map(map)?;
+        for (k, _) in lower.iter().chain(upper.iter()) {
+            typed_key(map, ranges.key_type, k)?;
+        }
+        // Integers: exclusive bounds become inclusive ones, so a bound next to a boundary is exact.
+        let lower = match lower {
+            Some((KeyValue::Int(i), false)) => match i.checked_add(1) {
+                Some(n) => Some((KeyValue::Int(n), true)),
+                None => return Ok(Vec::new()),
+            },
+            other => other.map(|(k, inc)| (k.clone(), inc)),
+        };
+        let upper = match upper {
+            Some((KeyValue::Int(i), false)) => match i.checked_sub(1) {
+                Some(n) => Some((KeyValue::Int(n), true)),
+                None => return Ok(Vec::new()),
+            },
+            other => other.map(|(k, inc)| (k.clone(), inc)),
+        };
+        if let (Some((l, li)), Some((u, ui))) = (&lower, &upper) {
+            match compare_keys(l, u) {
+                Some(Ordering::Greater) => return Ok(Vec::new()),
+                Some(Ordering::Equal) if !(*li && *ui) => return Ok(Vec::new()),
+                _ => {}
+            }
+        }
+        let first = lower.as_ref().map_or(0, |(k, _)| ranges.index(k));
+        let last = match &upper {
+            None => ranges.bounds.len(),
+            Some((k, inclusive)) => {
+                let i = ranges.index(k);
+                // `key < b` where a range starts exactly at b: that range holds no such key.
+                if !inclusive
+                    && i > 0
+                    && compare_keys(&ranges.bounds[i - 1].0, k) == Some(Ordering::Equal)
+                {
+                    i - 1
+                } else {
+                    i
+                }
+            }
+        };
+        Ok((first..=last)
+            .filter(|_| first <= last)
+            .map(|i| ranges.vshard_at(i))
+            .collect())
     }
 
     /// The vshard recorded for `key` in directory `map`, `None` when it has no entry (the map's `unknown_keys`
@@ -841,6 +908,49 @@ mod tests {
                 "{key}"
             );
         }
+    }
+
+    #[test]
+    fn key_ranges_overlap_exactly_the_ranges_they_touch() {
+        // days: (-inf,-10) -> 0, [-10,9) -> 2, [9,100) -> 4, [100,+inf) -> 6.
+        let c = catalog();
+        let i = KeyValue::Int;
+        let over = |l: Option<(i64, bool)>, u: Option<(i64, bool)>| {
+            let (l, u) = (l.map(|(k, inc)| (i(k), inc)), u.map(|(k, inc)| (i(k), inc)));
+            c.range_vshards(
+                "days",
+                l.as_ref().map(|(k, b)| (k, *b)),
+                u.as_ref().map(|(k, b)| (k, *b)),
+            )
+            .unwrap()
+        };
+        assert_eq!(over(None, None), vec![0, 2, 4, 6]);
+        assert_eq!(over(Some((9, true)), None), vec![4, 6]);
+        // key > 8 is key >= 9: the range holding 8 has nothing above it.
+        assert_eq!(over(Some((8, false)), None), vec![4, 6]);
+        assert_eq!(over(Some((7, false)), None), vec![2, 4, 6]);
+        assert_eq!(over(None, Some((9, false))), vec![0, 2]);
+        assert_eq!(over(None, Some((9, true))), vec![0, 2, 4]);
+        assert_eq!(over(Some((10, true)), Some((99, true))), vec![4]);
+        assert_eq!(over(Some((-10, true)), Some((100, false))), vec![2, 4]);
+        assert_eq!(over(Some((i64::MIN, true)), Some((-11, true))), vec![0]);
+        // Empty ranges overlap nothing.
+        assert_eq!(over(Some((50, true)), Some((40, true))), Vec::<u32>::new());
+        assert_eq!(over(Some((50, false)), Some((50, true))), Vec::<u32>::new());
+        assert_eq!(over(Some((i64::MAX, false)), None), Vec::<u32>::new());
+        assert_eq!(over(None, Some((i64::MIN, false))), Vec::<u32>::new());
+        assert_eq!(over(Some((50, true)), Some((50, true))), vec![4]);
+        // Text: an exclusive lower bound keeps its range (no successor to step to); `< M` stops before "M".
+        let t = KeyValue::Text("M".into());
+        assert_eq!(
+            c.range_vshards("names", Some((&t, false)), None).unwrap(),
+            vec![3, 5, 7]
+        );
+        assert_eq!(
+            c.range_vshards("names", None, Some((&t, false))).unwrap(),
+            vec![1]
+        );
+        assert!(c.range_vshards("days", Some((&t, true)), None).is_err());
     }
 
     #[test]

@@ -4,11 +4,13 @@
 //! filters for online moves, check constraints refusing rows it does not own).
 
 pub mod catalog;
+pub mod columns;
 pub mod copy;
 pub mod follow;
 pub mod hash;
 pub mod key;
 pub mod keys;
+pub mod recorder;
 pub mod router;
 pub mod scatter;
 pub mod schema;

@@ -4,21 +4,25 @@
 //! fan-out; DDL and reference-table writes run on every shard. The catalog snapshot comes from a follower that keeps
 //! it current; routing reads it with one atomic load.
 
-use std::collections::HashMap;
+use std::cmp::Ordering as KeyOrder;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use xxhash_rust::xxh3::xxh3_64;
 
 use super::catalog::{self, Catalog};
 use super::follow::{CatalogFollower, FollowOptions};
 use super::key::KeyValue;
-use super::keys::{analyze_sql, bind_keys, ShardAnalysis, StatementKind, StatementShards, Target};
-use super::schema::{ShardSchema, ShardedTable};
+use super::keys::{
+    analyze_sql_with, bind_keys, bind_range, BindError, ShardAnalysis, StatementKind,
+    StatementShards, Target,
+};
+use super::recorder::DirectoryRecorder;
+use super::schema::{ShardSchema, ShardedTable, TableColumns};
 use crate::config::sharding::{MapConfig, ShardingConfig, UnknownKeys};
 use crate::error::{sqlstate, ClientError};
+use crate::router::analysis_cache::{StripedCache, DEFAULT_MAX_BYTES};
 
 /// Where a statement runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,15 +36,20 @@ pub enum Placement {
     Scatter(Vec<u16>),
 }
 
-/// A statement text and its analysis (the text is compared on lookup: a hash collision must not misroute).
-type CachedAnalysis = (Box<str>, Arc<ShardAnalysis>);
-
 /// Parameter values and their format codes from a Bind.
 pub type Params<'a> = (&'a [Option<&'a [u8]>], &'a [i16]);
 
-/// Cached analyses beyond this many are dropped wholesale (a workload with that many distinct texts is not
-/// using prepared statements, and re-parsing is then the cost it already pays elsewhere).
+/// Cached analyses beyond this many are evicted (CLOCK): a workload with more distinct texts is not using prepared
+/// statements, and re-parsing is then the cost it already pays elsewhere.
 const MAX_CACHED: usize = 10_000;
+
+/// The column order of sharded tables as last read, with a generation that changes with it: analyses of
+/// column-less INSERTs depend on it, so the analysis cache drops entries made under an older generation.
+#[derive(Default)]
+struct ColumnState {
+    generation: u64,
+    columns: TableColumns,
+}
 
 pub struct ShardRouter {
     pub database: String,
@@ -49,7 +58,12 @@ pub struct ShardRouter {
     /// The follower's snapshot cell, once the catalog could be loaded.
     catalog: ArcSwapOption<ArcSwap<Catalog>>,
     follower: Mutex<Option<CatalogFollower>>,
-    analyses: Mutex<HashMap<u64, CachedAnalysis>>,
+    /// Lock-striped (see `router::analysis_cache`): sessions on different threads rarely wait on each other.
+    analyses: StripedCache<ShardAnalysis>,
+    columns: ArcSwap<ColumnState>,
+    /// Writes directory entries for keys placed by the `unknown_keys = "hash"` policy; set once the catalog is
+    /// followed (an instance routing by a fixed catalog records nothing).
+    recorder: OnceLock<DirectoryRecorder>,
     /// Statements routed by key to each vshard, and rows written to it (INSERT rows; one per keyed UPDATE/DELETE):
     /// what a remap wants to know to pick hot vshards.
     pub vshard_queries: Box<[AtomicU64]>,
@@ -83,7 +97,9 @@ impl ShardRouter {
             schema,
             catalog: ArcSwapOption::empty(),
             follower: Mutex::new(None),
-            analyses: Mutex::new(HashMap::new()),
+            analyses: StripedCache::new(MAX_CACHED, DEFAULT_MAX_BYTES),
+            columns: ArcSwap::from_pointee(ColumnState::default()),
+            recorder: OnceLock::new(),
             vshard_queries: counters(config.vshards as usize),
             vshard_writes: counters(config.vshards as usize),
             shard_queries: counters(config.shards.len()),
@@ -117,6 +133,12 @@ impl ShardRouter {
                             tracing::warn!(database = %router.database, problem = %p, "catalog and config disagree");
                         }
                         router.catalog.store(Some(f.shared()));
+                        let _ = router.recorder.set(DirectoryRecorder::start(pg_recorder(
+                            &target,
+                            &role,
+                            password.as_deref(),
+                        )));
+                        router.follow_columns(role, password, f.epochs());
                         *router.follower.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
                         tracing::info!(database = %router.database, "shard catalog loaded");
                         return;
@@ -130,6 +152,76 @@ impl ShardRouter {
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
         });
+    }
+
+    /// Keeps the column order of sharded tables current: read from the default shard now, after every catalog
+    /// reload and every `catalog_check_interval` (a DDL that reorders columns changes no epoch). Ends with the
+    /// follower.
+    fn follow_columns(
+        self: &Arc<Self>,
+        role: String,
+        password: Option<String>,
+        epochs: tokio::sync::watch::Receiver<i64>,
+    ) {
+        let shard = &self.config.shards[usize::from(self.config.default_shard)];
+        let target = crate::config::sharding::CatalogTarget {
+            host: shard.host.clone(),
+            port: shard.port,
+            database: shard.database(&self.database).to_owned(),
+        };
+        let pg = catalog::connect_config(
+            &target,
+            &role,
+            password.as_deref(),
+            "shardpool column reader",
+        );
+        let tables: Vec<ShardedTable> = self
+            .schema
+            .sharded_tables()
+            .map(|t| (**t).clone())
+            .collect();
+        let me = Arc::downgrade(self);
+        super::columns::follow(
+            pg,
+            tables,
+            self.config.check_interval(),
+            epochs,
+            move |columns| match me.upgrade() {
+                Some(router) => {
+                    router.set_columns(columns);
+                    true
+                }
+                None => false,
+            },
+        );
+    }
+
+    /// Installs a column order (when it differs from the current one, cached analyses made under the old one are
+    /// dropped).
+    pub fn set_columns(&self, columns: TableColumns) {
+        let current = self.columns.load();
+        if current.columns == columns {
+            return;
+        }
+        self.columns.store(Arc::new(ColumnState {
+            generation: current.generation + 1,
+            columns,
+        }));
+    }
+
+    /// The key position of `table` for a column-less INSERT, when known.
+    pub fn key_position(&self, table: &str) -> Option<usize> {
+        let state = self.columns.load();
+        match self.schema.lookup_str(table)? {
+            super::schema::TableKind::Sharded(t) => state.columns.key_position(t),
+            super::schema::TableKind::Reference => None,
+        }
+    }
+
+    /// Epoch changes of the followed catalog: lets a caller wait for a reload instead of polling.
+    pub fn catalog_epochs(&self) -> Option<tokio::sync::watch::Receiver<i64>> {
+        let f = self.follower.lock().unwrap_or_else(|p| p.into_inner());
+        f.as_ref().map(CatalogFollower::epochs)
     }
 
     /// Routes by a fixed catalog instead of following one (benchmarks, and tools that route offline).
@@ -146,24 +238,12 @@ impl ShardRouter {
         self.config.shards.len() as u16
     }
 
-    /// The shard analysis of a statement text, cached by text.
+    /// The shard analysis of a statement text, cached by text (compared on every hit: a hash collision is a miss).
     pub fn analysis(&self, sql: &str) -> Arc<ShardAnalysis> {
-        let h = xxh3_64(sql.as_bytes());
-        {
-            let cache = self.analyses.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((text, a)) = cache.get(&h) {
-                if &**text == sql {
-                    return Arc::clone(a);
-                }
-            }
-        }
-        let a = Arc::new(analyze_sql(sql, &self.schema));
-        let mut cache = self.analyses.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= MAX_CACHED {
-            cache.clear();
-        }
-        cache.insert(h, (sql.into(), Arc::clone(&a)));
-        a
+        let cols = self.columns.load();
+        self.analyses.get_or_insert_with(sql, cols.generation, || {
+            analyze_sql_with(sql, &self.schema, &cols.columns)
+        })
     }
 
     /// The vshard of a key of `table`.
@@ -173,19 +253,33 @@ impl ShardRouter {
         table: &ShardedTable,
         key: &KeyValue,
     ) -> Result<u32, ClientError> {
+        self.placed_vshard(catalog, table, key).map(|(v, _)| v)
+    }
+
+    /// The vshard of a key of `table`, and whether it is a directory key without an entry placed by hash (an
+    /// INSERT of it gets recorded).
+    fn placed_vshard(
+        &self,
+        catalog: &Catalog,
+        table: &ShardedTable,
+        key: &KeyValue,
+    ) -> Result<(u32, bool), ClientError> {
         let vshards = catalog.vshards.max(1);
         if table.map == "hash" {
-            return key.vshard(vshards).ok_or_else(null_key);
+            return key.vshard(vshards).ok_or_else(null_key).map(|v| (v, false));
         }
         match self.config.maps.get(&table.map) {
             Some(MapConfig::Range { .. }) => catalog
                 .range_vshard(&table.map, key)
+                .map(|v| (v, false))
                 .map_err(|e| ClientError::error(sqlstate::INVALID_PARAMETER_VALUE, e.to_string())),
             Some(MapConfig::Directory { unknown_keys, .. }) => {
                 match catalog.directory_vshard(&table.map, key) {
-                    Ok(Some(v)) => Ok(v),
+                    Ok(Some(v)) => Ok((v, false)),
                     Ok(None) => match unknown_keys {
-                        UnknownKeys::Hash => key.vshard(vshards).ok_or_else(null_key),
+                        UnknownKeys::Hash => {
+                            key.vshard(vshards).ok_or_else(null_key).map(|v| (v, true))
+                        }
                         UnknownKeys::Error => Err(ClientError::error(
                             sqlstate::INVALID_PARAMETER_VALUE,
                             format!(
@@ -223,6 +317,16 @@ impl ShardRouter {
         if stmt.insert_null_key {
             return Err(null_key());
         }
+        if let Some(table) = &stmt.insert_columns_unknown {
+            return Err(ClientError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "INSERT into sharded table {table} without a column list: the table's column order has not been \
+                     read from the default shard (yet), so the position of its shard key is unknown; name the \
+                     columns, e.g. INSERT INTO {table} (key, ...) VALUES (...)"
+                ),
+            ));
+        }
         if stmt.changes_key {
             return Err(ClientError::error(
                 sqlstate::FEATURE_NOT_SUPPORTED,
@@ -234,6 +338,9 @@ impl ShardRouter {
             Target::AnyShard | Target::DefaultShard => return Ok(default),
             Target::AllShards => return Ok(Placement::Every),
             Target::Scatter => {
+                if let Some(p) = self.place_by_range(stmt, params, &default)? {
+                    return Ok(p);
+                }
                 return match stmt.kind {
                     StatementKind::Ddl => Ok(Placement::Every),
                     StatementKind::Read | StatementKind::Other => {
@@ -285,11 +392,22 @@ impl ShardRouter {
         })?;
         let mut shards: Vec<u16> = Vec::new();
         let mut vshards = Vec::new();
+        // Directory keys placed by hash that this INSERT writes: recorded once the INSERT is routed.
+        let mut unrecorded: Vec<(&ShardedTable, &KeyValue, u32)> = Vec::new();
         for (table, key) in &bound {
             if *key == KeyValue::Null {
                 continue; // matches nothing
             }
-            let v = self.vshard(&catalog, table, key)?;
+            let (v, by_hash) = self.placed_vshard(&catalog, table, key)?;
+            if by_hash
+                && stmt.kind == StatementKind::Write
+                && stmt
+                    .insert_table
+                    .as_ref()
+                    .is_some_and(|t| t.name == table.name)
+            {
+                unrecorded.push((table, key, v));
+            }
             let s = catalog.shard_of(v).ok_or_else(|| {
                 ClientError::error(
                     sqlstate::INTERNAL_ERROR,
@@ -314,10 +432,17 @@ impl ShardRouter {
         }
         match shards.as_slice() {
             [] => Ok(default),
-            [one] => Ok(Placement::One {
-                shard: *one,
-                keyed: true,
-            }),
+            [one] => {
+                if let Some(r) = self.recorder.get() {
+                    for (table, key, v) in unrecorded {
+                        r.record(&table.map, key, v);
+                    }
+                }
+                Ok(Placement::One {
+                    shard: *one,
+                    keyed: true,
+                })
+            }
             several => {
                 if let Some(cs) = &stmt.cross_shard {
                     return Err(cross_shard(cs.to_string()));
@@ -339,12 +464,111 @@ impl ShardRouter {
         }
     }
 
+    /// A keyless statement whose sharded rows lie in key ranges of a range map: runs on the shards whose ranges
+    /// overlap. `None` when that does not apply (no ranges, another map, cross-shard shapes, no catalog yet) or
+    /// several shards remain for a write: the caller then treats it as keyless.
+    fn place_by_range(
+        &self,
+        stmt: &StatementShards,
+        params: Option<Params<'_>>,
+        default: &Placement,
+    ) -> Result<Option<Placement>, ClientError> {
+        if stmt.ranges.is_empty() || stmt.cross_shard.is_some() || stmt.kind == StatementKind::Ddl {
+            return Ok(None);
+        }
+        let range_maps = stmt.ranges.iter().all(|r| {
+            matches!(
+                self.config.maps.get(&r.table.map),
+                Some(MapConfig::Range { .. })
+            )
+        });
+        let Some(catalog) = self.catalog().filter(|_| range_maps) else {
+            return Ok(None);
+        };
+        let mut shards: Vec<u16> = Vec::new();
+        for r in &stmt.ranges {
+            let bound = match params {
+                Some((values, formats)) => bind_range(&r.range, r.table.key_type, values, formats),
+                None => bind_range(&r.range, r.table.key_type, &[], &[]),
+            }
+            .map_err(|e| match (params, e) {
+                // Parameters not known yet (a Parse or Describe): preparing works on any shard.
+                (None, BindError::MissingParam { .. }) => None,
+                (_, e) => Some(ClientError::error(
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    e.to_string(),
+                )),
+            });
+            let (lower, upper) = match bound {
+                Ok(b) => b,
+                Err(None) => return Ok(Some(default.clone())),
+                Err(Some(e)) => return Err(e),
+            };
+            if lower
+                .iter()
+                .chain(&upper)
+                .any(|(k, _)| *k == KeyValue::Null)
+            {
+                continue; // a comparison with NULL matches no row
+            }
+            let (lower, upper) = (
+                tightest(lower, KeyOrder::Greater),
+                tightest(upper, KeyOrder::Less),
+            );
+            let vshards = catalog
+                .range_vshards(
+                    &r.table.map,
+                    lower.as_ref().map(|(k, i)| (k, *i)),
+                    upper.as_ref().map(|(k, i)| (k, *i)),
+                )
+                .map_err(|e| {
+                    ClientError::error(sqlstate::INVALID_PARAMETER_VALUE, e.to_string())
+                })?;
+            for v in vshards {
+                let s = catalog.shard_of(v).ok_or_else(|| {
+                    ClientError::error(
+                        sqlstate::INTERNAL_ERROR,
+                        format!("vshard {v} has no shard in the catalog"),
+                    )
+                })?;
+                if !shards.contains(&s) {
+                    shards.push(s);
+                }
+            }
+        }
+        shards.sort_unstable();
+        Ok(match shards.as_slice() {
+            // No row can match: any shard answers that (with the right columns) as well as all of them.
+            [] => Some(default.clone()),
+            [one] => Some(Placement::One {
+                shard: *one,
+                keyed: true,
+            }),
+            several if stmt.kind != StatementKind::Write => {
+                Some(Placement::Scatter(several.to_vec()))
+            }
+            _ => None,
+        })
+    }
+
     /// Counts a statement run on `shard`.
     pub fn count_shard(&self, shard: u16) {
         if let Some(c) = self.shard_queries.get(shard as usize) {
             c.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// The tightest of several bounds on one side: the greatest lower bound (`towards = Greater`) or the least upper
+/// bound (`Less`); on a tie an exclusive bound is the tighter.
+fn tightest(bounds: Vec<(KeyValue, bool)>, towards: KeyOrder) -> Option<(KeyValue, bool)> {
+    bounds
+        .into_iter()
+        .reduce(|best, b| match catalog::compare_keys(&b.0, &best.0) {
+            Some(o) if o == towards => b,
+            Some(KeyOrder::Equal) if !b.1 => b,
+            _ => best,
+        })
 }
 
 fn null_key() -> ClientError {
@@ -365,6 +589,15 @@ fn describe(key: &KeyValue) -> String {
 fn table_names(stmt: &StatementShards) -> String {
     let names: Vec<&str> = stmt.sharded.iter().map(|t| t.name.as_str()).collect();
     names.join(", ")
+}
+
+/// Connection settings of the directory recorder (its own connection: it writes, the follower only reads).
+fn pg_recorder(
+    target: &crate::config::sharding::CatalogTarget,
+    role: &str,
+    password: Option<&str>,
+) -> tokio_postgres::Config {
+    catalog::connect_config(target, role, password, "shardpool directory recorder")
 }
 
 pub fn list(shards: &[u16]) -> String {

@@ -147,6 +147,42 @@ impl ShardSchema {
     }
 }
 
+/// The column order of sharded tables (attnum order, dropped columns left out), read from the default shard: where
+/// an `INSERT` without a column list finds its shard key. A table missing here has an unknown order, and such an
+/// INSERT into it is refused rather than guessed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableColumns {
+    /// Keyed by [`ShardedTable::name`]; column names as Postgres stores them (`attname`).
+    by_table: HashMap<String, Vec<String>>,
+}
+
+impl TableColumns {
+    pub fn new(by_table: HashMap<String, Vec<String>>) -> TableColumns {
+        TableColumns { by_table }
+    }
+
+    /// The 0-based position of `table`'s shard key among its columns; `None` while the order is unknown (or the
+    /// key column is missing, which the loader reports).
+    pub fn key_position(&self, table: &ShardedTable) -> Option<usize> {
+        self.by_table
+            .get(&table.name)?
+            .iter()
+            .position(|c| *c == table.key)
+    }
+
+    pub fn columns(&self, table: &str) -> Option<&[String]> {
+        self.by_table.get(table).map(Vec::as_slice)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_table.is_empty()
+    }
+}
+
 /// The name Postgres gives an identifier: unquoted ones fold to lower case (ASCII only, as Postgres does for
 /// single-byte encodings and UTF-8 alike in `downcase_identifier`).
 pub fn normalize(ident: &Ident) -> Cow<'_, str> {
