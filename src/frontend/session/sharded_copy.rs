@@ -88,9 +88,9 @@ impl Session {
         from: &CopyFrom,
         table: &Arc<ShardedTable>,
         lent: &mut Lent,
-    ) -> Result<(), SessionError> {
+    ) -> Result<bool, SessionError> {
         let Some(router) = self.shard_router() else {
-            return Ok(());
+            return Ok(false);
         };
         let Some(catalog) = router.catalog() else {
             ClientError::error(
@@ -98,7 +98,7 @@ impl Session {
                 "the shard catalog is not loaded yet",
             )
             .write(&mut self.cout);
-            return Ok(());
+            return Ok(false);
         };
         // Which field holds the key: from the column list, else from the table's columns (asked of shard 0).
         let splitter = match &from.columns {
@@ -115,7 +115,7 @@ impl Session {
                             ),
                         )
                         .write(&mut self.cout);
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
             }
@@ -139,7 +139,7 @@ impl Session {
                             format!("reading the columns of {}: {e}", table.name),
                         )
                         .write(&mut self.cout);
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
             }
@@ -148,7 +148,7 @@ impl Session {
             Ok(s) => s,
             Err(e) => {
                 ClientError::error(e.sqlstate(), e.to_string()).write(&mut self.cout);
-                return Ok(());
+                return Ok(false);
             }
         };
         // Start a COPY on every shard; each must answer CopyInResponse.
@@ -192,10 +192,10 @@ impl Session {
             )
             .await?;
             e.write(&mut self.cout);
-            return Ok(());
+            return Ok(false);
         }
         let Some(response) = copy_in_response else {
-            return Ok(());
+            return Ok(false);
         };
         self.cout.extend_from_slice(&response);
         self.flush_client().await?;
@@ -284,12 +284,12 @@ impl Session {
             abort_copies(lent, &in_copy, &reason).await?;
             ClientError::error("57014", format!("COPY from stdin failed: {reason}"))
                 .write(&mut self.cout);
-            return Ok(());
+            return Ok(false);
         }
         if let Err(e) = outcome {
             abort_copies(lent, &in_copy, "shardpool: rejected COPY data").await?;
             e.write(&mut self.cout);
-            return Ok(());
+            return Ok(false);
         }
         for sf in batches.flush_all() {
             lent[sf.shard as usize]
@@ -321,9 +321,12 @@ impl Session {
                 e.message = format!("{} (other shards may have committed their rows)", e.message);
                 e.write(&mut self.cout);
             }
-            None => command_complete(&mut self.cout, &format!("COPY {total}")),
+            None => {
+                command_complete(&mut self.cout, &format!("COPY {total}"));
+                return Ok(true);
+            }
         }
-        Ok(())
+        Ok(false)
     }
 
     pub(super) async fn copy_out(
@@ -331,7 +334,7 @@ impl Session {
         sql: &str,
         header: bool,
         lent: &mut Lent,
-    ) -> Result<(), SessionError> {
+    ) -> Result<bool, SessionError> {
         let mut out = BytesMut::new();
         write_query(&mut out, sql);
         let mut total = 0u64;
@@ -377,7 +380,10 @@ impl Session {
         }
         match error {
             // An ErrorResponse ends a copy-out for the client too.
-            Some(raw) => self.cout.extend_from_slice(&raw),
+            Some(raw) => {
+                self.cout.extend_from_slice(&raw);
+                Ok(false)
+            }
             None => {
                 if started {
                     let mut done = BytesMut::new();
@@ -386,9 +392,9 @@ impl Session {
                     self.cout.extend_from_slice(&done);
                 }
                 command_complete(&mut self.cout, &format!("COPY {total}"));
+                Ok(true)
             }
         }
-        Ok(())
     }
 }
 
