@@ -1,5 +1,7 @@
-//! COPY with a sharded table. `COPY t FROM STDIN`: one COPY per shard is started, the client's rows are split by
-//! their key (`sharding::copy`) and streamed to their shards in batches, and the client is told the total. `COPY t TO
+//! COPY with a sharded table. `COPY t FROM STDIN`: one COPY per shard is started, each inside a transaction, the
+//! client's rows are split by their key (`sharding::copy`) and streamed to their shards in batches; only when every
+//! shard has accepted its rows are the transactions committed (one after the other: there is no two-phase commit, so
+//! only a failure of the COMMIT itself can leave some shards with their rows), and the client is told the total. `COPY t TO
 //! STDOUT`: the shards' outputs are sent one after the other, with a header (if asked for) once.
 
 use std::sync::Arc;
@@ -154,6 +156,9 @@ impl Session {
         // Start a COPY on every shard; each must answer CopyInResponse.
         let shard_sql = from.shard_sql();
         let mut out = BytesMut::new();
+        // In a transaction, so that a shard failing later (at its COPY start, on its data, at CopyDone) leaves no
+        // rows on the shards that had accepted theirs.
+        write_query(&mut out, "BEGIN");
         write_query(&mut out, &shard_sql);
         let mut copy_in_response = None;
         let mut failed: Option<ClientError> = None;
@@ -191,6 +196,7 @@ impl Session {
                 "shardpool: COPY could not start on every shard",
             )
             .await?;
+            end_transactions(lent, false).await?;
             e.write(&mut self.cout);
             return Ok(false);
         }
@@ -282,12 +288,14 @@ impl Session {
         };
         if let Some(reason) = client_failed {
             abort_copies(lent, &in_copy, &reason).await?;
+            end_transactions(lent, false).await?;
             ClientError::error("57014", format!("COPY from stdin failed: {reason}"))
                 .write(&mut self.cout);
             return Ok(false);
         }
         if let Err(e) = outcome {
             abort_copies(lent, &in_copy, "shardpool: rejected COPY data").await?;
+            end_transactions(lent, false).await?;
             e.write(&mut self.cout);
             return Ok(false);
         }
@@ -315,11 +323,23 @@ impl Session {
                 first_error = Some(shard_error(i, &e));
             }
         }
-        match first_error {
-            // Shards that succeeded keep their rows: there is no cross-shard atomicity; the message says so.
-            Some(mut e) => {
-                e.message = format!("{} (other shards may have committed their rows)", e.message);
-                e.write(&mut self.cout);
+        if let Some(e) = first_error {
+            end_transactions(lent, false).await?;
+            e.write(&mut self.cout);
+            return Ok(false);
+        }
+        let failed = end_transactions(lent, true).await?;
+        match failed.first() {
+            // A COMMIT failed: the shards before it have committed their rows, and nothing can undo that.
+            Some((i, e)) => {
+                let committed: Vec<String> = (0..*i).map(|s| s.to_string()).collect();
+                let mut ce = shard_error(*i, e);
+                ce.message = format!(
+                    "{} (at COMMIT; shards [{}] had already committed their rows)",
+                    ce.message,
+                    committed.join(", ")
+                );
+                ce.write(&mut self.cout);
             }
             None => {
                 command_complete(&mut self.cout, &format!("COPY {total}"));
@@ -396,6 +416,41 @@ impl Session {
             }
         }
     }
+}
+
+/// Ends the shards' transactions (COMMIT or ROLLBACK) where one is open, in shard order. With `commit`, stops at
+/// the first failure, whose shard is returned (later shards are rolled back).
+async fn end_transactions(
+    lent: &mut Lent,
+    commit: bool,
+) -> Result<Vec<(usize, ErrorFields)>, SessionError> {
+    let mut failed = Vec::new();
+    for (i, (_, server)) in lent.iter_mut().enumerate() {
+        if server.status == crate::protocol::TxStatus::Idle {
+            continue;
+        }
+        let commit_here = commit && failed.is_empty();
+        // COMMIT of a failed transaction rolls back and says ROLLBACK without an error: that is a failure too.
+        let aborted = server.status == crate::protocol::TxStatus::Failed;
+        let sql = if commit_here { "COMMIT" } else { "ROLLBACK" };
+        let error = server
+            .simple_query(sql)
+            .await
+            .map_err(|e| SessionError::ServerIo(std::io::Error::other(e.to_string())))?;
+        match error {
+            Some(e) if commit_here => failed.push((i, e)),
+            None if commit_here && aborted => failed.push((
+                i,
+                ErrorFields {
+                    severity: "ERROR".into(),
+                    code: "25P02".into(),
+                    message: "the shard's transaction was aborted".into(),
+                },
+            )),
+            _ => {}
+        }
+    }
+    Ok(failed)
 }
 
 /// Ends the COPYs in progress on the shards with CopyFail (nothing is committed) and reads them back to idle.
