@@ -11,7 +11,7 @@ mod common;
 use futures_util::{SinkExt, StreamExt};
 use tokio_postgres::types::{FromSql, ToSql, Type};
 
-use common::shards::{count, owned, shop_url, start, Shards, VSHARDS};
+use common::shards::{count, owned, shop_url, start, start_with, Shards, VSHARDS};
 use shardpool::sharding::hash::vshard_sql;
 use shardpool::sharding::key::KeyType;
 
@@ -208,6 +208,22 @@ async fn extended_protocol_runs_on_every_shard_and_merges_like_one_database() {
     single.sort();
     assert_eq!((cols, sharded), (one_cols, single));
 
+    // A batch arriving in pieces is collected whole before it runs; text results here (the merge's own format).
+    let sql =
+        "SELECT owner, count(*), avg(balance) FROM accounts GROUP BY owner ORDER BY owner LIMIT 3";
+    let mut raw = common::raw::Raw::connect(proxy.port, "app", "secret", "shop").await;
+    raw.parse("", sql).await;
+    tokio::task::yield_now().await;
+    raw.bind_execute("").await;
+    tokio::task::yield_now().await;
+    raw.sync().await;
+    let mut expected = vec!["1".to_owned(), "2".to_owned()];
+    for r in common::shards::rows(&one, sql).await {
+        expected.push(format!("D:{r:?}"));
+    }
+    expected.extend(["C:SELECT 3".to_owned(), "Z:I".to_owned()]);
+    assert_eq!(raw.replies().await, expected);
+
     // A prepared statement is prepared on one shard and fans out at each execution.
     let st = c
         .prepare("SELECT count(*), sum(balance) FROM accounts WHERE balance >= $1")
@@ -299,7 +315,7 @@ async fn extended_protocol_runs_on_every_shard_and_merges_like_one_database() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_errors_leave_no_rows_and_a_usable_session() {
-    let (shards, proxy, _cfg) = start().await;
+    let (shards, proxy, _cfg) = start_with(true).await;
     let c = common::connect(&shop_url(&proxy)).await;
     let totals = |shards: &Shards| -> Vec<i64> {
         shards
@@ -415,6 +431,31 @@ async fn copy_errors_leave_no_rows_and_a_usable_session() {
     assert_eq!(copy_accounts_range(&c, 10_000..10_500).await, 500);
     let after: i64 = totals(&shards).iter().sum();
     assert_eq!(after, 2_500);
+
+    // Keyless writes (allowed in this config) over the extended protocol: every shard, counts summed, returned
+    // rows from every shard.
+    let n = c
+        .execute(
+            "UPDATE accounts SET balance = balance + $1 WHERE balance >= $2",
+            &[&1i32, &0i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 2_500);
+    let low: i64 = shards
+        .backends
+        .iter()
+        .map(|b| count(b, "SELECT count(*) FROM accounts WHERE balance < 50"))
+        .sum();
+    let returned = c
+        .query(
+            "UPDATE accounts SET balance = balance WHERE balance < $1 RETURNING aid",
+            &[&50i32],
+        )
+        .await
+        .unwrap();
+    assert!(low > 0);
+    assert_eq!(returned.len() as i64, low);
 }
 
 async fn copy_accounts_range(c: &tokio_postgres::Client, range: std::ops::Range<i64>) -> u64 {

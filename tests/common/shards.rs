@@ -21,6 +21,8 @@ pub const SCHEMA: &str =
 pub struct Shards {
     pub backends: Vec<Backend>,
     pub _replica: PgServer,
+    /// `allow_fanout_writes` in the sharding config.
+    pub fanout_writes: bool,
 }
 
 pub fn sharding_toml(shards: &Shards) -> String {
@@ -32,6 +34,12 @@ pub fn sharding_toml(shards: &Shards) -> String {
          [maps.tenants]\nkind = \"directory\"\nkey_type = \"text\"\nunknown_keys = \"hash\"\n\
          [maps.by_time]\nkind = \"range\"\nkey_type = \"int8\"\nsplit_points = [1000, 2000]\n"
     );
+    if shards.fanout_writes {
+        s = s.replace(
+            "default_shard = 0\n",
+            "default_shard = 0\nallow_fanout_writes = true\n",
+        );
+    }
     for (i, b) in shards.backends.iter().enumerate() {
         s.push_str(&format!(
             "[[shards]]\nhost = \"127.0.0.1\"\nport = {}\nserver_database = \"{DB}\"\n",
@@ -74,6 +82,11 @@ pub fn proxy_toml(shards: &Shards) -> String {
 }
 
 pub async fn start() -> (Shards, TestProxy, ShardingConfig) {
+    start_with(false).await
+}
+
+/// [`start`], with `allow_fanout_writes` as given.
+pub async fn start_with(fanout_writes: bool) -> (Shards, TestProxy, ShardingConfig) {
     let opts = ServerOptions::default().with("synchronous_commit", "on");
     let mut backends = Vec::new();
     for _ in 0..3 {
@@ -85,6 +98,7 @@ pub async fn start() -> (Shards, TestProxy, ShardingConfig) {
     let shards = Shards {
         backends,
         _replica: replica,
+        fanout_writes,
     };
     let cfg: ShardingConfig = toml::from_str(&sharding_toml(&shards)).unwrap();
     // shardctl init, as a library call: the catalog lives on shard 0.

@@ -54,7 +54,7 @@ pub(super) enum FanoutKind {
     CopyOut { header: bool },
     /// An extended-protocol batch whose end has not arrived yet: read more input, then route this first message
     /// again.
-    AwaitBatch(Frame),
+    AwaitBatch(Frame, BatchUse),
 }
 
 impl Session {
@@ -110,7 +110,7 @@ impl Session {
                 }
                 if frame.tag != tag::QUERY {
                     match collect(frame, &self.cin, sql, types, BatchUse::Copy)? {
-                        Collected::Incomplete => return Ok(self.await_batch(frame)),
+                        Collected::Incomplete => return Ok(self.await_batch(frame, BatchUse::Copy)),
                         // Prepared only (its Describe says NoData on any shard).
                         Collected::PrepareOnly => return Ok(Some(default)),
                         Collected::Batch(b) => fanout.batch = Some(Box::new(b)),
@@ -193,9 +193,8 @@ impl Session {
         match collect(frame, &self.cin, sql, types, usage)? {
             Collected::PrepareOnly => Ok(Some(if deferred { here } else { default })),
             Collected::Incomplete if deferred && frame.tag == tag::PARSE => Ok(Some(here)),
-            Collected::Incomplete if !deferred => Ok(self.await_batch(frame)),
             Collected::Incomplete | Collected::Batch(_) if deferred => Err(in_transaction_error()),
-            Collected::Incomplete => Ok(self.await_batch(frame)),
+            Collected::Incomplete => Ok(self.await_batch(frame, usage)),
             Collected::Batch(b) => {
                 // A named statement parsed in the batch stays the client's, for later Binds.
                 if let Some(p) = b.frames.first().filter(|f| f.tag == tag::PARSE) {
@@ -217,29 +216,24 @@ impl Session {
     }
 
     /// Queues a wait for the rest of the batch `first` begins; `first` is then routed again.
-    fn await_batch(&mut self, first: &Frame) -> Option<u16> {
-        self.routing_state().fanout = Some(Fanout::new(
-            "",
-            Vec::new(),
-            FanoutKind::AwaitBatch(first.clone()),
-        ));
+    fn await_batch(&mut self, first: &Frame, usage: BatchUse) -> Option<u16> {
+        let kind = FanoutKind::AwaitBatch(first.clone(), usage);
+        self.routing_state().fanout = Some(Fanout::new("", Vec::new(), kind));
         None
     }
 
     /// Reads client input until the batch `first` begins is complete (a Sync, Flush or, for COPY, Execute has
     /// arrived), then puts `first` back in front of it, to be routed again with the whole batch in view.
-    async fn await_batch_input(&mut self, first: &Frame) -> Result<(), SessionError> {
-        loop {
-            let complete = !matches!(
-                collect(first, &self.cin, "", &[], BatchUse::Everywhere),
-                Ok(Collected::Incomplete)
-            ) || !matches!(
-                collect(first, &self.cin, "", &[], BatchUse::Copy),
-                Ok(Collected::Incomplete)
-            );
-            if complete {
-                break;
-            }
+    async fn await_batch_input(
+        &mut self,
+        first: &Frame,
+        usage: BatchUse,
+    ) -> Result<(), SessionError> {
+        // `collect` stops where the batch will (Sync or Flush, or Execute for COPY), so the retry finds it whole.
+        while matches!(
+            collect(first, &self.cin, "", &[], usage),
+            Ok(Collected::Incomplete)
+        ) {
             let n = self
                 .client
                 .read_idle(&mut self.cin)
@@ -301,8 +295,8 @@ impl Session {
     /// other's pools), the client's session settings applied on each, then a merged read or the statement
     /// everywhere; the client gets one answer and ReadyForQuery.
     pub(super) async fn run_fanout(&mut self, f: Fanout) -> Result<(), SessionError> {
-        if let FanoutKind::AwaitBatch(first) = &f.kind {
-            return self.await_batch_input(first).await;
+        if let FanoutKind::AwaitBatch(first, usage) = &f.kind {
+            return self.await_batch_input(first, *usage).await;
         }
         if let Some(b) = &f.batch {
             bytes::Buf::advance(&mut self.cin, b.consumed);
@@ -377,7 +371,7 @@ impl Session {
                 (FanoutKind::CopyOut { header }, _) => {
                     copied = Box::pin(self.copy_out(&f.sql, *header, &mut lent)).await?
                 }
-                (FanoutKind::AwaitBatch(_), _) => {}
+                (FanoutKind::AwaitBatch(..), _) => {}
             }
         }
         for (pool, server) in lent {
@@ -438,20 +432,18 @@ impl Session {
         }
     }
 
-    /// DDL and reference-table writes: the statement on every shard. Without two-phase commit a failure on one
-    /// shard cannot undo the others, so the error says exactly which shards applied it.
+    /// DDL, reference-table and allowed keyless writes: the statement on every shard. Without two-phase commit a
+    /// failure on one shard cannot undo the others, so the error says exactly which shards applied it.
     async fn everywhere(&mut self, f: &Fanout, lent: &mut [(Arc<Pool>, Box<ServerConn>)]) {
         let mut ok = Vec::new();
         let mut failed = Vec::new();
-        let mut tags = Vec::new();
+        let mut tags: Vec<Vec<String>> = Vec::new();
         for (i, (_, server)) in lent.iter_mut().enumerate() {
             let shard = f.shards[i];
             match server.run_for_tags(&f.sql).await {
                 Ok((t, None)) => {
                     ok.push(shard);
-                    if tags.is_empty() {
-                        tags = t;
-                    }
+                    tags.push(t);
                 }
                 Ok((_, Some(e))) => failed.push((shard, e.code, e.message)),
                 Err(e) => {
@@ -466,8 +458,18 @@ impl Session {
         }
         match failed.first() {
             None => {
-                for t in &tags {
-                    command_complete(&mut self.cout, t);
+                // Each statement's count summed over the shards; a reference table's copies count once.
+                let first = tags.first().cloned().unwrap_or_default();
+                for (k, t) in first.iter().enumerate() {
+                    if f.reference_only {
+                        command_complete(&mut self.cout, t);
+                        continue;
+                    }
+                    let all: Vec<&str> = tags
+                        .iter()
+                        .filter_map(|s| s.get(k).map(String::as_str))
+                        .collect();
+                    command_complete(&mut self.cout, &super::sharded_extended::sum_tags(&all));
                 }
             }
             Some(_) => write_fanout_failure(&mut self.cout, &failed, &ok),

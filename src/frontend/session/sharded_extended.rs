@@ -107,7 +107,7 @@ fn every_request(b: &ExtendedBatch) -> Result<BytesMut, ClientError> {
 }
 
 /// `INSERT 0 3` + `INSERT 0 4` = `INSERT 0 7`; tags without a count are taken from the first.
-fn sum_tags(tags: &[&str]) -> String {
+pub(super) fn sum_tags(tags: &[&str]) -> String {
     let first = tags.first().copied().unwrap_or("");
     let Some((head, n)) = first.rsplit_once(' ') else {
         return first.to_owned();
