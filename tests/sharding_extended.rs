@@ -224,6 +224,26 @@ async fn extended_protocol_runs_on_every_shard_and_merges_like_one_database() {
     expected.extend(["C:SELECT 3".to_owned(), "Z:I".to_owned()]);
     assert_eq!(raw.replies().await, expected);
 
+    // A named Parse of a known text is answered by shardpool itself; the batch then starts with the Describe, and
+    // still fans out as a whole.
+    let sql = "SELECT count(*), max(owner) FROM accounts";
+    raw.parse("q1", sql).await;
+    raw.sync().await;
+    assert_eq!(raw.replies().await, vec!["1", "Z:I"]);
+    raw.parse("q2", sql).await;
+    raw.send(b'D', b"Sq2\0").await;
+    raw.bind_execute("q2").await;
+    raw.sync().await;
+    let mut expected = vec!["1", "t", "T", "2"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    for r in common::shards::rows(&one, sql).await {
+        expected.push(format!("D:{r:?}"));
+    }
+    expected.extend(["C:SELECT 1".to_owned(), "Z:I".to_owned()]);
+    assert_eq!(raw.replies().await, expected);
+
     // A prepared statement is prepared on one shard and fans out at each execution.
     let st = c
         .prepare("SELECT count(*), sum(balance) FROM accounts WHERE balance >= $1")

@@ -12,7 +12,7 @@ use crate::backend::{Pool, ServerConn};
 use crate::error::{sqlstate, ClientError};
 use crate::protocol::backend::{command_complete, ready_for_query};
 use crate::protocol::frontend::{
-    parse_bind, parse_bind_params, parse_parse, peek_bind, query_text,
+    parse_bind, parse_bind_params, parse_parse, parse_target, peek_bind, query_text,
 };
 use crate::protocol::{tag, Frame, TxStatus};
 use crate::sharding::router::{list, Placement, ShardRouter};
@@ -92,6 +92,22 @@ impl Session {
                 (
                     def.as_ref().map(|d| &d.query[..]),
                     view.map(|b| b.rest),
+                    types,
+                )
+            }
+            // Describe of a named statement first (its Parse answered locally): routed like its Bind would be.
+            tag::DESCRIBE => {
+                let target =
+                    parse_target(frame.body()).filter(|t| t.kind == b'S' && !t.name.is_empty());
+                def = target
+                    .as_ref()
+                    .and_then(|t| self.statements.get(t.name).cloned());
+                let bind = peek_bind(&self.cin)
+                    .filter(|(name, _)| Some(*name) == target.as_ref().map(|t| t.name));
+                let types = def.as_ref().map_or(&[][..], |d| &d.param_types[..]);
+                (
+                    def.as_ref().map(|d| &d.query[..]),
+                    bind.map(|(_, rest)| rest),
                     types,
                 )
             }

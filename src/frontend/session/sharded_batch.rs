@@ -12,7 +12,8 @@ use crate::protocol::{tag, Frame};
 /// The client's messages for one statement on several shards.
 #[derive(Debug)]
 pub(super) struct ExtendedBatch {
-    /// From the first message (a Parse, or a Bind of a statement prepared earlier) to Sync, or for COPY to Execute.
+    /// From the first message (a Parse, or a Bind or Describe of a statement prepared earlier) to Sync, or for COPY
+    /// to Execute.
     pub frames: Vec<Frame>,
     /// Bytes of `frames` after the first still in the client's input buffer (the first was taken already).
     pub consumed: usize,
@@ -118,7 +119,11 @@ fn check_shape(frames: &[Frame], usage: BatchUse) -> Result<(), ClientError> {
             .ok_or_else(malformed)?
             .statement
             .to_vec(),
-        _ => return Err(refuse("it does not start with Parse or Bind")),
+        Some(tag::DESCRIBE) => parse_target(frames[0].body())
+            .ok_or_else(malformed)?
+            .name
+            .to_vec(),
+        _ => return Err(refuse("it does not start with Parse, Bind or Describe")),
     };
     let mut portals: Vec<Vec<u8>> = Vec::new();
     let (mut binds, mut executes) = (0, 0);
