@@ -11,6 +11,7 @@ mod sharded;
 mod sharded_batch;
 mod sharded_copy;
 mod sharded_extended;
+mod sharded_scatter;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;

@@ -373,7 +373,7 @@ impl Session {
             match (&f.kind, &f.batch) {
                 (FanoutKind::Scatter, None) => self.scatter(&f, &mut lent).await,
                 (FanoutKind::Scatter, Some(b)) => {
-                    Box::pin(self.scatter_extended(b, &mut lent)).await?
+                    Box::pin(self.scatter_extended(b, &mut lent)).await
                 }
                 (FanoutKind::Everywhere, None) => self.everywhere(&f, &mut lent).await,
                 (FanoutKind::Everywhere, Some(b)) => {
