@@ -200,6 +200,19 @@ async fn extended_protocol_runs_on_every_shard_and_merges_like_one_database() {
         assert!(!sharded.1.is_empty(), "{sql}");
         assert_eq!(sharded, wire(&one, sql, params).await, "{sql}");
     }
+    // Parse, Bind, Describe portal, Execute and Sync in one batch (tokio-postgres `query_typed`).
+    let sql = "SELECT owner, sum(balance), avg(balance) FROM accounts WHERE balance > $1 \
+               GROUP BY owner ORDER BY 2 DESC LIMIT $2";
+    let params: [(&(dyn ToSql + Sync), Type); 2] = [(&100i32, Type::INT4), (&4i64, Type::INT8)];
+    let got = c.query_typed(sql, &params).await.unwrap();
+    let want = one.query_typed(sql, &params).await.unwrap();
+    assert_eq!(got.len(), 4);
+    for (g, w) in got.iter().zip(&want) {
+        let g: Vec<Wire> = (0..3).map(|i| g.get(i)).collect();
+        let w: Vec<Wire> = (0..3).map(|i| w.get(i)).collect();
+        assert_eq!(g, w, "{sql}");
+    }
+
     // Concatenation passes binary columns through: the same multiset of rows.
     let sql = "SELECT aid, owner FROM accounts WHERE balance = $1";
     let (cols, mut sharded) = wire(&c, sql, &[&7i32]).await;
