@@ -258,10 +258,8 @@ mod tests {
     }
 
     fn bind_rest() -> Vec<u8> {
-        // one text parameter '5', result formats: one code, binary
-        let mut r = vec![0, 0, 0, 1, 0, 0, 0, 1, b'5', 0, 1, 0, 1];
-        r.truncate(13);
-        r
+        // No parameter format codes (text), one parameter '5', one result format code: binary.
+        vec![0, 0, 0, 1, 0, 0, 0, 1, b'5', 0, 1, 0, 1]
     }
 
     #[test]

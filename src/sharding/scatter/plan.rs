@@ -619,6 +619,53 @@ mod tests {
     }
 
     #[test]
+    fn limit_and_offset_parameters_set_the_window_and_stay_parameters() {
+        let values = |n: usize| -> Result<Option<i64>, ScatterError> {
+            Ok(match n {
+                2 => Some(10),
+                3 => Some(5),
+                4 => None,
+                _ => Some(-1),
+            })
+        };
+        let sql = "SELECT id FROM t WHERE v > $1 ORDER BY id LIMIT $2 OFFSET $3";
+        let p = Plan::from_sql_with_params(sql, &values).unwrap();
+        assert_eq!(
+            p.shard_sql(sql),
+            "SELECT id FROM t WHERE v > $1 ORDER BY id LIMIT ($2)::BIGINT + ($3)::BIGINT"
+        );
+        let PlanKind::Sorted { window, .. } = p.kind else {
+            panic!("{:?}", p.kind)
+        };
+        assert_eq!(
+            window,
+            Window {
+                offset: 5,
+                limit: Some(10)
+            }
+        );
+        // Without an offset the statement goes as written; a NULL limit is no limit.
+        let sql = "SELECT id FROM t LIMIT $4";
+        let p = Plan::from_sql_with_params(sql, &values).unwrap();
+        assert_eq!(p.shard_sql(sql), sql);
+        assert_eq!(
+            p.kind,
+            PlanKind::Concat {
+                window: Window::default()
+            }
+        );
+        match Plan::from_sql_with_params("SELECT id FROM t LIMIT $1", &values) {
+            Err(ScatterError::Data { code, .. }) => assert_eq!(code, "2201W"),
+            other => panic!("{other:?}"),
+        }
+        // The simple protocol has no values for them.
+        assert_eq!(
+            refused("SELECT id FROM t LIMIT $2"),
+            "LIMIT/OFFSET given as a parameter ($2)"
+        );
+    }
+
+    #[test]
     fn order_by_resolves_positions_names_and_expressions() {
         let p = plan("SELECT a, b AS bee, c + 1 FROM t ORDER BY 3 DESC, bee NULLS FIRST, a, c + 1 ASC NULLS LAST");
         assert!(!p.is_rewritten());
