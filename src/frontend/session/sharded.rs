@@ -258,6 +258,10 @@ impl Session {
             if n == 0 {
                 return Err(SessionError::ClientGone);
             }
+            self.pool
+                .stats
+                .bytes_received
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
         let mut input = bytes::BytesMut::with_capacity(first.raw.len() + self.cin.len());
         input.extend_from_slice(&first.raw);

@@ -82,6 +82,10 @@ pub(super) fn collect(
                     break;
                 }
             }
+            // A Bind whose Execute would come after a Flush could no longer be sent to every shard.
+            tag::FLUSH if executes == 0 && first.tag == tag::BIND => {
+                return Err(refuse("Flush between Bind and Execute"))
+            }
             tag::SYNC | tag::FLUSH if executes == 0 => return Ok(Collected::PrepareOnly),
             tag::SYNC | tag::FLUSH => break,
             _ => {}
@@ -295,6 +299,17 @@ mod tests {
         write_sync(&mut prepare);
         let r = collect(&first, &prepare, "SELECT 1", &[0, 0], BatchUse::Scatter).unwrap();
         assert!(matches!(r, Collected::PrepareOnly));
+    }
+
+    #[test]
+    fn a_bind_flushed_before_its_execute_is_refused() {
+        let mut first = BytesMut::new();
+        write_bind(&mut first, b"", b"a", &bind_rest());
+        let first = frames(&first).remove(0);
+        let mut rest = BytesMut::new();
+        crate::protocol::backend::put_message(&mut rest, tag::FLUSH, |_| {});
+        let e = collect(&first, &rest, "SELECT 1", &[0, 0], BatchUse::Copy).unwrap_err();
+        assert!(e.message.contains("Flush"), "{}", e.message);
     }
 
     #[test]
