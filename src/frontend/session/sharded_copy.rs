@@ -66,22 +66,29 @@ fn copy_count(body: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
-fn shard_error(shard: usize, e: &ErrorFields) -> ClientError {
-    let code: &'static str = match e.code.as_str() {
-        // Keep the shard's SQLSTATE when it is one the client can act on; a few common ones are mapped to statics.
-        "23505" => "23505",
-        "23502" => "23502",
-        "22P02" => "22P02",
-        "22P04" => "22P04",
-        "42501" => "42501",
-        "42P01" => "42P01",
-        "42703" => "42703",
-        _ => sqlstate::INTERNAL_ERROR,
-    };
-    ClientError::error(
-        code,
-        format!("on shard {shard}: {} ({})", e.message, e.code),
-    )
+/// A shard's error as the client sees it: the shard's own SQLSTATE, the message prefixed with the shard.
+struct ShardFailure {
+    code: String,
+    message: String,
+}
+
+impl ShardFailure {
+    fn write(&self, out: &mut BytesMut) {
+        crate::protocol::backend::error_response(
+            out,
+            crate::protocol::backend::Severity::Error,
+            &self.code,
+            &self.message,
+            None,
+        );
+    }
+}
+
+fn shard_error(shard: usize, e: &ErrorFields) -> ShardFailure {
+    ShardFailure {
+        code: e.code.clone(),
+        message: format!("on shard {shard}: {}", e.message),
+    }
 }
 
 impl Session {
@@ -161,7 +168,7 @@ impl Session {
         write_query(&mut out, "BEGIN");
         write_query(&mut out, &shard_sql);
         let mut copy_in_response = None;
-        let mut failed: Option<ClientError> = None;
+        let mut failed: Option<ShardFailure> = None;
         let mut in_copy = vec![false; lent.len()];
         for (i, (_, server)) in lent.iter_mut().enumerate() {
             server
