@@ -213,6 +213,7 @@ impl Session {
                         tag::PARSE_COMPLETE
                             | tag::BIND_COMPLETE
                             | tag::PARAMETER_DESCRIPTION
+                            | tag::ROW_DESCRIPTION
                             | tag::NO_DATA
                             | tag::CLOSE_COMPLETE
                     );
@@ -238,7 +239,11 @@ impl Session {
             let mut segs: Vec<(Vec<Frame>, Option<String>)> = vec![(Vec::new(), None)];
             for f in &r.frames {
                 match f.tag {
-                    tag::DATA_ROW => segs.last_mut().map(|s| s.0.push(f.clone())).unwrap_or(()),
+                    tag::DATA_ROW => {
+                        if let Some(s) = segs.last_mut() {
+                            s.0.push(f.clone());
+                        }
+                    }
                     tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED => {
                         if let Some(s) = segs.last_mut() {
                             s.1 = (f.tag == tag::COMMAND_COMPLETE).then(|| command_tag(f));
