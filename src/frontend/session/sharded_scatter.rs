@@ -60,10 +60,7 @@ async fn scatter_answer(b: &ExtendedBatch, lent: &mut Lent) -> Result<BytesMut, 
     };
     let param_int =
         |n: usize| -> Result<Option<i64>, ScatterError> { param_integer(&formats, &values, n) };
-    let plan = match Plan::from_sql_with_params(&b.sql, &param_int) {
-        Ok(p) => p,
-        Err(e) => return Err(e),
-    };
+    let plan = Plan::from_sql_with_params(&b.sql, &param_int)?;
     let concat = matches!(plan.kind, PlanKind::Concat { .. });
     let wants_binary = parts.result_formats.contains(&1);
     let shard_formats: Vec<i16> = if concat {
@@ -82,14 +79,15 @@ async fn scatter_answer(b: &ExtendedBatch, lent: &mut Lent) -> Result<BytesMut, 
     let mut described: Option<(Frame, Frame)> = None;
     let mut param_types = b.param_types.clone();
     if describe_statement || (plan.is_rewritten() && !values.is_empty()) {
-        match describe(&mut lent[0].1, &b.sql, &b.param_types).await {
-            Ok((params, row)) => {
-                // ParameterDescription's body is laid out as Parse's parameter types.
-                param_types = Bytes::copy_from_slice(params.body());
-                described = Some((params, row));
-            }
-            Err(e) => return Err(e),
-        }
+        let Some((_, first)) = lent.first_mut() else {
+            return Err(ScatterError::unsupported(
+                "a scatter/gather query over no shards",
+            ));
+        };
+        let (params, row) = describe(first, &b.sql, &b.param_types).await?;
+        // ParameterDescription's body is laid out as Parse's parameter types.
+        param_types = Bytes::copy_from_slice(params.body());
+        described = Some((params, row));
     }
     let shard_sql = plan.shard_sql(&b.sql);
     let mut request = BytesMut::new();
@@ -134,10 +132,7 @@ async fn scatter_answer(b: &ExtendedBatch, lent: &mut Lent) -> Result<BytesMut, 
         }
     };
     let (description, rest) = if wants_binary && !concat {
-        match to_binary(&description, &rest, &parts.result_formats) {
-            Ok(x) => x,
-            Err(e) => return Err(e),
-        }
+        to_binary(&description, &rest, &parts.result_formats)?
     } else {
         (description, rest)
     };
