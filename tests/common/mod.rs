@@ -262,3 +262,4 @@ pub fn pgbench(port: u16, args: &[&str]) -> String {
     assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
     text
 }
+pub mod shards;

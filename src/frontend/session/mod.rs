@@ -8,7 +8,10 @@ mod attached;
 mod client_messages;
 mod routing;
 mod sharded;
+mod sharded_batch;
 mod sharded_copy;
+mod sharded_extended;
+mod sharded_scatter;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;

@@ -1,25 +1,43 @@
 //! Sharding in the session: before a transaction takes a server, its first statement's shard key decides the shard
 //! (the session then uses that shard's pools, with read/write splitting inside the shard); later statements of the
 //! transaction must stay on it. Statements for every shard (DDL, reference-table writes) and keyless reads
-//! (scatter/gather) run here on one connection per shard, outside the attached pump.
+//! (scatter/gather) run here on one connection per shard, outside the attached pump: over the simple query protocol
+//! here, over the extended protocol in `sharded_extended` (the client's batch collected first, `sharded_batch`).
 
 use std::sync::Arc;
 
+use super::sharded_batch::{collect, BatchUse, Collected, ExtendedBatch};
 use super::{Session, SessionError};
 use crate::backend::{Pool, ServerConn};
 use crate::error::{sqlstate, ClientError};
 use crate::protocol::backend::{command_complete, ready_for_query};
 use crate::protocol::frontend::{
-    parse_bind, parse_bind_params, parse_parse, peek_bind, query_text,
+    parse_bind, parse_bind_params, parse_parse, parse_target, peek_bind, query_text,
 };
 use crate::protocol::{tag, Frame, TxStatus};
 use crate::sharding::router::{list, Placement, ShardRouter};
 
-/// A statement that runs on several shards at once (simple protocol only).
+/// A statement that runs on several shards at once.
 pub(super) struct Fanout {
     pub sql: String,
     pub shards: Vec<u16>,
     pub kind: FanoutKind,
+    /// Sent over the extended protocol: the client's batch (None: a simple Query).
+    pub batch: Option<Box<ExtendedBatch>>,
+    /// The statement changes only reference tables: every shard holds the same rows, so counts are not summed.
+    pub reference_only: bool,
+}
+
+impl Fanout {
+    fn new(sql: &str, shards: Vec<u16>, kind: FanoutKind) -> Fanout {
+        Fanout {
+            sql: sql.to_owned(),
+            shards,
+            kind,
+            batch: None,
+            reference_only: false,
+        }
+    }
 }
 
 pub(super) enum FanoutKind {
@@ -34,6 +52,9 @@ pub(super) enum FanoutKind {
     ),
     /// `COPY sharded_table TO STDOUT`: the shards' outputs one after the other (`header`: send it once).
     CopyOut { header: bool },
+    /// An extended-protocol batch whose end has not arrived yet: read more input, then route this first message
+    /// again.
+    AwaitBatch(Frame, BatchUse),
 }
 
 impl Session {
@@ -51,34 +72,65 @@ impl Session {
     ) -> Result<Option<u16>, ClientError> {
         let default = router.config.default_shard;
         let def;
-        let (sql, params): (Option<&[u8]>, Option<&[u8]>) = match frame.tag {
-            tag::QUERY => (query_text(frame.body()), None),
+        #[allow(clippy::type_complexity)]
+        let (sql, params, types): (Option<&[u8]>, Option<&[u8]>, &[u8]) = match frame.tag {
+            tag::QUERY => (query_text(frame.body()), None, &[]),
             tag::PARSE => {
                 let parse = parse_parse(frame.body());
                 // Parse, Bind, Execute, Sync usually arrive together: the Bind's parameters decide.
                 let bind = peek_bind(&self.cin)
                     .filter(|(name, _)| Some(*name) == parse.as_ref().map(|p| p.name));
-                (parse.map(|p| p.query), bind.map(|(_, rest)| rest))
+                let types = parse.as_ref().map_or(&[][..], |p| p.param_types);
+                (parse.map(|p| p.query), bind.map(|(_, rest)| rest), types)
             }
             tag::BIND => {
                 let view = parse_bind(frame.body());
                 def = view
                     .as_ref()
                     .and_then(|b| self.statements.get(b.statement).cloned());
-                (def.as_ref().map(|d| &d.query[..]), view.map(|b| b.rest))
+                let types = def.as_ref().map_or(&[][..], |d| &d.param_types[..]);
+                (
+                    def.as_ref().map(|d| &d.query[..]),
+                    view.map(|b| b.rest),
+                    types,
+                )
             }
-            _ => (None, None),
+            // Describe of a named statement first (its Parse answered locally): routed like its Bind would be.
+            tag::DESCRIBE => {
+                let target =
+                    parse_target(frame.body()).filter(|t| t.kind == b'S' && !t.name.is_empty());
+                def = target
+                    .as_ref()
+                    .and_then(|t| self.statements.get(t.name).cloned());
+                let bind = peek_bind(&self.cin)
+                    .filter(|(name, _)| Some(*name) == target.as_ref().map(|t| t.name));
+                let types = def.as_ref().map_or(&[][..], |d| &d.param_types[..]);
+                (
+                    def.as_ref().map(|d| &d.query[..]),
+                    bind.map(|(_, rest)| rest),
+                    types,
+                )
+            }
+            _ => (None, None, &[]),
         };
         let Some(sql) = sql.and_then(|s| std::str::from_utf8(s).ok()) else {
             return Ok(Some(self.current_shard().unwrap_or(default)));
         };
-        if frame.tag == tag::QUERY && starts_with_copy(sql) {
-            if let Some(fanout) = copy_fanout(router, sql)? {
+        if starts_with_copy(sql) {
+            if let Some(mut fanout) = copy_fanout(router, sql)? {
                 if in_transaction {
                     return Err(ClientError::error(
                         sqlstate::FEATURE_NOT_SUPPORTED,
                         "COPY of a sharded table cannot run inside a transaction (transactions are bound to one shard)",
                     ));
+                }
+                if frame.tag != tag::QUERY {
+                    match collect(frame, &self.cin, sql, types, BatchUse::Copy)? {
+                        Collected::Incomplete => return Ok(self.await_batch(frame, BatchUse::Copy)),
+                        // Prepared only (its Describe says NoData on any shard).
+                        Collected::PrepareOnly => return Ok(Some(default)),
+                        Collected::Batch(b) => fanout.batch = Some(Box::new(b)),
+                    }
                 }
                 self.routing_state().fanout = Some(fanout);
                 return Ok(None);
@@ -111,35 +163,111 @@ impl Session {
                 }
                 Ok(Some(shard))
             }
-            Placement::Every | Placement::Scatter(_)
-                if in_transaction || frame.tag != tag::QUERY =>
-            {
-                Err(ClientError::error(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    if in_transaction {
-                        "a statement for every shard cannot run inside a transaction (transactions are bound to one shard)"
-                    } else {
-                        "a statement for every shard (scatter/gather, DDL, reference-table writes) must use the simple query protocol"
-                    },
-                ))
+            Placement::Every | Placement::Scatter(_) if in_transaction => {
+                Err(in_transaction_error())
+            }
+            Placement::Every | Placement::Scatter(_) if frame.tag != tag::QUERY => {
+                let reference_only = stmt.sharded.is_empty();
+                self.place_extended(frame, sql, types, placement, reference_only, router)
             }
             Placement::Every => {
-                self.routing_state().fanout = Some(Fanout {
-                    sql: sql.to_owned(),
-                    shards: (0..router.shards()).collect(),
-                    kind: FanoutKind::Everywhere,
-                });
+                let mut f =
+                    Fanout::new(sql, (0..router.shards()).collect(), FanoutKind::Everywhere);
+                f.reference_only = stmt.sharded.is_empty();
+                self.routing_state().fanout = Some(f);
                 Ok(None)
             }
             Placement::Scatter(shards) => {
-                self.routing_state().fanout = Some(Fanout {
-                    sql: sql.to_owned(),
-                    shards,
-                    kind: FanoutKind::Scatter,
-                });
+                self.routing_state().fanout = Some(Fanout::new(sql, shards, FanoutKind::Scatter));
                 Ok(None)
             }
         }
+    }
+
+    /// A Parse or Bind, outside an explicit transaction, of a statement for several shards: once the client's batch
+    /// is complete, a fan-out of it; a prepare without execution goes to one shard (any shard can describe it).
+    fn place_extended(
+        &mut self,
+        frame: &Frame,
+        sql: &str,
+        types: &[u8],
+        placement: Placement,
+        reference_only: bool,
+        router: &ShardRouter,
+    ) -> Result<Option<u16>, ClientError> {
+        let default = router.config.default_shard;
+        // After a BEGIN held back: a prepare runs where the transaction is; an execution cannot run there.
+        let deferred = self
+            .routing
+            .as_ref()
+            .is_some_and(|r| r.deferred_begin.is_some());
+        let here = self.current_shard().unwrap_or(default);
+        let usage = match placement {
+            Placement::Scatter(_) => BatchUse::Scatter,
+            _ => BatchUse::Everywhere,
+        };
+        match collect(frame, &self.cin, sql, types, usage)? {
+            Collected::PrepareOnly => Ok(Some(if deferred { here } else { default })),
+            Collected::Incomplete if deferred && frame.tag == tag::PARSE => Ok(Some(here)),
+            Collected::Incomplete | Collected::Batch(_) if deferred => Err(in_transaction_error()),
+            Collected::Incomplete => Ok(self.await_batch(frame, usage)),
+            Collected::Batch(b) => {
+                // A named statement parsed in the batch stays the client's, for later Binds.
+                if let Some(p) = b.frames.first().filter(|f| f.tag == tag::PARSE) {
+                    if let Some(v) = parse_parse(p.body()).filter(|v| !v.name.is_empty()) {
+                        self.statements.define(v.name, v.query, v.param_types);
+                    }
+                }
+                let (shards, kind) = match placement {
+                    Placement::Scatter(shards) => (shards, FanoutKind::Scatter),
+                    _ => ((0..router.shards()).collect(), FanoutKind::Everywhere),
+                };
+                let mut f = Fanout::new(sql, shards, kind);
+                f.reference_only = reference_only;
+                f.batch = Some(Box::new(b));
+                self.routing_state().fanout = Some(f);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Queues a wait for the rest of the batch `first` begins; `first` is then routed again.
+    fn await_batch(&mut self, first: &Frame, usage: BatchUse) -> Option<u16> {
+        let kind = FanoutKind::AwaitBatch(first.clone(), usage);
+        self.routing_state().fanout = Some(Fanout::new("", Vec::new(), kind));
+        None
+    }
+
+    /// Reads client input until the batch `first` begins is complete (a Sync, Flush or, for COPY, Execute has
+    /// arrived), then puts `first` back in front of it, to be routed again with the whole batch in view.
+    async fn await_batch_input(
+        &mut self,
+        first: &Frame,
+        usage: BatchUse,
+    ) -> Result<(), SessionError> {
+        // `collect` stops where the batch will (Sync or Flush, or Execute for COPY), so the retry finds it whole.
+        while matches!(
+            collect(first, &self.cin, "", &[], usage),
+            Ok(Collected::Incomplete)
+        ) {
+            let n = self
+                .client
+                .read_idle(&mut self.cin)
+                .await
+                .map_err(SessionError::ClientIo)?;
+            if n == 0 {
+                return Err(SessionError::ClientGone);
+            }
+            self.pool
+                .stats
+                .bytes_received
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut input = bytes::BytesMut::with_capacity(first.raw.len() + self.cin.len());
+        input.extend_from_slice(&first.raw);
+        input.extend_from_slice(&self.cin);
+        self.cin = input;
+        Ok(())
     }
 
     pub(super) fn current_shard(&self) -> Option<u16> {
@@ -187,6 +315,12 @@ impl Session {
     /// other's pools), the client's session settings applied on each, then a merged read or the statement
     /// everywhere; the client gets one answer and ReadyForQuery.
     pub(super) async fn run_fanout(&mut self, f: Fanout) -> Result<(), SessionError> {
+        if let FanoutKind::AwaitBatch(first, usage) = &f.kind {
+            return self.await_batch_input(first, *usage).await;
+        }
+        if let Some(b) = &f.batch {
+            bytes::Buf::advance(&mut self.cin, b.consumed);
+        }
         self.flush_client().await?;
         let config = self.ctx.config();
         let user = config.user(&self.pools.user).cloned();
@@ -230,19 +364,34 @@ impl Session {
                 }
             }
         }
+        let copy = matches!(f.kind, FanoutKind::CopyIn(..) | FanoutKind::CopyOut { .. });
+        let mut copied = false;
         if let Some(e) = failure {
             e.write(&mut self.cout);
         } else {
-            match &f.kind {
-                FanoutKind::Scatter => self.scatter(&f, &mut lent).await,
-                FanoutKind::Everywhere => self.everywhere(&f, &mut lent).await,
-                FanoutKind::CopyIn(from, table) => {
+            if copy {
+                if let Some(b) = &f.batch {
+                    self.acknowledge_copy(b);
+                }
+            }
+            match (&f.kind, &f.batch) {
+                (FanoutKind::Scatter, None) => self.scatter(&f, &mut lent).await,
+                (FanoutKind::Scatter, Some(b)) => {
+                    Box::pin(self.scatter_extended(b, &mut lent)).await
+                }
+                (FanoutKind::Everywhere, None) => self.everywhere(&f, &mut lent).await,
+                (FanoutKind::Everywhere, Some(b)) => {
+                    Box::pin(self.everywhere_extended(&f.shards, b, f.reference_only, &mut lent))
+                        .await?
+                }
+                (FanoutKind::CopyIn(from, table), _) => {
                     let (from, table) = (from.clone(), Arc::clone(table));
-                    Box::pin(self.copy_in(&from, &table, &mut lent)).await?
+                    copied = Box::pin(self.copy_in(&from, &table, &mut lent)).await?
                 }
-                FanoutKind::CopyOut { header } => {
-                    Box::pin(self.copy_out(&f.sql, *header, &mut lent)).await?
+                (FanoutKind::CopyOut { header }, _) => {
+                    copied = Box::pin(self.copy_out(&f.sql, *header, &mut lent)).await?
                 }
+                (FanoutKind::AwaitBatch(..), _) => {}
             }
         }
         for (pool, server) in lent {
@@ -250,8 +399,36 @@ impl Session {
                 pool.checkin(server);
             }
         }
-        ready_for_query(&mut self.cout, TxStatus::Idle);
+        if copy && f.batch.is_some() {
+            // COPY over the extended protocol ends at the client's Sync, which is still to come (Syncs sent during
+            // COPY IN are ignored, as Postgres does); after an error, messages up to that Sync are discarded.
+            if !copied {
+                self.relay.skip_until_sync = true;
+            }
+        } else {
+            ready_for_query(&mut self.cout, TxStatus::Idle);
+        }
         self.flush_client().await
+    }
+
+    /// The replies owed for the Parse, Bind and Describe before a COPY's Execute (a COPY has no result columns).
+    fn acknowledge_copy(&mut self, b: &ExtendedBatch) {
+        use crate::protocol::backend::{parse_complete, put_message};
+        for f in &b.frames {
+            match f.tag {
+                tag::PARSE => parse_complete(&mut self.cout),
+                tag::BIND => put_message(&mut self.cout, tag::BIND_COMPLETE, |_| {}),
+                tag::DESCRIBE => {
+                    if f.body().first() == Some(&b'S') {
+                        put_message(&mut self.cout, tag::PARAMETER_DESCRIPTION, |m| {
+                            m.extend_from_slice(&[0, 0])
+                        });
+                    }
+                    put_message(&mut self.cout, tag::NO_DATA, |_| {});
+                }
+                _ => {}
+            }
+        }
     }
 
     async fn scatter(&mut self, f: &Fanout, lent: &mut [(Arc<Pool>, Box<ServerConn>)]) {
@@ -275,20 +452,18 @@ impl Session {
         }
     }
 
-    /// DDL and reference-table writes: the statement on every shard. Without two-phase commit a failure on one
-    /// shard cannot undo the others, so the error says exactly which shards applied it.
+    /// DDL, reference-table and allowed keyless writes: the statement on every shard. Without two-phase commit a
+    /// failure on one shard cannot undo the others, so the error says exactly which shards applied it.
     async fn everywhere(&mut self, f: &Fanout, lent: &mut [(Arc<Pool>, Box<ServerConn>)]) {
         let mut ok = Vec::new();
         let mut failed = Vec::new();
-        let mut tags = Vec::new();
+        let mut tags: Vec<Vec<String>> = Vec::new();
         for (i, (_, server)) in lent.iter_mut().enumerate() {
             let shard = f.shards[i];
             match server.run_for_tags(&f.sql).await {
                 Ok((t, None)) => {
                     ok.push(shard);
-                    if tags.is_empty() {
-                        tags = t;
-                    }
+                    tags.push(t);
                 }
                 Ok((_, Some(e))) => failed.push((shard, e.code, e.message)),
                 Err(e) => {
@@ -303,31 +478,59 @@ impl Session {
         }
         match failed.first() {
             None => {
-                for t in &tags {
-                    command_complete(&mut self.cout, t);
+                // Each statement's count summed over the shards; a reference table's copies count once.
+                let first = tags.first().cloned().unwrap_or_default();
+                for (k, t) in first.iter().enumerate() {
+                    if f.reference_only {
+                        command_complete(&mut self.cout, t);
+                        continue;
+                    }
+                    let all: Vec<&str> = tags
+                        .iter()
+                        .filter_map(|s| s.get(k).map(String::as_str))
+                        .collect();
+                    command_complete(&mut self.cout, &super::sharded_extended::sum_tags(&all));
                 }
             }
-            Some((shard, code, message)) => {
-                let failed_shards: Vec<u16> = failed.iter().map(|f| f.0).collect();
-                let detail = format!(
-                    "failed on shards {}; ran on shards {}",
-                    list(&failed_shards),
-                    if ok.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        list(&ok)
-                    }
-                );
-                crate::protocol::backend::error_response(
-                    &mut self.cout,
-                    crate::protocol::backend::Severity::Error,
-                    code,
-                    &format!("on shard {shard}: {message}"),
-                    Some(&detail),
-                );
-            }
+            Some(_) => write_fanout_failure(&mut self.cout, &failed, &ok),
         }
     }
+}
+
+/// The error for a statement that failed on some shards (`failed`: shard, SQLSTATE, message, in shard order): the
+/// first failure's SQLSTATE and message, and in the detail which shards failed and which applied the statement.
+pub(super) fn write_fanout_failure(
+    out: &mut bytes::BytesMut,
+    failed: &[(u16, String, String)],
+    ok: &[u16],
+) {
+    let Some((shard, code, message)) = failed.first() else {
+        return;
+    };
+    let failed_shards: Vec<u16> = failed.iter().map(|f| f.0).collect();
+    let detail = format!(
+        "failed on shards {}; ran on shards {}",
+        list(&failed_shards),
+        if ok.is_empty() {
+            "none".to_owned()
+        } else {
+            list(ok)
+        }
+    );
+    crate::protocol::backend::error_response(
+        out,
+        crate::protocol::backend::Severity::Error,
+        code,
+        &format!("on shard {shard}: {message}"),
+        Some(&detail),
+    );
+}
+
+fn in_transaction_error() -> ClientError {
+    ClientError::error(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        "a statement for every shard cannot run inside a transaction (transactions are bound to one shard)",
+    )
 }
 
 /// Whether a query starts with the COPY keyword (after blanks and comments are not skipped: a hint comment before
@@ -355,18 +558,12 @@ fn copy_fanout(router: &ShardRouter, sql: &str) -> Result<Option<Fanout>, Client
     };
     let all: Vec<u16> = (0..router.shards()).collect();
     Ok(match parsed {
-        Some(CopyStatement::Split(from)) => sharded(&from.table).map(|t| Fanout {
-            sql: sql.to_owned(),
-            shards: all,
-            kind: FanoutKind::CopyIn(Box::new(from), t),
-        }),
+        Some(CopyStatement::Split(from)) => sharded(&from.table)
+            .map(|t| Fanout::new(sql, all, FanoutKind::CopyIn(Box::new(from), t))),
         Some(CopyStatement::Concatenate(to)) => match &to.source {
-            CopySource::Table { table, .. } => sharded(table).map(|_| Fanout {
-                sql: sql.to_owned(),
-                shards: all,
-                kind: FanoutKind::CopyOut {
-                    header: to.options.header == crate::sharding::copy::HeaderLine::Present,
-                },
+            CopySource::Table { table, .. } => sharded(table).map(|_| {
+                let header = to.options.header == crate::sharding::copy::HeaderLine::Present;
+                Fanout::new(sql, all, FanoutKind::CopyOut { header })
             }),
             CopySource::Query(_) => {
                 return Err(ClientError::error(

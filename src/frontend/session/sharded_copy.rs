@@ -1,5 +1,7 @@
-//! COPY with a sharded table. `COPY t FROM STDIN`: one COPY per shard is started, the client's rows are split by
-//! their key (`sharding::copy`) and streamed to their shards in batches, and the client is told the total. `COPY t TO
+//! COPY with a sharded table. `COPY t FROM STDIN`: one COPY per shard is started, each inside a transaction, the
+//! client's rows are split by their key (`sharding::copy`) and streamed to their shards in batches; only when every
+//! shard has accepted its rows are the transactions committed (one after the other: there is no two-phase commit, so
+//! only a failure of the COMMIT itself can leave some shards with their rows), and the client is told the total. `COPY t TO
 //! STDOUT`: the shards' outputs are sent one after the other, with a header (if asked for) once.
 
 use std::sync::Arc;
@@ -64,22 +66,29 @@ fn copy_count(body: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
-fn shard_error(shard: usize, e: &ErrorFields) -> ClientError {
-    let code: &'static str = match e.code.as_str() {
-        // Keep the shard's SQLSTATE when it is one the client can act on; a few common ones are mapped to statics.
-        "23505" => "23505",
-        "23502" => "23502",
-        "22P02" => "22P02",
-        "22P04" => "22P04",
-        "42501" => "42501",
-        "42P01" => "42P01",
-        "42703" => "42703",
-        _ => sqlstate::INTERNAL_ERROR,
-    };
-    ClientError::error(
-        code,
-        format!("on shard {shard}: {} ({})", e.message, e.code),
-    )
+/// A shard's error as the client sees it: the shard's own SQLSTATE, the message prefixed with the shard.
+struct ShardFailure {
+    code: String,
+    message: String,
+}
+
+impl ShardFailure {
+    fn write(&self, out: &mut BytesMut) {
+        crate::protocol::backend::error_response(
+            out,
+            crate::protocol::backend::Severity::Error,
+            &self.code,
+            &self.message,
+            None,
+        );
+    }
+}
+
+fn shard_error(shard: usize, e: &ErrorFields) -> ShardFailure {
+    ShardFailure {
+        code: e.code.clone(),
+        message: format!("on shard {shard}: {}", e.message),
+    }
 }
 
 impl Session {
@@ -88,9 +97,9 @@ impl Session {
         from: &CopyFrom,
         table: &Arc<ShardedTable>,
         lent: &mut Lent,
-    ) -> Result<(), SessionError> {
+    ) -> Result<bool, SessionError> {
         let Some(router) = self.shard_router() else {
-            return Ok(());
+            return Ok(false);
         };
         let Some(catalog) = router.catalog() else {
             ClientError::error(
@@ -98,7 +107,7 @@ impl Session {
                 "the shard catalog is not loaded yet",
             )
             .write(&mut self.cout);
-            return Ok(());
+            return Ok(false);
         };
         // Which field holds the key: from the column list, else from the table's columns (asked of shard 0).
         let splitter = match &from.columns {
@@ -115,7 +124,7 @@ impl Session {
                             ),
                         )
                         .write(&mut self.cout);
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
             }
@@ -139,7 +148,7 @@ impl Session {
                             format!("reading the columns of {}: {e}", table.name),
                         )
                         .write(&mut self.cout);
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
             }
@@ -148,15 +157,18 @@ impl Session {
             Ok(s) => s,
             Err(e) => {
                 ClientError::error(e.sqlstate(), e.to_string()).write(&mut self.cout);
-                return Ok(());
+                return Ok(false);
             }
         };
         // Start a COPY on every shard; each must answer CopyInResponse.
         let shard_sql = from.shard_sql();
         let mut out = BytesMut::new();
+        // In a transaction, so that a shard failing later (at its COPY start, on its data, at CopyDone) leaves no
+        // rows on the shards that had accepted theirs.
+        write_query(&mut out, "BEGIN");
         write_query(&mut out, &shard_sql);
         let mut copy_in_response = None;
-        let mut failed: Option<ClientError> = None;
+        let mut failed: Option<ShardFailure> = None;
         let mut in_copy = vec![false; lent.len()];
         for (i, (_, server)) in lent.iter_mut().enumerate() {
             server
@@ -191,11 +203,12 @@ impl Session {
                 "shardpool: COPY could not start on every shard",
             )
             .await?;
+            end_transactions(lent, false).await?;
             e.write(&mut self.cout);
-            return Ok(());
+            return Ok(false);
         }
         let Some(response) = copy_in_response else {
-            return Ok(());
+            return Ok(false);
         };
         self.cout.extend_from_slice(&response);
         self.flush_client().await?;
@@ -282,14 +295,16 @@ impl Session {
         };
         if let Some(reason) = client_failed {
             abort_copies(lent, &in_copy, &reason).await?;
+            end_transactions(lent, false).await?;
             ClientError::error("57014", format!("COPY from stdin failed: {reason}"))
                 .write(&mut self.cout);
-            return Ok(());
+            return Ok(false);
         }
         if let Err(e) = outcome {
             abort_copies(lent, &in_copy, "shardpool: rejected COPY data").await?;
+            end_transactions(lent, false).await?;
             e.write(&mut self.cout);
-            return Ok(());
+            return Ok(false);
         }
         for sf in batches.flush_all() {
             lent[sf.shard as usize]
@@ -315,15 +330,30 @@ impl Session {
                 first_error = Some(shard_error(i, &e));
             }
         }
-        match first_error {
-            // Shards that succeeded keep their rows: there is no cross-shard atomicity; the message says so.
-            Some(mut e) => {
-                e.message = format!("{} (other shards may have committed their rows)", e.message);
-                e.write(&mut self.cout);
-            }
-            None => command_complete(&mut self.cout, &format!("COPY {total}")),
+        if let Some(e) = first_error {
+            end_transactions(lent, false).await?;
+            e.write(&mut self.cout);
+            return Ok(false);
         }
-        Ok(())
+        let failed = end_transactions(lent, true).await?;
+        match failed.first() {
+            // A COMMIT failed: the shards before it have committed their rows, and nothing can undo that.
+            Some((i, e)) => {
+                let committed: Vec<String> = (0..*i).map(|s| s.to_string()).collect();
+                let mut ce = shard_error(*i, e);
+                ce.message = format!(
+                    "{} (at COMMIT; shards [{}] had already committed their rows)",
+                    ce.message,
+                    committed.join(", ")
+                );
+                ce.write(&mut self.cout);
+            }
+            None => {
+                command_complete(&mut self.cout, &format!("COPY {total}"));
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     pub(super) async fn copy_out(
@@ -331,7 +361,7 @@ impl Session {
         sql: &str,
         header: bool,
         lent: &mut Lent,
-    ) -> Result<(), SessionError> {
+    ) -> Result<bool, SessionError> {
         let mut out = BytesMut::new();
         write_query(&mut out, sql);
         let mut total = 0u64;
@@ -377,7 +407,10 @@ impl Session {
         }
         match error {
             // An ErrorResponse ends a copy-out for the client too.
-            Some(raw) => self.cout.extend_from_slice(&raw),
+            Some(raw) => {
+                self.cout.extend_from_slice(&raw);
+                Ok(false)
+            }
             None => {
                 if started {
                     let mut done = BytesMut::new();
@@ -386,10 +419,45 @@ impl Session {
                     self.cout.extend_from_slice(&done);
                 }
                 command_complete(&mut self.cout, &format!("COPY {total}"));
+                Ok(true)
             }
         }
-        Ok(())
     }
+}
+
+/// Ends the shards' transactions (COMMIT or ROLLBACK) where one is open, in shard order. With `commit`, stops at
+/// the first failure, whose shard is returned (later shards are rolled back).
+async fn end_transactions(
+    lent: &mut Lent,
+    commit: bool,
+) -> Result<Vec<(usize, ErrorFields)>, SessionError> {
+    let mut failed = Vec::new();
+    for (i, (_, server)) in lent.iter_mut().enumerate() {
+        if server.status == crate::protocol::TxStatus::Idle {
+            continue;
+        }
+        let commit_here = commit && failed.is_empty();
+        // COMMIT of a failed transaction rolls back and says ROLLBACK without an error: that is a failure too.
+        let aborted = server.status == crate::protocol::TxStatus::Failed;
+        let sql = if commit_here { "COMMIT" } else { "ROLLBACK" };
+        let error = server
+            .simple_query(sql)
+            .await
+            .map_err(|e| SessionError::ServerIo(std::io::Error::other(e.to_string())))?;
+        match error {
+            Some(e) if commit_here => failed.push((i, e)),
+            None if commit_here && aborted => failed.push((
+                i,
+                ErrorFields {
+                    severity: "ERROR".into(),
+                    code: "25P02".into(),
+                    message: "the shard's transaction was aborted".into(),
+                },
+            )),
+            _ => {}
+        }
+    }
+    Ok(failed)
 }
 
 /// Ends the COPYs in progress on the shards with CopyFail (nothing is committed) and reads them back to idle.

@@ -24,6 +24,7 @@
 //! Reference: PostgreSQL docs 55.7 "Message Formats"; src/backend/utils/adt/numeric.c, float.c (ports cited where
 //! used).
 
+pub mod binary;
 pub mod combine;
 pub mod merge;
 pub mod numeric;
@@ -39,7 +40,7 @@ mod scan;
 use std::net::SocketAddr;
 
 pub use plan::{ColumnRef, MergedColumn, Plan, PlanKind, SortKey, Window};
-pub use run::{scatter_query, ScatterOutcome};
+pub use run::{scatter_query, scatter_request, ScatterOutcome};
 
 use crate::backend::server::ServerIoError;
 use crate::protocol::backend::{error_response, put_cstr, put_message, Severity};

@@ -103,6 +103,16 @@ pub enum MergedColumn {
 impl Plan {
     /// Plans one SELECT statement.
     pub fn from_sql(sql: &str) -> Result<Plan, ScatterError> {
+        Plan::from_sql_with(sql, None)
+    }
+
+    /// Plans one SELECT statement of the extended protocol: LIMIT and OFFSET may then be `$n` parameters, whose
+    /// values (from the Bind) decide the merge window. The shard statement keeps them as parameters.
+    pub fn from_sql_with_params(sql: &str, params: ParamInt<'_>) -> Result<Plan, ScatterError> {
+        Plan::from_sql_with(sql, Some(params))
+    }
+
+    fn from_sql_with(sql: &str, params: Option<ParamInt<'_>>) -> Result<Plan, ScatterError> {
         let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql)
             .map_err(|e| ScatterError::Parse(e.to_string()))?;
         if statements.len() != 1 {
@@ -112,18 +122,22 @@ impl Plan {
             )));
         }
         match statements.pop() {
-            Some(Statement::Query(query)) => Plan::from_query(&query),
+            Some(Statement::Query(query)) => Plan::plan_query(&query, params),
             _ => Err(ScatterError::unsupported("statements other than SELECT")),
         }
     }
 
     /// Plans a parsed SELECT; the caller keeps the text for [`Plan::shard_sql`].
     pub fn from_query(query: &Query) -> Result<Plan, ScatterError> {
+        Plan::plan_query(query, None)
+    }
+
+    fn plan_query(query: &Query, params: Option<ParamInt<'_>>) -> Result<Plan, ScatterError> {
         check_query_clauses(query)?;
         let select = body_select(query)?;
         check_select_clauses(select)?;
         scan::check_subqueries(&query.to_string())?;
-        let window = window(query)?;
+        let (window, by_params) = window(query, params)?;
         let order = order_by(query)?;
         let items = select
             .projection
@@ -138,7 +152,7 @@ impl Plan {
         if aggregated {
             super::aggregate::plan(query, &items, group_by, &order, window)
         } else {
-            rows_plan(query, &items, &order, window)
+            rows_plan(query, &items, &order, window, by_params)
         }
     }
 
@@ -278,8 +292,13 @@ pub(super) fn direction(ob: &OrderByExpr) -> Result<(bool, bool), ScatterError> 
     Ok((descending, ob.options.nulls_first.unwrap_or(descending)))
 }
 
-fn window(query: &Query) -> Result<Window, ScatterError> {
+/// The value of parameter `$n` (1-based) read as an integer (`None`: SQL NULL), for LIMIT/OFFSET parameters.
+pub type ParamInt<'a> = &'a dyn Fn(usize) -> Result<Option<i64>, ScatterError>;
+
+/// The merged window, and whether LIMIT or OFFSET was given as a parameter (the shard limit must then stay one).
+fn window(query: &Query, params: Option<ParamInt<'_>>) -> Result<(Window, bool), ScatterError> {
     let mut w = Window::default();
+    let mut by_params = false;
     match &query.limit_clause {
         None => {}
         Some(LimitClause::LimitOffset {
@@ -291,10 +310,12 @@ fn window(query: &Query) -> Result<Window, ScatterError> {
                 return Err(ScatterError::unsupported("LIMIT ... BY"));
             }
             if let Some(limit) = limit {
-                w.limit = constant(limit)?;
+                by_params |= is_placeholder(limit);
+                w.limit = constant(limit, params, "LIMIT")?;
             }
             if let Some(offset) = offset {
-                w.offset = constant(&offset.value)?.unwrap_or(0);
+                by_params |= is_placeholder(&offset.value);
+                w.offset = constant(&offset.value, params, "OFFSET")?.unwrap_or(0);
             }
         }
         Some(LimitClause::OffsetCommaLimit { .. }) => {
@@ -308,16 +329,30 @@ fn window(query: &Query) -> Result<Window, ScatterError> {
         if fetch.percent {
             return Err(ScatterError::unsupported("FETCH ... PERCENT"));
         }
+        if fetch.quantity.as_ref().is_some_and(is_placeholder) {
+            return Err(ScatterError::unsupported(
+                "FETCH FIRST given as a parameter",
+            ));
+        }
         w.limit = match &fetch.quantity {
-            Some(q) => constant(q)?,
+            Some(q) => constant(q, None, "FETCH")?,
             None => Some(1),
         };
     }
-    Ok(w)
+    Ok((w, by_params))
 }
 
-/// A LIMIT/OFFSET operand: a non-negative integer, or NULL (no limit / no offset).
-fn constant(expr: &Expr) -> Result<Option<u64>, ScatterError> {
+fn is_placeholder(expr: &Expr) -> bool {
+    matches!(expr, Expr::Value(v) if matches!(v.value, Value::Placeholder(_)))
+}
+
+/// A LIMIT/OFFSET operand: a non-negative integer, or NULL (no limit / no offset); a `$n` parameter when its value
+/// is known (with Postgres' errors for negative values).
+fn constant(
+    expr: &Expr,
+    params: Option<ParamInt<'_>>,
+    clause: &str,
+) -> Result<Option<u64>, ScatterError> {
     let Expr::Value(v) = expr else {
         return Err(ScatterError::unsupported(
             "LIMIT/OFFSET that is not an integer constant",
@@ -331,9 +366,25 @@ fn constant(expr: &Expr) -> Result<Option<u64>, ScatterError> {
             .filter(|n| *n <= i64::MAX as u64)
             .map(Some)
             .ok_or_else(|| ScatterError::unsupported(format!("LIMIT/OFFSET {n}"))),
-        Value::Placeholder(p) => Err(ScatterError::unsupported(format!(
-            "LIMIT/OFFSET given as a parameter ({p})"
-        ))),
+        Value::Placeholder(p) => {
+            let n = p
+                .strip_prefix('$')
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| *n >= 1);
+            match (params, n) {
+                (Some(params), Some(n)) => match params(n)? {
+                    None => Ok(None),
+                    Some(v) if v < 0 => Err(ScatterError::Data {
+                        code: if clause == "OFFSET" { "2201X" } else { "2201W" },
+                        message: format!("{clause} must not be negative"),
+                    }),
+                    Some(v) => Ok(Some(v as u64)),
+                },
+                _ => Err(ScatterError::unsupported(format!(
+                    "LIMIT/OFFSET given as a parameter ({p})"
+                ))),
+            }
+        }
         _ => Err(ScatterError::unsupported(
             "LIMIT/OFFSET that is not an integer constant",
         )),
@@ -358,6 +409,33 @@ pub(super) fn set_shard_limit(query: &mut Query, window: Window) {
         offset: None,
         limit_by: Vec::new(),
     });
+}
+
+/// LIMIT l OFFSET o where either is a `$n` parameter: each shard returns the first l+o rows, computed by the shard
+/// from the same parameters (never written into the SQL). A NULL limit stays NULL, i.e. no limit, as in Postgres.
+fn set_shard_limit_params(query: &mut Query) -> Result<(), ScatterError> {
+    let Some(LimitClause::LimitOffset { limit, offset, .. }) = &query.limit_clause else {
+        return Ok(());
+    };
+    let Some(limit) = limit else {
+        // OFFSET alone: the shards return every row.
+        query.limit_clause = None;
+        return Ok(());
+    };
+    let offset = offset
+        .as_ref()
+        .map_or_else(|| "0".to_owned(), |o| o.value.to_string());
+    let text = format!("({limit})::bigint + ({offset})::bigint");
+    let expr = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&text)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(|e| ScatterError::Parse(e.to_string()))?;
+    query.limit_clause = Some(LimitClause::LimitOffset {
+        limit: Some(expr),
+        offset: None,
+        limit_by: Vec::new(),
+    });
+    Ok(())
 }
 
 /// Appends hidden columns to the shard query's select list.
@@ -388,6 +466,7 @@ fn rows_plan(
     items: &[Item],
     order: &[&OrderByExpr],
     window: Window,
+    by_params: bool,
 ) -> Result<Plan, ScatterError> {
     let mut hidden = Vec::new();
     let mut keys = Vec::with_capacity(order.len());
@@ -404,7 +483,11 @@ fn rows_plan(
     } else {
         let mut q = query.clone();
         append_hidden(&mut q, &hidden);
-        set_shard_limit(&mut q, window);
+        if !by_params {
+            set_shard_limit(&mut q, window);
+        } else if window.offset > 0 {
+            set_shard_limit_params(&mut q)?;
+        }
         Some(q.to_string())
     };
     let kind = if keys.is_empty() {
@@ -532,6 +615,53 @@ mod tests {
             PlanKind::Concat {
                 window: Window::default()
             }
+        );
+    }
+
+    #[test]
+    fn limit_and_offset_parameters_set_the_window_and_stay_parameters() {
+        let values = |n: usize| -> Result<Option<i64>, ScatterError> {
+            Ok(match n {
+                2 => Some(10),
+                3 => Some(5),
+                4 => None,
+                _ => Some(-1),
+            })
+        };
+        let sql = "SELECT id FROM t WHERE v > $1 ORDER BY id LIMIT $2 OFFSET $3";
+        let p = Plan::from_sql_with_params(sql, &values).unwrap();
+        assert_eq!(
+            p.shard_sql(sql),
+            "SELECT id FROM t WHERE v > $1 ORDER BY id LIMIT ($2)::BIGINT + ($3)::BIGINT"
+        );
+        let PlanKind::Sorted { window, .. } = p.kind else {
+            panic!("{:?}", p.kind)
+        };
+        assert_eq!(
+            window,
+            Window {
+                offset: 5,
+                limit: Some(10)
+            }
+        );
+        // Without an offset the statement goes as written; a NULL limit is no limit.
+        let sql = "SELECT id FROM t LIMIT $4";
+        let p = Plan::from_sql_with_params(sql, &values).unwrap();
+        assert_eq!(p.shard_sql(sql), sql);
+        assert_eq!(
+            p.kind,
+            PlanKind::Concat {
+                window: Window::default()
+            }
+        );
+        match Plan::from_sql_with_params("SELECT id FROM t LIMIT $1", &values) {
+            Err(ScatterError::Data { code, .. }) => assert_eq!(code, "2201W"),
+            other => panic!("{other:?}"),
+        }
+        // The simple protocol has no values for them.
+        assert_eq!(
+            refused("SELECT id FROM t LIMIT $2"),
+            "LIMIT/OFFSET given as a parameter ($2)"
         );
     }
 

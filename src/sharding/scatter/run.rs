@@ -44,7 +44,6 @@ pub async fn scatter_query(
     servers: &mut [&mut ServerConn],
     out: &mut BytesMut,
 ) -> Result<ScatterOutcome, ScatterError> {
-    let start = out.len();
     let shard_sql = plan.shard_sql(sql);
     tracing::debug!(
         shards = servers.len(),
@@ -52,6 +51,24 @@ pub async fn scatter_query(
         shard_sql,
         "scatter/gather"
     );
+    let mut msg = BytesMut::with_capacity(shard_sql.len() + 6);
+    write_query(&mut msg, shard_sql);
+    scatter_request(plan, &msg, servers, out, false).await
+}
+
+/// Like [`scatter_query`], with `request` (the same bytes for every shard) already written: a simple Query, or an
+/// extended-protocol Parse, Bind, Describe portal, Execute, Sync (whose ParseComplete and BindComplete are skipped;
+/// the portal's RowDescription plays the Query's). `binary_concat`: a concatenation may pass binary-format columns
+/// through, since it never reads a value.
+pub async fn scatter_request(
+    plan: &Plan,
+    request: &[u8],
+    servers: &mut [&mut ServerConn],
+    out: &mut BytesMut,
+    binary_concat: bool,
+) -> Result<ScatterOutcome, ScatterError> {
+    let start = out.len();
+    let allow_binary = binary_concat && matches!(plan.kind, PlanKind::Concat { .. });
     let mut shards: Vec<Shard> = servers
         .iter_mut()
         .enumerate()
@@ -62,8 +79,8 @@ pub async fn scatter_query(
             notices: Vec::new(),
         })
         .collect();
-    let mut result = match send(&mut shards, shard_sql).await {
-        Ok(()) => merge(plan, &mut shards, out).await,
+    let mut result = match send(&mut shards, request).await {
+        Ok(()) => merge(plan, &mut shards, out, allow_binary).await,
         Err(e) => Err(e),
     };
     for shard in &mut shards {
@@ -91,11 +108,9 @@ pub async fn scatter_query(
 }
 
 /// Writes the Query to every shard before reading any reply, so all shards execute at once.
-async fn send(shards: &mut [Shard<'_, '_>], sql: &str) -> Result<(), ScatterError> {
-    let mut msg = BytesMut::with_capacity(sql.len() + 6);
-    write_query(&mut msg, sql);
+async fn send(shards: &mut [Shard<'_, '_>], msg: &[u8]) -> Result<(), ScatterError> {
     for shard in shards.iter_mut() {
-        if let Err(e) = shard.conn.stream.write_all(&msg).await {
+        if let Err(e) = shard.conn.stream.write_all(msg).await {
             shard.conn.broken = true;
             shard.state = State::Broken;
             return Err(ScatterError::Io {
@@ -112,8 +127,9 @@ async fn merge(
     plan: &Plan,
     shards: &mut [Shard<'_, '_>],
     out: &mut BytesMut,
+    allow_binary: bool,
 ) -> Result<u64, ScatterError> {
-    let fields = describe(shards).await?;
+    let fields = describe(shards, allow_binary).await?;
     let visible = fields.len().checked_sub(plan.hidden).ok_or_else(|| {
         ScatterError::protocol(0, "result has fewer columns than the plan's hidden ones")
     })?;
@@ -143,11 +159,14 @@ async fn merge(
 }
 
 /// Reads every shard's RowDescription; they must agree on column count and types. Returns shard 0's.
-async fn describe(shards: &mut [Shard<'_, '_>]) -> Result<Vec<Field>, ScatterError> {
+async fn describe(
+    shards: &mut [Shard<'_, '_>],
+    allow_binary: bool,
+) -> Result<Vec<Field>, ScatterError> {
     let mut first: Option<Vec<Field>> = None;
     for shard in shards.iter_mut() {
         let fields = shard.description().await?;
-        if let Some(f) = fields.iter().find(|f| f.format != 0) {
+        if let Some(f) = fields.iter().find(|f| f.format != 0 && !allow_binary) {
             return Err(ScatterError::unsupported(format!(
                 "binary-format results (column {})",
                 String::from_utf8_lossy(&f.name)
@@ -325,7 +344,8 @@ impl Shard<'_, '_> {
                         }
                     }
                     tag::NOTICE_RESPONSE => self.notices.push(frame),
-                    tag::NOTIFICATION_RESPONSE => {}
+                    // Acknowledgements of an extended-protocol request: the caller answers the client's own.
+                    tag::NOTIFICATION_RESPONSE | tag::PARSE_COMPLETE | tag::BIND_COMPLETE => {}
                     _ => return Ok(frame),
                 },
                 Ok(None) => {
