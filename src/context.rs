@@ -2,10 +2,11 @@
 //! a pointer swap, the registry of connected clients (SHOW CLIENTS, cancel routing), and the pause and shutdown
 //! switches. No global statics, so tests can run many proxies in one process.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -31,6 +32,10 @@ pub struct ClientInfo {
     state: AtomicU8,
     /// The server running this client's current transaction: its address and cancel key.
     server: Mutex<Option<(SocketAddr, CancelKey, u64)>>,
+    /// The task of this client's session while it waits idle, woken at shutdown. One slot per client instead of
+    /// every idle session subscribing to a process-wide notifier: that notifier's lock was taken twice per
+    /// transaction by both runtime threads, and its wait future made every idle session 120 bytes larger.
+    idle_waker: Mutex<Option<Waker>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +64,27 @@ impl ClientInfo {
 
     pub fn server(&self) -> Option<(SocketAddr, CancelKey, u64)> {
         *self.server.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers the idle session's task to be woken by `Context::begin_shutdown`. Call before checking
+    /// `Context::is_shutting_down`: shutdown sets its flag before waking, so one of the two always sees the other.
+    pub fn wake_on_shutdown(&self, waker: &Waker) {
+        let mut slot = self.idle_waker.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+    }
+
+    fn wake_for_shutdown(&self) {
+        if let Some(w) = self
+            .idle_waker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            w.wake();
+        }
     }
 }
 
@@ -98,6 +124,11 @@ pub struct Context {
     pub connections: AtomicUsize,
     pub pause: Arc<PauseGate>,
     shutdown: watch::Sender<bool>,
+    /// The same as the `shutdown` watch's value, read by every idle session on every wake-up: an atomic load
+    /// instead of the watch's read lock, whose counter all sessions on both threads would write.
+    shutting_down: AtomicBool,
+    /// The startup settings of the last client that logged in: the next one asking for the same shares the map.
+    last_startup_settings: Mutex<Arc<BTreeMap<String, String>>>,
     pub started_at: SystemTime,
     verifiers: Mutex<HashMap<String, (String, crate::auth::scram::ScramVerifier)>>,
     config_path: Mutex<Option<std::path::PathBuf>>,
@@ -130,6 +161,8 @@ impl Context {
             connections: AtomicUsize::new(0),
             pause: Arc::new(PauseGate::default()),
             shutdown: watch::channel(false).0,
+            shutting_down: AtomicBool::new(false),
+            last_startup_settings: Mutex::new(Arc::default()),
             started_at: SystemTime::now(),
             verifiers: Mutex::new(HashMap::new()),
             config_path: Mutex::new(None),
@@ -418,6 +451,7 @@ impl Context {
             tls,
             state: AtomicU8::new(ClientState::Idle as u8),
             server: Mutex::new(None),
+            idle_waker: Mutex::new(None),
         });
         reg.by_id.insert(id, Arc::clone(&info));
         reg.by_key.insert(cancel_key, Arc::clone(&info));
@@ -496,7 +530,12 @@ impl Context {
     }
 
     pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
         self.shutdown.send_replace(true);
+        let idle: Vec<Arc<ClientInfo>> = self.registry().by_id.values().cloned().collect();
+        for c in idle {
+            c.wake_for_shutdown();
+        }
         for c in self.clusters_lock().values() {
             c.retire();
         }
@@ -506,8 +545,24 @@ impl Context {
         self.shutdown.subscribe()
     }
 
+    /// `settings` as a shared map: the same one as the previous login's when equal (clients of one application
+    /// all send the same startup parameters), so idle clients do not each hold a copy.
+    pub fn share_startup_settings(
+        &self,
+        settings: BTreeMap<String, String>,
+    ) -> Arc<BTreeMap<String, String>> {
+        let mut last = self
+            .last_startup_settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if **last != settings {
+            *last = Arc::new(settings);
+        }
+        Arc::clone(&last)
+    }
+
     pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+        self.shutting_down.load(Ordering::SeqCst)
     }
 }
 

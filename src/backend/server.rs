@@ -45,7 +45,8 @@ pub struct ServerConn {
     /// ParameterStatus values as last reported by the server.
     pub reported: BTreeMap<String, String>,
     /// Session settings applied for the client that used this connection last (name -> SET statement).
-    pub applied: BTreeMap<String, String>,
+    /// Shared with the client's own copy until one of them changes (copy on write).
+    pub applied: std::sync::Arc<BTreeMap<String, String>>,
     pub statements: StatementCache,
     pub status: TxStatus,
     pub created: Instant,
@@ -75,7 +76,7 @@ impl ServerConn {
             addr,
             cancel_key,
             reported,
-            applied: BTreeMap::new(),
+            applied: Default::default(),
             statements: StatementCache::new(statement_capacity),
             status: TxStatus::Idle,
             created: now,
@@ -198,7 +199,7 @@ impl ServerConn {
 
     /// Forget session state after the server ran DISCARD ALL (or an equivalent reset).
     pub fn forget_session_state(&mut self) {
-        self.applied.clear();
+        self.applied = Default::default();
         self.statements.clear();
         self.stale.clear();
     }

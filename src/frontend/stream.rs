@@ -1,13 +1,12 @@
 //! A client connection, plain TCP or TLS, behind one type so the session code is the same for both. Idle reads on
 //! plain TCP wait for readiness before a buffer exists, which is what keeps an idle client's memory small.
 
-use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -24,11 +23,17 @@ impl ClientStream {
         matches!(self, ClientStream::Tls(_))
     }
 
-    /// Waits for data and reads it into `buf`, allocating the buffer only once data is there. Returns 0 at EOF.
-    pub async fn read_idle(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+    /// Reads into `buf` once data is there, allocating (or taking a spare) buffer only then. Returns 0 at EOF.
+    /// A poll function rather than an `async fn`, so the idle session's wait holds no future of its own: the
+    /// waker goes straight into the socket's reader slot.
+    pub fn poll_read_idle(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
         match self {
             ClientStream::Plain(s) => loop {
-                s.readable().await?;
+                ready!(s.poll_read_ready(cx))?;
                 if buf.capacity() == 0 {
                     *buf = super::buffers::take(CLIENT_READ_CHUNK);
                 } else if buf.capacity() - buf.len() < 1024 {
@@ -38,15 +43,14 @@ impl ClientStream {
                 // a whole request in far less than the buffer) tokio then clears the socket's readiness, so the
                 // attached pump's next read of this client waits for epoll instead of paying a recvfrom that
                 // returns EAGAIN. That was one syscall in six per select-only transaction.
-                match poll_fn(|cx| Poll::Ready(poll_read_once(Pin::new(&mut *s), cx, buf))).await {
-                    Some(r) => return r,
+                match poll_read_once(Pin::new(&mut *s), cx, buf) {
+                    Some(r) => return Poll::Ready(r),
                     None => {
-                        // Readiness was stale (left over from the last read): give the buffer back before
-                        // waiting again, or every idle client would sit on a full read buffer.
+                        // Readiness was stale (left over from the last read) and is now cleared: give the buffer
+                        // back before waiting again, or every idle client would sit on a full read buffer.
                         if buf.is_empty() {
                             super::buffers::give(buf);
                         }
-                        continue;
                     }
                 }
             },
@@ -54,7 +58,7 @@ impl ClientStream {
                 if buf.capacity() - buf.len() < 1024 {
                     buf.reserve(CLIENT_READ_CHUNK);
                 }
-                s.read_buf(buf).await
+                tokio_util::io::poll_read_buf(Pin::new(s), cx, buf)
             }
         }
     }

@@ -169,7 +169,7 @@ impl Session {
                     let server = self.server_mut()?;
                     server.statements.clear();
                     if matches!(e, SessionEffect::DiscardAll) {
-                        server.applied.clear();
+                        server.applied = Default::default();
                     }
                     self.pending_effects.push(e.clone());
                 }

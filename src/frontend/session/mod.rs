@@ -14,8 +14,11 @@ mod sharded_extended;
 mod sharded_scatter;
 
 use std::collections::BTreeMap;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -51,6 +54,13 @@ pub enum SessionError {
     Terminated(ClientError),
 }
 
+/// Why an idle session's wait ended.
+enum IdleWake {
+    Read(std::io::Result<usize>),
+    Shutdown,
+    Timeout,
+}
+
 /// What the session decided after a client message.
 #[derive(Debug, PartialEq, Eq)]
 enum Flow {
@@ -79,9 +89,11 @@ pub struct Session {
     /// Session effects (SET/RESET) of named statements, replayed each time one is executed.
     statement_effects: crate::backend::statements::HashKeyed<Vec<SessionEffect>>,
     /// Settings from the startup packet: what RESET returns to.
-    startup_settings: BTreeMap<String, String>,
-    /// The client's current session settings, re-applied on every server it gets.
-    settings: BTreeMap<String, String>,
+    startup_settings: Arc<BTreeMap<String, String>>,
+    /// The client's current session settings, re-applied on every server it gets. Shared (copy on write) with
+    /// `startup_settings`, with the servers that have them applied, and at login with every client that asked for
+    /// the same settings, so 10,000 clients of one application hold one map, not 20,000.
+    settings: Arc<BTreeMap<String, String>>,
     /// Effects seen in the transaction in progress; they take hold only if it commits.
     pending_effects: Vec<SessionEffect>,
     /// ParameterStatus values the client has been told: the pool's shared baseline, plus this client's own values
@@ -103,7 +115,8 @@ pub struct Session {
     /// re-sent, the client must not receive the first half twice.
     held_parameter_description: Option<bytes::Bytes>,
     xact_started: Option<Instant>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The client_idle_timeout timer, created at the first idle wait when the timeout is on and reset at each.
+    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Read/write routing state: consistency, causal position, the transaction's route. Boxed and created on first
     /// use, so sessions on databases without replicas (and idle sessions) do not carry it.
     routing: Option<Box<routing::RoutingState>>,
@@ -131,7 +144,7 @@ impl Session {
         registration: ClientRegistration,
         pools: Arc<PoolSet>,
         mode: PoolMode,
-        startup_settings: BTreeMap<String, String>,
+        startup_settings: Arc<BTreeMap<String, String>>,
         told: super::startup_params::Told,
     ) -> Session {
         let session_features = ctx.config().general.session_features;
@@ -145,9 +158,8 @@ impl Session {
                 ..Default::default()
             })
         });
-        let shutdown = ctx.shutdown_signal();
         Session {
-            shutdown,
+            idle_timer: None,
             ctx,
             client,
             registration,
@@ -163,7 +175,7 @@ impl Session {
             relay: Relay::default(),
             statements: ClientStatements::default(),
             statement_effects: Default::default(),
-            settings: startup_settings.clone(),
+            settings: Arc::clone(&startup_settings),
             startup_settings,
             pending_effects: Vec::new(),
             told,
@@ -184,8 +196,16 @@ impl Session {
         }
     }
 
-    /// Runs the session to its end. Any server still attached is cleaned up (or closed) before returning.
-    pub async fn run(mut self) -> Result<(), SessionError> {
+    /// The session's whole run as one heap future. The block owns the session and `run` borrows it, so the
+    /// future holds it once.
+    pub fn into_run(mut self) -> Pin<Box<impl Future<Output = Result<(), SessionError>> + Send>> {
+        Box::pin(async move { self.run().await })
+    }
+
+    /// Runs the session to its end; any server still attached is cleaned up (or closed) before returning. Takes
+    /// `&mut self` rather than `self`: an `async fn` that takes its receiver by value keeps two copies of it in its
+    /// future (the argument and the moved local), 712 bytes more for every connected client.
+    pub async fn run(&mut self) -> Result<(), SessionError> {
         let result = self.serve().await;
         if let Some(server) = self.server.take() {
             Box::pin(self.give_back_after_disconnect(server)).await;
@@ -283,16 +303,39 @@ impl Session {
                 )));
             }
             self.registration.info.set_state(ClientState::Idle);
-            let read = self.client.read_idle(&mut self.cin);
-            let n = tokio::select! {
-                r = read => r.map_err(SessionError::ClientIo)?,
-                _ = sleep_or_forever(idle_timeout) => {
+            if let Some(d) = idle_timeout {
+                let deadline = tokio::time::Instant::now() + d;
+                match self.idle_timer.as_mut() {
+                    Some(t) => t.as_mut().reset(deadline),
+                    None => self.idle_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
+            }
+            // One poll function over the client socket, the idle timer and the shutdown flag, instead of a select
+            // of three futures: what an idle session holds while it waits is a few pointers.
+            let (client, cin, timer) = (&mut self.client, &mut self.cin, &mut self.idle_timer);
+            let (info, ctx) = (&self.registration.info, &self.ctx);
+            let woke = poll_fn(|cx| {
+                info.wake_on_shutdown(cx.waker());
+                if ctx.is_shutting_down() {
+                    return Poll::Ready(IdleWake::Shutdown);
+                }
+                if let Some(t) = timer.as_mut().filter(|_| idle_timeout.is_some()) {
+                    if t.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(IdleWake::Timeout);
+                    }
+                }
+                client.poll_read_idle(cx, cin).map(IdleWake::Read)
+            })
+            .await;
+            let n = match woke {
+                IdleWake::Read(r) => r.map_err(SessionError::ClientIo)?,
+                IdleWake::Shutdown => continue,
+                IdleWake::Timeout => {
                     return Err(SessionError::Terminated(ClientError::fatal(
                         sqlstate::IDLE_SESSION_TIMEOUT,
                         "terminating connection due to idle-session timeout",
                     )));
                 }
-                _ = self.shutdown.changed() => continue,
             };
             if n == 0 {
                 return Ok(None);
@@ -426,11 +469,11 @@ impl Session {
 
     /// The SET/RESET statements that make `server` match this client's settings, if any are needed.
     fn settings_delta(&self, server: &ServerConn) -> Option<String> {
-        if server.applied == self.settings {
+        if Arc::ptr_eq(&server.applied, &self.settings) || server.applied == self.settings {
             return None;
         }
         let mut sql = String::new();
-        for (name, apply) in &self.settings {
+        for (name, apply) in self.settings.iter() {
             if server.applied.get(name) != Some(apply) {
                 sql.push_str(apply);
                 sql.push_str("; ");
@@ -558,29 +601,35 @@ impl Session {
         for effect in std::mem::take(&mut self.pending_effects) {
             match effect {
                 SessionEffect::Set(s) => {
-                    server.applied.insert(s.name.clone(), s.apply.clone());
-                    self.settings.insert(s.name, s.apply);
+                    Arc::make_mut(&mut server.applied).insert(s.name.clone(), s.apply.clone());
+                    Arc::make_mut(&mut self.settings).insert(s.name, s.apply);
                 }
                 SessionEffect::Reset(name) => {
                     // The server is back at its own default, which is not the client's startup value (if any):
                     // that one is re-applied at the next attach.
-                    server.applied.remove(&name);
+                    if server.applied.contains_key(&name) {
+                        Arc::make_mut(&mut server.applied).remove(&name);
+                    }
                     match self.startup_settings.get(&name) {
                         Some(v) => {
-                            self.settings.insert(name, v.clone());
+                            if self.settings.get(&name) != Some(v) {
+                                Arc::make_mut(&mut self.settings).insert(name, v.clone());
+                            }
                         }
                         None => {
-                            self.settings.remove(&name);
+                            if self.settings.contains_key(&name) {
+                                Arc::make_mut(&mut self.settings).remove(&name);
+                            }
                         }
                     }
                 }
                 SessionEffect::ResetAll => {
-                    server.applied.clear();
-                    self.settings = self.startup_settings.clone();
+                    server.applied = Default::default();
+                    self.settings = Arc::clone(&self.startup_settings);
                 }
                 SessionEffect::DiscardAll => {
-                    server.applied.clear();
-                    self.settings = self.startup_settings.clone();
+                    server.applied = Default::default();
+                    self.settings = Arc::clone(&self.startup_settings);
                     self.pinned = None;
                 }
                 _ => {}
@@ -598,13 +647,6 @@ impl Drop for Session {
 
 fn protocol_violation(msg: String) -> SessionError {
     SessionError::Terminated(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, msg))
-}
-
-async fn sleep_or_forever(d: Option<std::time::Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Sends a CancelRequest for whatever `key`'s backend is running. Best effort: failures are only logged.

@@ -250,18 +250,14 @@ impl Session {
             collect(first, &self.cin, "", &[], usage),
             Ok(Collected::Incomplete)
         ) {
-            let n = self
-                .client
-                .read_idle(&mut self.cin)
+            let (client, cin) = (&mut self.client, &mut self.cin);
+            let n = std::future::poll_fn(|cx| client.poll_read_idle(cx, cin))
                 .await
                 .map_err(SessionError::ClientIo)?;
             if n == 0 {
                 return Err(SessionError::ClientGone);
             }
-            self.pool
-                .stats
-                .bytes_received
-                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            self.tally.bytes_in += n as u64;
         }
         let mut input = bytes::BytesMut::with_capacity(first.raw.len() + self.cin.len());
         input.extend_from_slice(&first.raw);
