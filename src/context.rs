@@ -129,6 +129,8 @@ pub struct Context {
     shutting_down: AtomicBool,
     /// The startup settings of the last client that logged in: the next one asking for the same shares the map.
     last_startup_settings: Mutex<Arc<BTreeMap<String, String>>>,
+    /// Likewise the parameter values the last client was told where it differs from its pool's baseline.
+    pub last_told: Mutex<Arc<BTreeMap<String, String>>>,
     pub started_at: SystemTime,
     verifiers: Mutex<HashMap<String, (String, crate::auth::scram::ScramVerifier)>>,
     config_path: Mutex<Option<std::path::PathBuf>>,
@@ -163,6 +165,7 @@ impl Context {
             shutdown: watch::channel(false).0,
             shutting_down: AtomicBool::new(false),
             last_startup_settings: Mutex::new(Arc::default()),
+            last_told: Mutex::new(Arc::default()),
             started_at: SystemTime::now(),
             verifiers: Mutex::new(HashMap::new()),
             config_path: Mutex::new(None),

@@ -183,7 +183,8 @@ async fn establish(
             return None;
         }
     };
-    let told = initial_status(&params, &baseline);
+    let mut told = initial_status(&params, &baseline);
+    told.share_own(&ctx.last_told);
     let settings = ctx.share_startup_settings(startup_settings(
         &params,
         &config.general.ignore_startup_parameters,

@@ -3,7 +3,7 @@
 //! DateStyle, `options=-c ...`) become SET statements applied on whichever server it gets, and are also what RESET
 //! returns to. Values equal to the server's defaults are dropped, so most clients need no SET at all.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::protocol::startup::StartupParams;
@@ -67,7 +67,8 @@ pub fn startup_settings(
 #[derive(Debug)]
 pub struct Told {
     base: Arc<BTreeMap<String, String>>,
-    own: HashMap<String, String>,
+    /// Copy on write: clients that logged in with the same parameters share one map (see `share_own`).
+    own: Arc<BTreeMap<String, String>>,
 }
 
 impl Told {
@@ -80,9 +81,22 @@ impl Told {
 
     pub fn set(&mut self, name: &str, value: &str) {
         if self.base.get(name).map(String::as_str) == Some(value) {
-            self.own.remove(name);
+            if self.own.contains_key(name) {
+                Arc::make_mut(&mut self.own).remove(name);
+            }
+        } else if self.own.get(name).map(String::as_str) != Some(value) {
+            Arc::make_mut(&mut self.own).insert(name.to_owned(), value.to_owned());
+        }
+    }
+
+    /// Shares this client's own values with the previous login's when they are equal (`last` holds those): clients
+    /// of one application log in alike, and 10,000 idle clients should not hold 10,000 copies.
+    pub fn share_own(&mut self, last: &std::sync::Mutex<Arc<BTreeMap<String, String>>>) {
+        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+        if *last == self.own {
+            self.own = Arc::clone(&last);
         } else {
-            self.own.insert(name.to_owned(), value.to_owned());
+            *last = Arc::clone(&self.own);
         }
     }
 
@@ -93,7 +107,7 @@ impl Told {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        for (k, val) in &self.own {
+        for (k, val) in self.own.iter() {
             v.insert(k, val);
         }
         v.into_iter()
@@ -107,7 +121,7 @@ impl Told {
 pub fn initial_status(params: &StartupParams, baseline: &Arc<BTreeMap<String, String>>) -> Told {
     let mut told = Told {
         base: Arc::clone(baseline),
-        own: HashMap::new(),
+        own: Arc::default(),
     };
     let mut apply = |name: &str, value: &str| {
         if let Some((canonical, base)) = baseline_value(baseline, name) {
