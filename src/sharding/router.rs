@@ -381,7 +381,10 @@ impl ShardRouter {
                 }
             }
         };
-        let catalog = self.catalog().ok_or_else(|| {
+        // Guards, not `load_full`: every session routing at once would otherwise bump (and bounce between cores)
+        // the one reference count of the current catalog on every statement.
+        let cell = self.catalog.load();
+        let catalog = cell.as_ref().map(|c| c.load()).ok_or_else(|| {
             ClientError::error(
                 sqlstate::CANNOT_CONNECT_NOW,
                 format!(
