@@ -494,3 +494,112 @@ fn columnless_inserts_wait_for_the_column_order() {
     let err = place(&r, "INSERT INTO events VALUES ('x', 5), ('y', 1500)", None).unwrap_err();
     assert!(err.contains("shards 0, 1"), "{err}");
 }
+
+/// `shardpool.shard` and `shardpool.shard_key`, as session settings and as leading comment hints: what SQL cannot
+/// say (a statement without tables, a keyless read that should stay on one tenant's shard).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_and_shard_key_settings_and_hints_route_what_sql_cannot_say() {
+    let cluster = Cluster::start().await;
+    // One account per shard, each on the shard its key hashes to, so a keyless count shows which shards answered.
+    let keys: Vec<i64> = (0..3)
+        .map(|s| {
+            (1..)
+                .find(|k| cluster.shard_of(&KeyValue::Int(*k)) == s)
+                .unwrap()
+        })
+        .collect();
+    for (s, k) in keys.iter().enumerate() {
+        cluster.backends[s].sql(&format!("INSERT INTO accounts VALUES ({k}, 'x', 0)"));
+    }
+    let (proxy, _router) = cluster.proxy("hash").await;
+    let client = common::connect(&proxy.url("app", "secret", "shop")).await;
+    let port_of = |s: usize| cluster.backends[s].pg.port().to_string();
+    let port = "SELECT current_setting('port')";
+
+    // A statement without tables runs on the default shard unless told otherwise.
+    assert_eq!(rows(&client, port).await, [port_of(0)]);
+    client
+        .simple_query("SET shardpool.shard = 2")
+        .await
+        .unwrap();
+    assert_eq!(rows(&client, "SHOW shardpool.shard").await, ["2"]);
+    assert_eq!(rows(&client, port).await, [port_of(2)]);
+    // A forced shard beats the statement's own keys.
+    assert_eq!(
+        rows(
+            &client,
+            &format!("SELECT count(*) FROM accounts WHERE aid = {}", keys[0])
+        )
+        .await,
+        ["0"]
+    );
+    // The hint beats the session setting, for its statement only.
+    assert_eq!(
+        rows(&client, &format!("/* shardpool.shard=1 */ {port}")).await,
+        [port_of(1)]
+    );
+    assert_eq!(rows(&client, port).await, [port_of(2)]);
+    client.simple_query("RESET shardpool.shard").await.unwrap();
+    assert_eq!(rows(&client, "SHOW shardpool.shard").await, [""]);
+    assert_eq!(rows(&client, port).await, [port_of(0)]);
+    assert_eq!(refused(&client, "SET shardpool.shard = 3").await.0, "22023");
+    assert_eq!(
+        refused(&client, "/* shardpool.shard=7 */ SELECT 1").await.0,
+        "22023"
+    );
+
+    // A session shard key: keyless statements go where that key lives, instead of scattering.
+    assert_eq!(rows(&client, "SELECT count(*) FROM accounts").await, ["3"]);
+    client
+        .simple_query(&format!("SET shardpool.shard_key = {}", keys[1]))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&client, "SHOW shardpool.shard_key").await,
+        [keys[1].to_string()]
+    );
+    assert_eq!(rows(&client, "SELECT count(*) FROM accounts").await, ["1"]);
+    assert_eq!(rows(&client, port).await, [port_of(1)]);
+    // Keys the statement names win over the session's.
+    assert_eq!(
+        rows(
+            &client,
+            &format!("SELECT owner FROM accounts WHERE aid = {}", keys[2])
+        )
+        .await,
+        ["x"]
+    );
+    // The hint's key beats the session's.
+    assert_eq!(
+        rows(
+            &client,
+            &format!("/* shardpool.shard_key={} */ {port}", keys[2])
+        )
+        .await,
+        [port_of(2)]
+    );
+    // A transaction is bound to the shard its first statement's key chose.
+    client.simple_query("BEGIN").await.unwrap();
+    assert_eq!(rows(&client, port).await, [port_of(1)]);
+    let (code, message) = refused(
+        &client,
+        &format!("/* shardpool.shard_key={} */ {port}", keys[0]),
+    )
+    .await;
+    assert_eq!(code, "0A000", "{message}");
+    client.simple_query("ROLLBACK").await.unwrap();
+    // A key that is not of the table's key type is refused, not guessed.
+    client
+        .simple_query("SET shardpool.shard_key = 'not a number'")
+        .await
+        .unwrap();
+    assert_eq!(
+        refused(&client, "SELECT count(*) FROM accounts").await.0,
+        "22023"
+    );
+    client
+        .simple_query("RESET shardpool.shard_key")
+        .await
+        .unwrap();
+    assert_eq!(rows(&client, "SELECT count(*) FROM accounts").await, ["3"]);
+}

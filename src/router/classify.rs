@@ -21,7 +21,7 @@ use sqlparser::tokenizer::{Token, Tokenizer};
 
 use super::scan::{contains_word_ci, statements, Words};
 
-pub use hints::{Hints, RouteHint};
+pub use hints::{leading as leading_hints, Hints, RouteHint};
 pub use volatility::{
     FunctionVolatility, VolatilityError, KNOWN_NOT_VOLATILE, PRIMARY_ONLY, SYNTAX_FUNCTIONS,
 };

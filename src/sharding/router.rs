@@ -554,6 +554,95 @@ impl ShardRouter {
         })
     }
 
+    /// Where a statement whose SQL names no shard key runs, given a key from a `shardpool.shard_key` hint or
+    /// session setting (text form, typed against each table's key type). The key goes through the map of every
+    /// sharded table the statement uses, which must agree on one shard; a statement without sharded tables (a
+    /// function call, say) uses the first sharded table of the configuration, the table whose key everything
+    /// else is usually co-located by. `None`: the statement names keys itself, or must run everywhere (DDL,
+    /// reference-table writes), and is placed as usual.
+    pub fn place_by_key_text(
+        &self,
+        stmt: &StatementShards,
+        text: &str,
+    ) -> Option<Result<Placement, ClientError>> {
+        if stmt.kind == StatementKind::Ddl
+            || matches!(stmt.target(), Target::Keys(_) | Target::AllShards)
+        {
+            return None;
+        }
+        let tables: Vec<&Arc<ShardedTable>> = if stmt.sharded.is_empty() {
+            let first = self.config.tables.first();
+            match first.and_then(|t| self.schema.lookup_str(&t.name)) {
+                Some(super::schema::TableKind::Sharded(t)) => vec![t],
+                _ => Vec::new(),
+            }
+        } else {
+            stmt.sharded.iter().collect()
+        };
+        Some(
+            self.shard_of_key_text(&tables, text)
+                .map(|shard| Placement::One { shard, keyed: true }),
+        )
+    }
+
+    fn shard_of_key_text(
+        &self,
+        tables: &[&Arc<ShardedTable>],
+        text: &str,
+    ) -> Result<u16, ClientError> {
+        let cell = self.catalog.load();
+        let catalog = cell.as_ref().map(|c| c.load()).ok_or_else(|| {
+            ClientError::error(
+                sqlstate::CANNOT_CONNECT_NOW,
+                format!(
+                    "the shard catalog of database \"{}\" is not loaded yet (has `shardctl init` been run?)",
+                    self.database
+                ),
+            )
+        })?;
+        let mut found: Option<(u16, &str)> = None;
+        for table in tables {
+            let key = table.key_type.parse_text(text).map_err(|e| {
+                ClientError::error(
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    format!("shardpool.shard_key for table {}: {e}", table.name),
+                )
+            })?;
+            let v = self.vshard(&catalog, table, &key)?;
+            let s = catalog.shard_of(v).ok_or_else(|| {
+                ClientError::error(
+                    sqlstate::INTERNAL_ERROR,
+                    format!("vshard {v} has no shard in the catalog"),
+                )
+            })?;
+            if let Some(c) = self.vshard_queries.get(v as usize) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+            match found {
+                Some((other, name)) if other != s => {
+                    return Err(ClientError::error(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        format!(
+                            "shardpool.shard_key {text} puts table {name} on shard {other} and table {} on shard {s}; \
+                             the statement would need two shards",
+                            table.name
+                        ),
+                    ))
+                }
+                _ => found = Some((s, &table.name)),
+            }
+        }
+        found.map(|(s, _)| s).ok_or_else(|| {
+            ClientError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "database \"{}\" has no sharded table to route shardpool.shard_key by",
+                    self.database
+                ),
+            )
+        })
+    }
+
     /// Counts a statement run on `shard`.
     pub fn count_shard(&self, shard: u16) {
         if let Some(c) = self.shard_queries.get(shard as usize) {

@@ -63,6 +63,10 @@ pub(super) struct RoutingState {
     pub shard_router: Option<Arc<crate::sharding::router::ShardRouter>>,
     pub shard: u16,
     pub fanout: Option<super::sharded::Fanout>,
+    /// `SET shardpool.shard_key`: the key of statements whose SQL names none (text, typed per table).
+    pub shard_key: Option<String>,
+    /// `SET shardpool.shard`: every statement runs on this shard, whatever its keys.
+    pub forced_shard: Option<u16>,
     /// The transaction ran something (Query, Execute, FunctionCall), not only Parse/Describe: only then can it
     /// have written.
     pub executed: bool,
@@ -635,6 +639,47 @@ impl Session {
                 self.show_value("shardpool.causal_token", &lsn::format(p));
             }
             ProxyCommand::ShowRoute(sql) => self.show_route(&sql),
+            ProxyCommand::Set(ProxyValue::ShardKey(k)) if self.shard_router().is_some() => {
+                self.routing_state().shard_key = Some(k);
+                command_complete(&mut self.cout, "SET");
+            }
+            ProxyCommand::Set(ProxyValue::Shard(n)) if self.shard_router().is_some() => {
+                match self.check_shard_number(n) {
+                    Ok(shard) => {
+                        self.routing_state().forced_shard = Some(shard);
+                        command_complete(&mut self.cout, "SET");
+                    }
+                    Err(e) => {
+                        self.proxy_error(e.code, e.message);
+                        return true;
+                    }
+                }
+            }
+            ProxyCommand::Reset(ProxyParam::ShardKey) if self.shard_router().is_some() => {
+                self.routing_state().shard_key = None;
+                command_complete(&mut self.cout, "RESET");
+            }
+            ProxyCommand::Reset(ProxyParam::Shard) if self.shard_router().is_some() => {
+                self.routing_state().forced_shard = None;
+                command_complete(&mut self.cout, "RESET");
+            }
+            ProxyCommand::Show(ProxyParam::ShardKey) if self.shard_router().is_some() => {
+                let k = self
+                    .routing
+                    .as_ref()
+                    .and_then(|r| r.shard_key.clone())
+                    .unwrap_or_default();
+                self.show_value("shardpool.shard_key", &k);
+            }
+            ProxyCommand::Show(ProxyParam::Shard) if self.shard_router().is_some() => {
+                let n = self
+                    .routing
+                    .as_ref()
+                    .and_then(|r| r.forced_shard)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                self.show_value("shardpool.shard", &n);
+            }
             ProxyCommand::Set(ProxyValue::ShardKey(_) | ProxyValue::Shard(_))
             | ProxyCommand::Reset(ProxyParam::ShardKey | ProxyParam::Shard)
             | ProxyCommand::Show(ProxyParam::ShardKey | ProxyParam::Shard) => {

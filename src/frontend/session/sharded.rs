@@ -136,7 +136,28 @@ impl Session {
                 return Ok(None);
             }
         }
+        // What SQL cannot say: a leading `/* shardpool.shard=N */` or `SET shardpool.shard` runs the statement on
+        // that shard whatever its keys (COPY above is split by its rows' keys regardless).
+        let hints = crate::router::classify::leading_hints(sql);
+        let forced = match hints.shard {
+            Some(n) => Some(self.check_shard_number(n)?),
+            None => self.routing.as_ref().and_then(|r| r.forced_shard),
+        };
+        if let Some(shard) = forced {
+            return Ok(Some(shard));
+        }
         let analysis = router.analysis(sql);
+        let key_text = hints
+            .shard_key
+            .or_else(|| self.routing.as_ref().and_then(|r| r.shard_key.clone()));
+        if let (Some(text), Some(stmt)) = (key_text, analysis.combined()) {
+            // `shardpool.shard_key` stands in for a key the statement does not name; keys it names win.
+            if let Some(placed) = router.place_by_key_text(stmt, &text) {
+                if let Placement::One { shard, .. } = placed? {
+                    return Ok(Some(shard));
+                }
+            }
+        }
         let Some(stmt) = analysis.combined() else {
             // Unparseable here: the default shard's Postgres will say what is wrong with it.
             return Ok(Some(default));
@@ -264,6 +285,24 @@ impl Session {
         input.extend_from_slice(&self.cin);
         self.cin = input;
         Ok(())
+    }
+
+    /// `shardpool.shard`'s value as a shard of this database.
+    pub(super) fn check_shard_number(&self, n: u32) -> Result<u16, ClientError> {
+        let shards = self.shard_router().map_or(0, |r| r.shards());
+        u16::try_from(n)
+            .ok()
+            .filter(|s| *s < shards)
+            .ok_or_else(|| {
+                ClientError::error(
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    format!(
+                        "invalid value for parameter \"shardpool.shard\": {n} (database \"{}\" has shards 0 to {})",
+                        self.pools.database,
+                        shards.saturating_sub(1)
+                    ),
+                )
+            })
     }
 
     pub(super) fn current_shard(&self) -> Option<u16> {
