@@ -384,15 +384,10 @@ impl ShardRouter {
         // Guards, not `load_full`: every session routing at once would otherwise bump (and bounce between cores)
         // the one reference count of the current catalog on every statement.
         let cell = self.catalog.load();
-        let catalog = cell.as_ref().map(|c| c.load()).ok_or_else(|| {
-            ClientError::error(
-                sqlstate::CANNOT_CONNECT_NOW,
-                format!(
-                    "the shard catalog of database \"{}\" is not loaded yet (has `shardctl init` been run?)",
-                    self.database
-                ),
-            )
-        })?;
+        let catalog = cell
+            .as_ref()
+            .map(|c| c.load())
+            .ok_or_else(|| self.not_loaded())?;
         let mut shards: Vec<u16> = Vec::new();
         let mut vshards = Vec::new();
         // Directory keys placed by hash that this INSERT writes: recorded once the INSERT is routed.
@@ -591,15 +586,10 @@ impl ShardRouter {
         text: &str,
     ) -> Result<u16, ClientError> {
         let cell = self.catalog.load();
-        let catalog = cell.as_ref().map(|c| c.load()).ok_or_else(|| {
-            ClientError::error(
-                sqlstate::CANNOT_CONNECT_NOW,
-                format!(
-                    "the shard catalog of database \"{}\" is not loaded yet (has `shardctl init` been run?)",
-                    self.database
-                ),
-            )
-        })?;
+        let catalog = cell
+            .as_ref()
+            .map(|c| c.load())
+            .ok_or_else(|| self.not_loaded())?;
         let mut found: Option<(u16, &str)> = None;
         for table in tables {
             let key = table.key_type.parse_text(text).map_err(|e| {
@@ -641,6 +631,17 @@ impl ShardRouter {
                 ),
             )
         })
+    }
+
+    /// Keyed statements wait for the catalog: an instance must never guess a placement.
+    fn not_loaded(&self) -> ClientError {
+        ClientError::error(
+            sqlstate::CANNOT_CONNECT_NOW,
+            format!(
+                "the shard catalog of database \"{}\" is not loaded yet (has `shardctl init` been run?)",
+                self.database
+            ),
+        )
     }
 
     /// Counts a statement run on `shard`.
