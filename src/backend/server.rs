@@ -103,9 +103,9 @@ impl ServerConn {
         self.send_query(sql).await?;
         let mut rows = Vec::new();
         let error = self
-            .read_to_ready(|tag_byte, body| {
-                if tag_byte == tag::DATA_ROW {
-                    let values = crate::protocol::backend::parse_data_row(body)
+            .read_to_ready(|frame| {
+                if frame.tag == tag::DATA_ROW {
+                    let values = crate::protocol::backend::parse_data_row(frame.body())
                         .ok_or_else(|| ServerIoError::Protocol("bad DataRow".into()))?;
                     rows.push(
                         values
@@ -131,9 +131,9 @@ impl ServerConn {
         self.send_query(sql).await?;
         let mut tags = Vec::new();
         let error = self
-            .read_to_ready(|tag_byte, body| {
-                if tag_byte == tag::COMMAND_COMPLETE {
-                    let text = crate::protocol::backend::parse_command_complete(body);
+            .read_to_ready(|frame| {
+                if frame.tag == tag::COMMAND_COMPLETE {
+                    let text = crate::protocol::backend::parse_command_complete(frame.body());
                     tags.push(String::from_utf8_lossy(text).into_owned());
                 }
                 Ok(())
@@ -151,36 +151,45 @@ impl ServerConn {
 
     /// Reads and discards messages until ReadyForQuery; used for shardpool's own queries and for cleanup.
     pub async fn drain_until_ready(&mut self) -> Result<Option<ErrorFields>, ServerIoError> {
-        self.read_to_ready(|_, _| Ok(())).await
+        self.read_to_ready(|_| Ok(())).await
     }
 
-    /// Reads messages up to ReadyForQuery, showing each to `on` and keeping ParameterStatus and the transaction
-    /// status; returns the first ErrorResponse.
-    async fn read_to_ready(
+    /// Reads messages up to ReadyForQuery, showing each other message (ErrorResponses included) to `on`, keeping
+    /// ParameterStatus and the transaction status; returns the first ErrorResponse.
+    pub async fn read_to_ready(
         &mut self,
-        mut on: impl FnMut(u8, &[u8]) -> Result<(), ServerIoError>,
+        mut on: impl FnMut(crate::protocol::Frame) -> Result<(), ServerIoError>,
     ) -> Result<Option<ErrorFields>, ServerIoError> {
         let mut first_error = None;
         loop {
-            while let Some(frame) =
+            let frame = self.next_frame().await?;
+            match frame.tag {
+                tag::READY_FOR_QUERY => {
+                    self.status = parse_ready_for_query(frame.body())
+                        .ok_or_else(|| ServerIoError::Protocol("bad ReadyForQuery".into()))?;
+                    return Ok(first_error);
+                }
+                tag::PARAMETER_STATUS => {
+                    if let Some((k, v)) = parse_parameter_status(frame.body()) {
+                        self.reported.insert(k, v);
+                    }
+                }
+                tag::ERROR_RESPONSE if first_error.is_none() => {
+                    first_error = Some(ErrorFields::parse(frame.body()));
+                    on(frame)?;
+                }
+                _ => on(frame)?,
+            }
+        }
+    }
+
+    /// The next whole message from the server, reading as needed.
+    pub async fn next_frame(&mut self) -> Result<crate::protocol::Frame, ServerIoError> {
+        loop {
+            if let Some(frame) =
                 split_frame(&mut self.rbuf).map_err(|e| ServerIoError::Protocol(e.to_string()))?
             {
-                match frame.tag {
-                    tag::READY_FOR_QUERY => {
-                        self.status = parse_ready_for_query(frame.body())
-                            .ok_or_else(|| ServerIoError::Protocol("bad ReadyForQuery".into()))?;
-                        return Ok(first_error);
-                    }
-                    tag::ERROR_RESPONSE if first_error.is_none() => {
-                        first_error = Some(ErrorFields::parse(frame.body()))
-                    }
-                    tag::PARAMETER_STATUS => {
-                        if let Some((k, v)) = parse_parameter_status(frame.body()) {
-                            self.reported.insert(k, v);
-                        }
-                    }
-                    other => on(other, frame.body())?,
-                }
+                return Ok(frame);
             }
             self.read_more().await?;
         }

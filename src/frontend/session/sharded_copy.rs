@@ -13,7 +13,6 @@ use super::{Session, SessionError};
 use crate::backend::{Pool, ServerConn};
 use crate::error::{sqlstate, ClientError};
 use crate::protocol::backend::{command_complete, parse_command_complete, ErrorFields};
-use crate::protocol::framing::split_frame;
 use crate::protocol::frontend::{write_copy_done, write_copy_fail, write_query};
 use crate::protocol::{tag, Frame};
 use crate::sharding::copy::{CopyFrom, RowSplitter, ShardBatches, DEFAULT_FLUSH_THRESHOLD};
@@ -25,37 +24,21 @@ type Lent = [(Arc<Pool>, Box<ServerConn>)];
 const CLIENT_FLUSH: usize = 256 * 1024;
 
 async fn next_frame(server: &mut ServerConn) -> Result<Frame, SessionError> {
-    loop {
-        if let Some(f) = split_frame(&mut server.rbuf)
-            .map_err(|e| SessionError::ServerProtocol(e.to_string()))?
-        {
-            return Ok(f);
-        }
-        server
-            .read_more()
-            .await
-            .map_err(|e| SessionError::ServerIo(std::io::Error::other(e.to_string())))?;
-    }
+    Ok(server.next_frame().await?)
 }
 
 /// Reads a shard's replies up to ReadyForQuery: the rows of its `COPY n` and its first error.
 async fn finish_shard(server: &mut ServerConn) -> Result<(u64, Option<ErrorFields>), SessionError> {
     let mut rows = 0;
-    let mut error = None;
-    loop {
-        let f = next_frame(server).await?;
-        match f.tag {
-            tag::COMMAND_COMPLETE => rows += copy_count(f.body()),
-            tag::ERROR_RESPONSE if error.is_none() => error = Some(ErrorFields::parse(f.body())),
-            tag::READY_FOR_QUERY => {
-                if let Some(status) = crate::protocol::backend::parse_ready_for_query(f.body()) {
-                    server.status = status;
-                }
-                return Ok((rows, error));
+    let error = server
+        .read_to_ready(|f| {
+            if f.tag == tag::COMMAND_COMPLETE {
+                rows += copy_count(f.body());
             }
-            _ => {}
-        }
-    }
+            Ok(())
+        })
+        .await?;
+    Ok((rows, error))
 }
 
 fn copy_count(body: &[u8]) -> u64 {
@@ -440,10 +423,7 @@ async fn end_transactions(
         // COMMIT of a failed transaction rolls back and says ROLLBACK without an error: that is a failure too.
         let aborted = server.status == crate::protocol::TxStatus::Failed;
         let sql = if commit_here { "COMMIT" } else { "ROLLBACK" };
-        let error = server
-            .simple_query(sql)
-            .await
-            .map_err(|e| SessionError::ServerIo(std::io::Error::other(e.to_string())))?;
+        let error = server.simple_query(sql).await?;
         match error {
             Some(e) if commit_here => failed.push((i, e)),
             None if commit_here && aborted => failed.push((

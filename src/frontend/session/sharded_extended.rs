@@ -20,7 +20,6 @@ use super::{Session, SessionError};
 use crate::backend::{Pool, ServerConn};
 use crate::error::{sqlstate, ClientError};
 use crate::protocol::backend::{command_complete, parse_command_complete};
-use crate::protocol::framing::split_frame;
 use crate::protocol::frontend::{parse_bind, parse_target, write_parse, write_sync, write_target};
 use crate::protocol::{tag, Frame};
 
@@ -37,36 +36,31 @@ pub(super) struct Replies {
 pub(super) async fn read_replies(server: &mut ServerConn) -> Result<Replies, SessionError> {
     let mut frames = Vec::new();
     let mut error = None;
-    loop {
-        let Some(f) = split_frame(&mut server.rbuf)
-            .map_err(|e| SessionError::ServerProtocol(e.to_string()))?
-        else {
-            server
-                .read_more()
-                .await
-                .map_err(|e| SessionError::ServerIo(std::io::Error::other(e.to_string())))?;
-            continue;
-        };
-        match f.tag {
-            tag::READY_FOR_QUERY => {
-                if let Some(s) = crate::protocol::backend::parse_ready_for_query(f.body()) {
-                    server.status = s;
-                }
-                return Ok(Replies { frames, error });
+    server
+        .read_to_ready(|f| {
+            if f.tag == tag::ERROR_RESPONSE && error.is_none() {
+                error = Some(frames.len());
             }
-            tag::PARAMETER_STATUS => {
-                if let Some((k, v)) = crate::protocol::backend::parse_parameter_status(f.body()) {
-                    server.reported.insert(k, v);
-                }
-            }
-            t => {
-                if t == tag::ERROR_RESPONSE && error.is_none() {
-                    error = Some(frames.len());
-                }
-                frames.push(f);
-            }
-        }
-    }
+            frames.push(f);
+            Ok(())
+        })
+        .await?;
+    Ok(Replies { frames, error })
+}
+
+/// A shard whose connection failed mid fan-out: the connection is not reused, and the failure is reported as
+/// the shard's error.
+fn connection_lost(
+    server: &mut ServerConn,
+    shard: u16,
+    e: impl std::fmt::Display,
+) -> (u16, String, String) {
+    server.broken = true;
+    (
+        shard,
+        sqlstate::CONNECTION_FAILURE.to_owned(),
+        e.to_string(),
+    )
 }
 
 /// The request every shard gets for a batch: the statement parsed unnamed, the client's later messages with the
@@ -158,14 +152,7 @@ impl Session {
         for (i, (_, server)) in lent.iter_mut().enumerate() {
             match server.stream.write_all(&request).await {
                 Ok(()) => sent[i] = true,
-                Err(e) => {
-                    server.broken = true;
-                    failed.push((
-                        shards[i],
-                        sqlstate::CONNECTION_FAILURE.to_owned(),
-                        e.to_string(),
-                    ));
-                }
+                Err(e) => failed.push(connection_lost(server, shards[i], e)),
             }
         }
         let mut replies: Vec<Option<Replies>> = Vec::with_capacity(lent.len());
@@ -187,12 +174,7 @@ impl Session {
                     replies.push(Some(r));
                 }
                 Err(e) => {
-                    server.broken = true;
-                    failed.push((
-                        shards[i],
-                        sqlstate::CONNECTION_FAILURE.to_owned(),
-                        e.to_string(),
-                    ));
+                    failed.push(connection_lost(server, shards[i], e));
                     replies.push(None);
                 }
             }
