@@ -130,7 +130,7 @@ pub struct Context {
     /// The startup settings of the last client that logged in: the next one asking for the same shares the map.
     last_startup_settings: Mutex<Arc<BTreeMap<String, String>>>,
     /// Likewise the parameter values the last client was told where it differs from its pool's baseline.
-    pub last_told: Mutex<Arc<BTreeMap<String, String>>>,
+    last_told: Mutex<Arc<BTreeMap<String, String>>>,
     pub started_at: SystemTime,
     verifiers: Mutex<HashMap<String, (String, crate::auth::scram::ScramVerifier)>>,
     config_path: Mutex<Option<std::path::PathBuf>>,
@@ -552,16 +552,14 @@ impl Context {
     /// all send the same startup parameters), so idle clients do not each hold a copy.
     pub fn share_startup_settings(
         &self,
-        settings: BTreeMap<String, String>,
+        settings: Arc<BTreeMap<String, String>>,
     ) -> Arc<BTreeMap<String, String>> {
-        let mut last = self
-            .last_startup_settings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if **last != settings {
-            *last = Arc::new(settings);
-        }
-        Arc::clone(&last)
+        share_alike(&self.last_startup_settings, settings)
+    }
+
+    /// Likewise the parameter values a client was told where it differs from its pool's baseline.
+    pub fn share_told(&self, own: Arc<BTreeMap<String, String>>) -> Arc<BTreeMap<String, String>> {
+        share_alike(&self.last_told, own)
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -641,4 +639,13 @@ fn pool_config(config: &Config, db: &DatabaseConfig, user: &UserConfig) -> PoolC
         reset_query: g.server_reset_query.clone(),
         statement_capacity: g.prepared_statements_cache_size,
     }
+}
+
+/// `value`, or the equal map in `last` (which then stays), so consecutive equal logins share one allocation.
+fn share_alike<T: PartialEq>(last: &Mutex<Arc<T>>, value: Arc<T>) -> Arc<T> {
+    let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+    if *last != value {
+        *last = value;
+    }
+    Arc::clone(&last)
 }

@@ -184,12 +184,12 @@ async fn establish(
         }
     };
     let mut told = initial_status(&params, &baseline);
-    told.share_own(&ctx.last_told);
-    let settings = ctx.share_startup_settings(startup_settings(
+    told.share_own(|own| ctx.share_told(own));
+    let settings = ctx.share_startup_settings(Arc::new(startup_settings(
         &params,
         &config.general.ignore_startup_parameters,
         &baseline,
-    ));
+    )));
     send_login_ok(&mut stream, &told.all(), key).await;
     let mode = config
         .databases

@@ -67,7 +67,7 @@ pub fn startup_settings(
 #[derive(Debug)]
 pub struct Told {
     base: Arc<BTreeMap<String, String>>,
-    /// Copy on write: clients that logged in with the same parameters share one map (see `share_own`).
+    /// Copy on write: clients that logged in with the same parameters share one map (see `Context::share_told`).
     own: Arc<BTreeMap<String, String>>,
 }
 
@@ -89,15 +89,12 @@ impl Told {
         }
     }
 
-    /// Shares this client's own values with the previous login's when they are equal (`last` holds those): clients
-    /// of one application log in alike, and 10,000 idle clients should not hold 10,000 copies.
-    pub fn share_own(&mut self, last: &std::sync::Mutex<Arc<BTreeMap<String, String>>>) {
-        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
-        if *last == self.own {
-            self.own = Arc::clone(&last);
-        } else {
-            *last = Arc::clone(&self.own);
-        }
+    /// Lets `share` replace this client's own values with an equal shared map (see `Context::share_told`).
+    pub fn share_own(
+        &mut self,
+        share: impl FnOnce(Arc<BTreeMap<String, String>>) -> Arc<BTreeMap<String, String>>,
+    ) {
+        self.own = share(std::mem::take(&mut self.own));
     }
 
     /// Every (name, value), sorted, for the login reply.

@@ -43,9 +43,9 @@ impl ClientStream {
                 // a whole request in far less than the buffer) tokio then clears the socket's readiness, so the
                 // attached pump's next read of this client waits for epoll instead of paying a recvfrom that
                 // returns EAGAIN. That was one syscall in six per select-only transaction.
-                match poll_read_once(Pin::new(&mut *s), cx, buf) {
-                    Some(r) => return Poll::Ready(r),
-                    None => {
+                match tokio_util::io::poll_read_buf(Pin::new(&mut *s), cx, buf) {
+                    Poll::Ready(r) => return Poll::Ready(r),
+                    Poll::Pending => {
                         // Readiness was stale (left over from the last read) and is now cleared: give the buffer
                         // back before waiting again, or every idle client would sit on a full read buffer.
                         if buf.is_empty() {
@@ -61,19 +61,6 @@ impl ClientStream {
                 tokio_util::io::poll_read_buf(Pin::new(s), cx, buf)
             }
         }
-    }
-}
-
-/// Reads once into `buf`'s spare capacity: `Some(Ok(n))` (0 at EOF), `Some(Err)`, or `None` if no data was there
-/// after all (the socket's readiness is then cleared and a waker registered, so awaiting readiness again is cheap).
-fn poll_read_once(
-    s: Pin<&mut TcpStream>,
-    cx: &mut Context<'_>,
-    buf: &mut BytesMut,
-) -> Option<io::Result<usize>> {
-    match tokio_util::io::poll_read_buf(s, cx, buf) {
-        Poll::Ready(r) => Some(r),
-        Poll::Pending => None,
     }
 }
 

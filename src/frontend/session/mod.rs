@@ -38,6 +38,13 @@ use crate::protocol::{tag, Frame, TxStatus};
 use crate::router::session_effects::{SessionEffect, Setting};
 use crate::router::Route;
 
+/// A shard connection used outside the attached pump (fan-outs) failing.
+impl From<crate::backend::server::ServerIoError> for SessionError {
+    fn from(e: crate::backend::server::ServerIoError) -> Self {
+        SessionError::ServerIo(std::io::Error::other(e.to_string()))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("client I/O: {0}")]
@@ -495,7 +502,7 @@ impl Session {
 
     /// The SET/RESET statements that make `server` match this client's settings, if any are needed.
     fn settings_delta(&self, server: &ServerConn) -> Option<String> {
-        if Arc::ptr_eq(&server.applied, &self.settings) || server.applied == self.settings {
+        if server.applied == self.settings {
             return None;
         }
         let mut sql = String::new();
