@@ -10,11 +10,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::shards::{count, owned, rows, shop_url, start, VSHARDS};
+use common::shards::{check_placement, count, rows, shop_url, start, VSHARDS};
 use common::TestProxy;
 use shardpool::sharding::catalog;
-use shardpool::sharding::hash::vshard_sql;
-use shardpool::sharding::key::{KeyType, KeyValue};
+use shardpool::sharding::key::KeyValue;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_land_on_their_vshards_shard_and_scatter_matches_one_database() {
@@ -81,24 +80,7 @@ async fn rows_land_on_their_vshards_shard_and_scatter_matches_one_database() {
     assert!(tag.contains("COPY 1650"), "{tag}");
     let out = raw.copy_out("COPY accounts TO STDOUT").await;
     assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 10_000);
-    let expr = vshard_sql("aid", KeyType::Int, VSHARDS);
-    let mut total = 0;
-    for (i, b) in shards.backends.iter().enumerate() {
-        let mine = owned(i)
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let misplaced = count(
-            b,
-            &format!("SELECT count(*) FROM accounts WHERE {expr} NOT IN ({mine})"),
-        );
-        assert_eq!(misplaced, 0, "shard {i} holds rows of other shards");
-        let n = count(b, "SELECT count(*) FROM accounts");
-        assert!(n > 1_000, "shard {i} has only {n} rows");
-        total += n;
-    }
-    assert_eq!(total, 10_000);
+    check_placement(&shards, 10_000);
 
     // Point reads by key (simple and extended) find the row on its shard.
     let key = 1234 * 7919 - 20_000_000i64;

@@ -11,9 +11,7 @@ mod common;
 use futures_util::{SinkExt, StreamExt};
 use tokio_postgres::types::{FromSql, ToSql, Type};
 
-use common::shards::{count, owned, shop_url, start, start_with, Shards, VSHARDS};
-use shardpool::sharding::hash::vshard_sql;
-use shardpool::sharding::key::KeyType;
+use common::shards::{check_placement, count, shop_url, start, start_with, Shards};
 
 /// A column's value exactly as the server sent it (binary format), whatever its type.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -79,27 +77,6 @@ async fn copy_accounts(c: &tokio_postgres::Client, n: i64) -> u64 {
     }
     sink.send(bytes::Bytes::from(chunk)).await.unwrap();
     sink.finish().await.unwrap()
-}
-
-fn check_placement(shards: &Shards, expected_total: i64) {
-    let expr = vshard_sql("aid", KeyType::Int, VSHARDS);
-    let mut total = 0;
-    for (i, b) in shards.backends.iter().enumerate() {
-        let mine = owned(i)
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let misplaced = count(
-            b,
-            &format!("SELECT count(*) FROM accounts WHERE {expr} NOT IN ({mine})"),
-        );
-        assert_eq!(misplaced, 0, "shard {i} holds rows of other shards");
-        let n = count(b, "SELECT count(*) FROM accounts");
-        assert!(n > expected_total / 10, "shard {i} has only {n} rows");
-        total += n;
-    }
-    assert_eq!(total, expected_total);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

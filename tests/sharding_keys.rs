@@ -597,6 +597,18 @@ async fn shard_and_shard_key_settings_and_hints_route_what_sql_cannot_say() {
         refused(&client, "SELECT count(*) FROM accounts").await.0,
         "22023"
     );
+    // Tables whose maps put the key on different shards: refused, not split. `events` is range-mapped (1000–1999
+    // is its vshard 2, on shard 1); pick a key that `accounts`' hash puts elsewhere.
+    let k = (1000..2000i64)
+        .find(|k| cluster.shard_of(&KeyValue::Int(*k)) != 1)
+        .unwrap();
+    client
+        .simple_query(&format!("SET shardpool.shard_key = {k}"))
+        .await
+        .unwrap();
+    let (code, message) = refused(&client, "SELECT count(*) FROM accounts, events").await;
+    assert_eq!(code, "0A000", "{message}");
+    assert!(message.contains("two shards"), "{message}");
     client
         .simple_query("RESET shardpool.shard_key")
         .await

@@ -147,3 +147,30 @@ pub async fn rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<
     }
     out
 }
+
+/// Every row of `accounts` sits on the shard its vshard maps to (checked on each shard with the vshard expression),
+/// each shard holds a fair share, and none is lost or doubled.
+pub fn check_placement(shards: &Shards, expected_total: i64) {
+    let expr = shardpool::sharding::hash::vshard_sql(
+        "aid",
+        shardpool::sharding::key::KeyType::Int,
+        VSHARDS,
+    );
+    let mut total = 0;
+    for (i, b) in shards.backends.iter().enumerate() {
+        let mine = owned(i)
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let misplaced = count(
+            b,
+            &format!("SELECT count(*) FROM accounts WHERE {expr} NOT IN ({mine})"),
+        );
+        assert_eq!(misplaced, 0, "shard {i} holds rows of other shards");
+        let n = count(b, "SELECT count(*) FROM accounts");
+        assert!(n > expected_total / 10, "shard {i} has only {n} rows");
+        total += n;
+    }
+    assert_eq!(total, expected_total);
+}
