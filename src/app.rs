@@ -46,6 +46,7 @@ impl Proxy {
             source,
         })?;
         let ctx = Context::new(config.clone());
+        ctx.spin.configure_for_current_runtime();
         ctx.set_config_path(config_path);
         ctx.apply_tls(&config)?;
         // Clusters (and their replication monitors) start now, so routing has replica state before the first client.

@@ -123,6 +123,8 @@ pub struct Context {
     /// Connections accepted and not yet closed (clients and admin sessions), for max_client_conn.
     pub connections: AtomicUsize,
     pub pause: Arc<PauseGate>,
+    /// Which sessions have a transaction in flight, for the lone-client spin.
+    pub spin: crate::frontend::spin::SpinGate,
     shutdown: watch::Sender<bool>,
     /// The same as the `shutdown` watch's value, read by every idle session on every wake-up: an atomic load
     /// instead of the watch's read lock, whose counter all sessions on both threads would write.
@@ -162,6 +164,7 @@ impl Context {
             next_client_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             pause: Arc::new(PauseGate::default()),
+            spin: Default::default(),
             shutdown: watch::channel(false).0,
             shutting_down: AtomicBool::new(false),
             last_startup_settings: Mutex::new(Arc::default()),

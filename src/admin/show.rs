@@ -52,12 +52,26 @@ pub fn show(ctx: &Arc<Context>, what: &str) -> Result<Output, AdminError> {
         "REPLICAS" => Ok(replicas(ctx)),
         "SHARDS" => Ok(shards(ctx)),
         "VSHARDS" => Ok(vshards(ctx)),
+        "SPIN" => Ok(spin(ctx)),
         "VERSION" => Ok(Output::table(
             vec!["version"],
             vec![vec![s(format!("shardpool {}", env!("CARGO_PKG_VERSION")))]],
         )),
         other => Err(AdminError::Syntax(format!("unknown SHOW item {other:?}"))),
     }
+}
+
+/// The lone-client spin, per thing awaited: how often it ran and how often it found data in time.
+fn spin(ctx: &Arc<Context>) -> Output {
+    use crate::frontend::spin::Awaiting;
+    let rows = [Awaiting::Server, Awaiting::Client]
+        .into_iter()
+        .map(|what| {
+            let (spins, found, skipping) = ctx.spin.counters(what);
+            vec![s(what.as_str()), s(spins), s(found), s(skipping)]
+        })
+        .collect();
+    Output::table(vec!["awaiting", "spins", "found", "skipping"], rows)
 }
 
 /// Every shard of every sharded database: where it is, how many vshards it holds, what was routed to it.
@@ -473,6 +487,11 @@ fn config(ctx: &Arc<Context>) -> Output {
     let entries: Vec<(&str, String, String)> = vec![
         ("listen", g.listen.clone(), d.listen.clone()),
         ("workers", g.workers.to_string(), d.workers.to_string()),
+        (
+            "spin_wait",
+            g.spin_wait.to_string(),
+            d.spin_wait.to_string(),
+        ),
         (
             "max_client_conn",
             g.max_client_conn.to_string(),

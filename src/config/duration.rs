@@ -62,11 +62,13 @@ impl<'de> Deserialize<'de> for ConfigDuration {
 
 impl fmt::Display for ConfigDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        if ms % 1000 == 0 {
-            write!(f, "{}s", ms / 1000)
+        let us = self.0.as_micros();
+        if us % 1_000_000 == 0 {
+            write!(f, "{}s", us / 1_000_000)
+        } else if us % 1000 == 0 {
+            write!(f, "{}ms", us / 1000)
         } else {
-            write!(f, "{ms}ms")
+            write!(f, "{us}us")
         }
     }
 }
@@ -84,6 +86,21 @@ mod tests {
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         for bad in ["5", "s", "5 parsecs", "-1s", "1e99h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn displays_in_the_largest_whole_unit_and_reads_back() {
+        for (text, shown) in [
+            ("100us", "100us"),
+            ("1500us", "1500us"),
+            ("2ms", "2ms"),
+            ("3s", "3s"),
+            ("0", "0s"),
+        ] {
+            let d = ConfigDuration(parse_duration(text).unwrap());
+            assert_eq!(d.to_string(), shown);
+            assert_eq!(parse_duration(shown).unwrap(), d.0);
         }
     }
 }

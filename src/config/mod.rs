@@ -86,6 +86,9 @@ pub struct General {
     pub listen: String,
     /// Runtime worker threads; 0 means one per CPU core.
     pub workers: usize,
+    /// How long a session with the proxy to itself busy-polls for its server's reply or its client's next message
+    /// instead of sleeping (0: never). Trades idle CPU for latency; see `frontend::spin`.
+    pub spin_wait: ConfigDuration,
     /// Client connections accepted at most; more get SQLSTATE 53300.
     pub max_client_conn: usize,
     /// Users allowed into the admin console (database `shardpool`).
@@ -139,6 +142,7 @@ impl Default for General {
         General {
             listen: "127.0.0.1:6432".into(),
             workers: 0,
+            spin_wait: ConfigDuration(std::time::Duration::from_micros(100)),
             max_client_conn: 10_000,
             admin_users: Vec::new(),
             pool_mode: PoolMode::Transaction,

@@ -8,6 +8,7 @@ pub mod login;
 pub mod prepared;
 pub mod relay;
 pub mod session;
+pub mod spin;
 pub mod startup_params;
 pub mod stream;
 pub mod tls;

@@ -15,6 +15,7 @@ use tokio_util::io::poll_read_buf;
 use super::{protocol_violation, Flow, Session, SessionError};
 use crate::error::{sqlstate, ClientError};
 use crate::frontend::relay::Expect;
+use crate::frontend::spin::{Attempt, Awaiting, Spin};
 use crate::protocol::backend::{parse_command_complete, parse_parameter_status, ErrorFields};
 use crate::protocol::framing::split_frame;
 use crate::protocol::{tag, TxStatus};
@@ -27,12 +28,25 @@ struct PumpEvent {
     client_data: bool,
     server_data: bool,
     client_eof: bool,
+    /// A spin on the server found nothing yet: yield, then pump again.
+    spin_again: bool,
+}
+
+/// Where the spin for the server's reply stands in the current wait.
+#[derive(Debug)]
+enum ServerSpin {
+    /// Not tried since the client last sent something.
+    Ready,
+    Spinning(Spin),
+    /// Tried (or not allowed): wait the usual way until the client sends again.
+    Spent,
 }
 
 impl Session {
     /// Runs until the server can be released (or the client leaves, or something breaks).
     pub(super) async fn run_attached(&mut self) -> Result<(), SessionError> {
         let idle_tx_timeout = self.ctx.config().general.idle_transaction_timeout.enabled();
+        let mut spin = ServerSpin::Ready;
         loop {
             // Messages that arrived in the same read as the one that started this transaction.
             while let Some(frame) =
@@ -64,7 +78,7 @@ impl Session {
             }
             let waiting_on_client = idle_in_transaction && self.cout.is_empty();
             let event = match (idle_tx_timeout, waiting_on_client) {
-                (Some(t), true) => match tokio::time::timeout(t, self.pump()).await {
+                (Some(t), true) => match tokio::time::timeout(t, self.pump(&mut spin)).await {
                     Ok(r) => r?,
                     Err(_) => {
                         return Err(SessionError::Terminated(ClientError::fatal(
@@ -73,8 +87,16 @@ impl Session {
                         )))
                     }
                 },
-                _ => self.pump().await?,
+                _ => self.pump(&mut spin).await?,
             };
+            if event.spin_again {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if event.client_data || event.server_data {
+                // A new request, or part of a reply: the next wait may spin again.
+                spin = ServerSpin::Ready;
+            }
             if event.server_data {
                 self.on_server_data()?;
             }
@@ -85,8 +107,20 @@ impl Session {
     }
 
     /// One round of I/O: writes what is pending on both sides, reads whatever has arrived.
-    async fn pump(&mut self) -> Result<PumpEvent, SessionError> {
+    async fn pump(&mut self, spin: &mut ServerSpin) -> Result<PumpEvent, SessionError> {
         let hold = self.holding_acks();
+        if matches!(spin, ServerSpin::Ready) {
+            // Worth spinning only while the server owes replies; in COPY FROM STDIN it is the client that talks
+            // next. Whether the session is alone is checked by `begin`, once everything has been sent.
+            if self.relay.is_empty() || self.relay.in_copy_in {
+                *spin = ServerSpin::Spent;
+            }
+        }
+        let budget = match spin {
+            ServerSpin::Ready => self.spin_budget(Awaiting::Server),
+            _ => None,
+        };
+        let (gate, id) = (&self.ctx.spin, self.registration.info.id);
         let Some(server) = self.server.as_mut() else {
             return Err(SessionError::ServerProtocol("pump without a server".into()));
         };
@@ -117,6 +151,39 @@ impl Session {
             }
             if cout.len() < HIGH_WATER {
                 reserve(sin);
+                // Everything is sent and only the server's answer is awaited: if this is the proxy's only
+                // transaction, poll for it rather than sleep.
+                let quiet = sout.is_empty()
+                    && (hold || cout.is_empty())
+                    && !ev.client_data
+                    && !ev.client_eof;
+                if quiet && matches!(spin, ServerSpin::Ready) {
+                    *spin = match budget.and_then(|b| gate.begin(id, Awaiting::Server, b)) {
+                        Some(s) => ServerSpin::Spinning(s),
+                        None => ServerSpin::Spent,
+                    };
+                }
+                if let (true, ServerSpin::Spinning(s)) = (quiet, &*spin) {
+                    match s
+                        .attempt(gate, stream, sin)
+                        .map_err(SessionError::ServerIo)?
+                    {
+                        Attempt::Read(0) => {
+                            return Poll::Ready(Err(SessionError::ServerIo(
+                                io::ErrorKind::UnexpectedEof.into(),
+                            )))
+                        }
+                        Attempt::Read(_) => {
+                            ev.server_data = true;
+                            return Poll::Ready(Ok(ev));
+                        }
+                        Attempt::Again => {
+                            ev.spin_again = true;
+                            return Poll::Ready(Ok(ev));
+                        }
+                        Attempt::GaveUp => *spin = ServerSpin::Spent,
+                    }
+                }
                 match poll_read_buf(Pin::new(&mut *stream), cx, sin) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(SessionError::ServerIo(

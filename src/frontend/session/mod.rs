@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::prepared::ClientStatements;
 use super::relay::Relay;
+use super::spin::{Awaiting, Spin};
 use super::stream::ClientStream;
 use crate::backend::{Pool, ServerConn};
 use crate::cluster::PoolSet;
@@ -83,6 +84,8 @@ enum Flow {
 
 pub struct Session {
     ctx: Arc<Context>,
+    /// Counted in the context's spin gate as having a transaction in flight.
+    in_flight: bool,
     client: ClientStream,
     registration: ClientRegistration,
     /// This client's pools, one per server of its database; replaced by a fresh set after a RELOAD.
@@ -206,6 +209,7 @@ impl Session {
             routing,
             bytes_to_client: 0,
             tally: Tally::default(),
+            in_flight: false,
         }
     }
 
@@ -343,6 +347,18 @@ impl Session {
                     None => self.idle_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
                 }
             }
+            if let Some(spin) = self.client_spin() {
+                // Boxed: the spin's state is then on the heap only while it runs, not in every idle session.
+                let Some(n) = Box::pin(self.spin_for_client(spin)).await? else {
+                    // Gave up: wait the usual way (this spin's failure makes the next ones skip).
+                    continue;
+                };
+                if n == 0 {
+                    return Ok(None);
+                }
+                self.tally.bytes_in += n as u64;
+                continue;
+            }
             // One poll function over the client socket, the idle timer and the shutdown flag, instead of a select
             // of three futures: what an idle session holds while it waits is a few pointers.
             let (client, cin, timer) = (&mut self.client, &mut self.cin, &mut self.idle_timer);
@@ -375,6 +391,48 @@ impl Session {
             }
             self.tally.bytes_in += n as u64;
         }
+    }
+
+    /// The spin budget if this session may busy-poll now for `what`: spinning is configured and no other session
+    /// has work (checked first: two atomic loads are cheaper than reading the configuration).
+    pub(super) fn spin_budget(&self, what: Awaiting) -> Option<std::time::Duration> {
+        if !self.ctx.spin.alone(self.registration.info.id, what) {
+            return None;
+        }
+        self.ctx.config().general.spin_wait.enabled()
+    }
+
+    /// A spin on the client before sleeping on it, if this is the proxy's only client with work: one that just got
+    /// its reply is likely to send its next message within microseconds.
+    fn client_spin(&self) -> Option<Spin> {
+        if !matches!(self.client, ClientStream::Plain(_)) {
+            return None;
+        }
+        let budget = self.spin_budget(Awaiting::Client)?;
+        self.ctx
+            .spin
+            .begin(self.registration.info.id, Awaiting::Client, budget)
+    }
+
+    /// Runs a spin on the client. `Some(n)`: it read `n` bytes (0 at EOF); `None`: it gave up.
+    async fn spin_for_client(&mut self, spin: Spin) -> Result<Option<usize>, SessionError> {
+        let ClientStream::Plain(stream) = &self.client else {
+            return Ok(None);
+        };
+        let chunk = crate::frontend::stream::CLIENT_READ_CHUNK;
+        if self.cin.capacity() == 0 {
+            self.cin = crate::frontend::buffers::take(chunk);
+        } else if self.cin.capacity() - self.cin.len() < 1024 {
+            self.cin.reserve(chunk);
+        }
+        let got = spin
+            .run(&self.ctx.spin, stream, &mut self.cin)
+            .await
+            .map_err(SessionError::ClientIo)?;
+        if got.is_none() && self.cin.is_empty() {
+            crate::frontend::buffers::give(&mut self.cin);
+        }
+        Ok(got)
     }
 
     /// Messages that need no server: returns true if answered here.
@@ -680,6 +738,9 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.settle_stats();
         self.home.stats.clients.fetch_sub(1, Ordering::Relaxed);
+        if self.in_flight {
+            self.ctx.spin.leave();
+        }
     }
 }
 

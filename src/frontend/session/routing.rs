@@ -364,6 +364,10 @@ impl Session {
     }
 
     pub(super) fn on_attached(&mut self, route: Route, member: usize) {
+        if !self.in_flight {
+            self.in_flight = true;
+            self.ctx.spin.enter(self.registration.info.id);
+        }
         let cluster = Arc::clone(&self.pools.cluster);
         let m = &cluster.members[member];
         m.outstanding.fetch_add(1, Ordering::Relaxed);
@@ -392,6 +396,10 @@ impl Session {
 
     /// Bookkeeping when the server goes back (or is dropped).
     pub(super) fn on_detached(&mut self) {
+        if self.in_flight {
+            self.in_flight = false;
+            self.ctx.spin.leave();
+        }
         let cluster = match self.routing.as_mut() {
             Some(r) => {
                 r.route = None;
