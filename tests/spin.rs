@@ -36,7 +36,7 @@ async fn wait_for_no_clients(proxy: &TestProxy) {
     .await;
 }
 
-// Two workers: spinning is off on a runtime where the spinning thread would be the only one.
+// A multi-thread runtime: spinning is off on current-thread runtimes (an embedding application's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_client_is_served_by_spinning_and_sees_the_same_results() {
     let backend = Backend::start().await;

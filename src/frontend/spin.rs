@@ -189,9 +189,10 @@ pub struct Spin {
 }
 
 impl SpinGate {
-    /// Starts a spin for session `id` awaiting `what`, unless it is not alone or its kind is backing off.
+    /// Starts a spin for session `id` awaiting `what`, which `alone` has just said may spin, unless its kind is
+    /// backing off. (Callers check `alone` before reading their budget from the configuration.)
     pub fn begin(&self, id: u64, what: Awaiting, budget: Duration) -> Option<Spin> {
-        if !self.alone(id, what) || self.backoff(what).skipping() {
+        if self.backoff(what).skipping() {
             return None;
         }
         Some(Spin {
@@ -346,6 +347,24 @@ mod tests {
         assert_eq!(got, None);
         assert!(buf.is_empty());
         assert_eq!(gate.counters(Awaiting::Client), (1, 0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_reset_connection_is_an_error_and_leaves_the_buffer_as_it_was() {
+        let (a, b) = pair().await;
+        // Closing with a zero linger sends RST instead of FIN: the next read fails instead of returning 0.
+        socket2::SockRef::from(&a)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(a);
+        let gate = open_gate();
+        let mut buf = BytesMut::with_capacity(64);
+        buf.extend_from_slice(b"kept");
+        let err = spin_read(&gate, ME, Awaiting::Server, LONG, &b, &mut buf)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(&buf[..], b"kept");
     }
 
     #[tokio::test]

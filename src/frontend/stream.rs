@@ -18,6 +18,16 @@ pub enum ClientStream {
 /// Bytes read per client read call.
 pub const CLIENT_READ_CHUNK: usize = 16 * 1024;
 
+/// Makes room in `buf` for a client read: a spare buffer from this thread if it has none (idle sessions give
+/// theirs back), more room if it is nearly full.
+pub fn prepare_read_buffer(buf: &mut BytesMut) {
+    if buf.capacity() == 0 {
+        *buf = super::buffers::take(CLIENT_READ_CHUNK);
+    } else if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(CLIENT_READ_CHUNK);
+    }
+}
+
 impl ClientStream {
     pub fn is_tls(&self) -> bool {
         matches!(self, ClientStream::Tls(_))
@@ -34,11 +44,7 @@ impl ClientStream {
         match self {
             ClientStream::Plain(s) => loop {
                 ready!(s.poll_read_ready(cx))?;
-                if buf.capacity() == 0 {
-                    *buf = super::buffers::take(CLIENT_READ_CHUNK);
-                } else if buf.capacity() - buf.len() < 1024 {
-                    buf.reserve(CLIENT_READ_CHUNK);
-                }
+                prepare_read_buffer(buf);
                 // One read attempt through `poll_read` rather than `try_read_buf`: on a short read (the usual case,
                 // a whole request in far less than the buffer) tokio then clears the socket's readiness, so the
                 // attached pump's next read of this client waits for epoll instead of paying a recvfrom that

@@ -109,14 +109,13 @@ impl Session {
     /// One round of I/O: writes what is pending on both sides, reads whatever has arrived.
     async fn pump(&mut self, spin: &mut ServerSpin) -> Result<PumpEvent, SessionError> {
         let hold = self.holding_acks();
-        if matches!(spin, ServerSpin::Ready) {
-            // Worth spinning only while the server owes replies; in COPY FROM STDIN it is the client that talks
-            // next. Whether the session is alone is checked by `begin`, once everything has been sent.
-            if self.relay.is_empty() || self.relay.in_copy_in {
-                *spin = ServerSpin::Spent;
-            }
-        }
         let budget = match spin {
+            // Worth spinning only while the server owes replies; in COPY FROM STDIN it is the client that talks
+            // next. The spin itself begins once everything has been sent.
+            ServerSpin::Ready if self.relay.is_empty() || self.relay.in_copy_in => {
+                *spin = ServerSpin::Spent;
+                None
+            }
             ServerSpin::Ready => self.spin_budget(Awaiting::Server),
             _ => None,
         };

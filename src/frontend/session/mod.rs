@@ -393,8 +393,9 @@ impl Session {
         }
     }
 
-    /// The spin budget if this session may busy-poll now for `what`: spinning is configured and no other session
-    /// has work (checked first: two atomic loads are cheaper than reading the configuration).
+    /// The spin budget if this session may busy-poll now for `what`: no other session has work and spinning is
+    /// configured. Aloneness is checked first, on every wait: two atomic loads are cheaper than reading the
+    /// configuration, and under load the answer is almost always no.
     pub(super) fn spin_budget(&self, what: Awaiting) -> Option<std::time::Duration> {
         if !self.ctx.spin.alone(self.registration.info.id, what) {
             return None;
@@ -419,12 +420,7 @@ impl Session {
         let ClientStream::Plain(stream) = &self.client else {
             return Ok(None);
         };
-        let chunk = crate::frontend::stream::CLIENT_READ_CHUNK;
-        if self.cin.capacity() == 0 {
-            self.cin = crate::frontend::buffers::take(chunk);
-        } else if self.cin.capacity() - self.cin.len() < 1024 {
-            self.cin.reserve(chunk);
-        }
+        crate::frontend::stream::prepare_read_buffer(&mut self.cin);
         let got = spin
             .run(&self.ctx.spin, stream, &mut self.cin)
             .await
