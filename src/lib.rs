@@ -18,3 +18,4 @@ pub mod pgcluster;
 pub mod protocol;
 pub mod router;
 pub mod sharding;
+pub mod sqlparse;
