@@ -140,6 +140,8 @@ pub struct Context {
     known_statements: std::sync::RwLock<std::collections::HashSet<u64>>,
     /// TLS acceptor for clients, swapped on reload.
     pub tls: Arc<arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>>,
+    /// Background tasks (monitors, catalog followers, recorders, pool janitors), restarted when they fail.
+    pub tasks: Arc<crate::supervisor::Tasks>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +176,7 @@ impl Context {
             config_path: Mutex::new(None),
             known_statements: std::sync::RwLock::new(std::collections::HashSet::new()),
             tls: Arc::new(arc_swap::ArcSwapOption::empty()),
+            tasks: Arc::default(),
         })
     }
 
@@ -211,7 +214,7 @@ impl Context {
             &config.general,
             None,
         );
-        start_monitor(&config, database, &shard_db, &cluster);
+        start_monitor(&config, database, &shard_db, &cluster, &self.tasks);
         clusters.insert(key, Arc::clone(&cluster));
         Some(cluster)
     }
@@ -279,6 +282,7 @@ impl Context {
                         target,
                         pool_config(config, db, user),
                         Arc::clone(&self.pause),
+                        &self.tasks,
                     ),
                 }
             })
@@ -337,6 +341,7 @@ impl Context {
                         Some(u) => r.start_following(
                             u.server_user().to_owned(),
                             u.server_password().map(str::to_owned),
+                            &self.tasks,
                         ),
                         None => tracing::warn!(
                             database = %name,
@@ -387,7 +392,7 @@ impl Context {
                     &config.general,
                     previous,
                 );
-                start_monitor(&config, name, shard_db, &c);
+                start_monitor(&config, name, shard_db, &c, &self.tasks);
                 clusters.insert(key, c);
             }
         }
@@ -585,7 +590,13 @@ fn shard_label(db: &DatabaseConfig, shard: u16) -> Option<u16> {
 
 /// Starts the replication monitor of a database that has replicas (one without needs none: every transaction goes
 /// to its primary).
-fn start_monitor(config: &Config, database: &str, db: &DatabaseConfig, cluster: &Arc<Cluster>) {
+fn start_monitor(
+    config: &Config,
+    database: &str,
+    db: &DatabaseConfig,
+    cluster: &Arc<Cluster>,
+    tasks: &Arc<crate::supervisor::Tasks>,
+) {
     if !cluster.has_replicas() {
         return;
     }
@@ -607,6 +618,7 @@ fn start_monitor(config: &Config, database: &str, db: &DatabaseConfig, cluster: 
             password: user.server_password().map(str::to_owned),
             connect_timeout: config.general.server_connect_timeout.0,
         },
+        tasks,
     );
 }
 

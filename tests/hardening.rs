@@ -259,3 +259,131 @@ async fn a_client_silent_after_flush_meets_the_idle_transaction_timeout() {
     let c = common::connect(&proxy.app_url()).await;
     assert_eq!(first_value(&c, "SELECT count(*) FROM t").await, "0");
 }
+
+/// SHOW TASKS rows as (task, name) -> (state, failures, last_error).
+async fn task_rows(
+    proxy: &common::TestProxy,
+) -> std::collections::HashMap<(String, String), (String, u64, String)> {
+    proxy
+        .admin("SHOW TASKS")
+        .await
+        .into_iter()
+        .map(|r| {
+            (
+                (r["task"].clone(), r["name"].clone()),
+                (
+                    r["state"].clone(),
+                    r["failures"].parse().unwrap(),
+                    r["last_error"].clone(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_catalog_is_refused_and_shown_while_routing_goes_on() {
+    let (shards, proxy, _cfg) = start().await;
+    let catalog = &shards.backends[0];
+    let c = common::connect(&shop_url(&proxy)).await;
+
+    // Every background task is listed, running, with no failure.
+    let tasks = task_rows(&proxy).await;
+    for kind in [
+        "catalog follower",
+        "column reader",
+        "replica monitor",
+        "pool janitor",
+        "catalog reload",
+    ] {
+        assert!(
+            tasks.keys().any(|(k, _)| k == kind),
+            "{kind} missing from {tasks:?}"
+        );
+    }
+    assert!(
+        tasks.values().all(|(_, failures, _)| *failures == 0),
+        "{tasks:?}"
+    );
+
+    let expr = shardpool::sharding::hash::vshard_sql(
+        "aid",
+        shardpool::sharding::key::KeyType::Int,
+        common::shards::VSHARDS,
+    );
+    let vshard: u32 = catalog
+        .sql(&format!("SELECT {expr} FROM (SELECT 7::bigint AS aid) t"))
+        .trim()
+        .parse()
+        .unwrap();
+    let owner_of_7 = (0..shards.backends.len())
+        .find(|i| common::shards::owned(*i).contains(&vshard))
+        .unwrap();
+    let bump = |sql: &str| {
+        catalog.sql(&format!(
+            "{sql}; UPDATE shardpool.epoch SET epoch = epoch + 1; \
+             SELECT pg_notify('shardpool_catalog', (SELECT epoch FROM shardpool.epoch)::text)"
+        ))
+    };
+    // A negative vshard count (it once aborted the process) and a column of another type (it once panicked the
+    // follower): both refused, counted and shown, while keyed statements keep their shard.
+    for (corrupt, expect) in [
+        (
+            "ALTER TABLE shardpool.epoch DROP CONSTRAINT epoch_vshards_check; \
+             UPDATE shardpool.epoch SET vshards = -1",
+            "-1 vshards",
+        ),
+        (
+            "UPDATE shardpool.epoch SET vshards = 64; \
+             ALTER TABLE shardpool.placement DROP CONSTRAINT placement_shard_check; \
+             ALTER TABLE shardpool.placement ALTER COLUMN shard TYPE text",
+            "column shard",
+        ),
+    ] {
+        let before = task_rows(&proxy).await[&("catalog reload".to_owned(), "shop".to_owned())].1;
+        bump(corrupt);
+        common::eventually(Duration::from_secs(20), "the reload to fail", || {
+            let proxy = &proxy;
+            async move {
+                let rows = task_rows(proxy).await;
+                let (state, failures, error) =
+                    &rows[&("catalog reload".to_owned(), "shop".to_owned())];
+                state == "failing" && *failures > before && error.contains(expect)
+            }
+        })
+        .await;
+        c.batch_execute("INSERT INTO accounts (aid, owner, balance) VALUES (7, 'x', 1)")
+            .await
+            .unwrap();
+        let counts: Vec<i64> = shards
+            .backends
+            .iter()
+            .map(|b| common::shards::count(b, "SELECT count(*) FROM accounts WHERE aid = 7"))
+            .collect();
+        let mut expected = vec![0i64; shards.backends.len()];
+        expected[owner_of_7] = 1;
+        assert_eq!(counts, expected, "routed by the last good snapshot");
+        c.batch_execute("DELETE FROM accounts WHERE aid = 7")
+            .await
+            .unwrap();
+    }
+
+    // Repaired: the next reload succeeds and the state clears.
+    bump("ALTER TABLE shardpool.placement ALTER COLUMN shard TYPE integer USING shard::integer");
+    common::eventually(Duration::from_secs(20), "the reload to succeed", || {
+        let proxy = &proxy;
+        async move {
+            task_rows(proxy).await[&("catalog reload".to_owned(), "shop".to_owned())].0 == "ok"
+        }
+    })
+    .await;
+    // Nothing ever had to restart.
+    let tasks = task_rows(&proxy).await;
+    assert!(
+        tasks
+            .iter()
+            .filter(|((k, _), _)| k != "catalog reload")
+            .all(|(_, (_, failures, _))| *failures == 0),
+        "{tasks:?}"
+    );
+}
