@@ -136,8 +136,6 @@ pub struct Context {
     pub started_at: SystemTime,
     verifiers: Mutex<HashMap<String, (String, crate::auth::scram::ScramVerifier)>>,
     config_path: Mutex<Option<std::path::PathBuf>>,
-    /// Hashes of statement texts some server has accepted in a Parse: such a Parse can be answered without a server.
-    known_statements: std::sync::RwLock<std::collections::HashSet<u64>>,
     /// TLS acceptor for clients, swapped on reload.
     pub tls: Arc<arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>>,
     /// Background tasks (monitors, catalog followers, recorders, pool janitors), restarted when they fail.
@@ -174,7 +172,6 @@ impl Context {
             started_at: SystemTime::now(),
             verifiers: Mutex::new(HashMap::new()),
             config_path: Mutex::new(None),
-            known_statements: std::sync::RwLock::new(std::collections::HashSet::new()),
             tls: Arc::new(arc_swap::ArcSwapOption::empty()),
             tasks: Arc::default(),
         })
@@ -480,22 +477,6 @@ impl Context {
         let mut v: Vec<_> = self.registry().by_id.values().cloned().collect();
         v.sort_by_key(|c| c.id);
         v
-    }
-
-    pub fn statement_is_known(&self, hash: u64) -> bool {
-        self.known_statements
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&hash)
-    }
-
-    pub fn remember_statement(&self, hash: u64) {
-        if !self.statement_is_known(hash) {
-            self.known_statements
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(hash);
-        }
     }
 
     pub fn set_config_path(&self, path: Option<std::path::PathBuf>) {

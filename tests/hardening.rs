@@ -387,3 +387,31 @@ async fn a_corrupt_catalog_is_refused_and_shown_while_routing_goes_on() {
         "{tasks:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_known_to_one_user_are_not_taken_as_prepared_for_another() {
+    let b = Backend::start().await;
+    // Schema USAGE is checked when a statement is parsed (table privileges only when it runs).
+    b.sql(
+        "CREATE SCHEMA hidden AUTHORIZATION app; CREATE TABLE hidden.secret_t (v int); \
+         ALTER TABLE hidden.secret_t OWNER TO app",
+    );
+    let proxy = b.proxy("pool_size = 2").await;
+
+    // `app` may read the table: its Parse succeeds on a server and the text becomes known to app's pool.
+    let mut app = Raw::connect(proxy.port, "app", "secret", DB).await;
+    app.parse("s1", "SELECT v FROM hidden.secret_t").await;
+    app.sync().await;
+    assert_eq!(app.replies().await, ["1", "Z:I"]);
+    // A second Parse of the same text by app is answered without a server: known to its pool.
+    let mut app2 = Raw::connect(proxy.port, "app", "secret", DB).await;
+    app2.parse("mine", "SELECT v FROM hidden.secret_t").await;
+    app2.sync().await;
+    assert_eq!(app2.replies().await, ["1", "Z:I"]);
+
+    // `trustuser` may not: its Parse of the very same text must reach a server and fail there, as on Postgres.
+    let mut other = Raw::connect(proxy.port, "trustuser", "", DB).await;
+    other.parse("s1", "SELECT v FROM hidden.secret_t").await;
+    other.sync().await;
+    assert_eq!(other.replies().await, ["E:C42501", "Z:I"]);
+}

@@ -160,6 +160,8 @@ pub struct Pool {
     params: Mutex<Option<Arc<BTreeMap<String, String>>>>,
     gate: Arc<PauseGate>,
     closed: AtomicBool,
+    /// Statement texts some server of this pool accepted: a client's Parse of one is answered without a server.
+    pub known_statements: super::statements::KnownStatements,
 }
 
 /// Gives a connection's place in the pool back when the connection is dropped, wherever that happens.
@@ -205,6 +207,7 @@ impl Pool {
             params: Mutex::new(None),
             gate,
             closed: AtomicBool::new(false),
+            known_statements: Default::default(),
         });
         Pool::spawn_janitor(&pool, tasks);
         pool
