@@ -99,7 +99,7 @@ pub async fn execute(ctx: &Arc<Context>, sql: &str) -> Result<Output, AdminError
         ["RESUME"] => commands::resume(ctx),
         ["SHUTDOWN"] => commands::shutdown(ctx),
         _ => Err(AdminError::Syntax(format!(
-            "invalid command {:?}; try SHOW POOLS|CLIENTS|SERVERS|STATS|CONFIG|DATABASES|USERS|VERSION, RELOAD, PAUSE, RESUME, SHUTDOWN",
+            "invalid command {:?}; try SHOW POOLS|CLIENTS|SERVERS|STATS|LISTS|CONFIG|DATABASES|USERS|VERSION, RELOAD, PAUSE, RESUME, SHUTDOWN",
             sql.trim()
         ))),
     }

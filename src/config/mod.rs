@@ -89,8 +89,12 @@ pub struct General {
     /// How long a session with the proxy to itself busy-polls for its server's reply or its client's next message
     /// instead of sleeping (0: never). Trades idle CPU for latency; see `frontend::spin`.
     pub spin_wait: ConfigDuration,
-    /// Client connections accepted at most; more get SQLSTATE 53300.
+    /// Logged-in client connections at most (admin ones included); more get SQLSTATE 53300. A connection counts
+    /// only once it has logged in: sockets still in the handshake or authentication count in `max_pending_logins`.
     pub max_client_conn: usize,
+    /// Connections still in the handshake or authentication at most; a connection accepted beyond this is closed
+    /// at once (with a 53300 ErrorResponse written if the socket takes it).
+    pub max_pending_logins: usize,
     /// Users allowed into the admin console (database `shardpool`).
     pub admin_users: Vec<String>,
     /// Default pool mode for every pool.
@@ -117,7 +121,8 @@ pub struct General {
     pub client_idle_timeout: ConfigDuration,
     /// Clients idle inside a transaction for this long are disconnected and their transaction rolled back (0: never).
     pub idle_transaction_timeout: ConfigDuration,
-    /// A client that has not finished logging in after this long is disconnected.
+    /// A connection that has not finished its handshake and authentication this long after it was accepted is
+    /// closed (one deadline for the whole pre-auth phase).
     pub client_login_timeout: ConfigDuration,
     /// On SIGTERM/SIGINT, how long running transactions may take to finish before connections are closed.
     pub shutdown_timeout: ConfigDuration,
@@ -144,6 +149,7 @@ impl Default for General {
             workers: 0,
             spin_wait: ConfigDuration(std::time::Duration::from_micros(100)),
             max_client_conn: 10_000,
+            max_pending_logins: 10_000,
             admin_users: Vec::new(),
             pool_mode: PoolMode::Transaction,
             pool_size: 20,
@@ -157,7 +163,7 @@ impl Default for General {
             server_reset_query: "DISCARD ALL".into(),
             client_idle_timeout: ConfigDuration::secs(0),
             idle_transaction_timeout: ConfigDuration::secs(0),
-            client_login_timeout: ConfigDuration::secs(60),
+            client_login_timeout: ConfigDuration::secs(15),
             shutdown_timeout: ConfigDuration::secs(30),
             ignore_startup_parameters: Vec::new(),
             prepared_statements_cache_size: 512,

@@ -40,6 +40,18 @@ impl Config {
                 "must be at least 1".into(),
             );
         }
+        if g.max_pending_logins == 0 {
+            problem(
+                "general.max_pending_logins".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if g.client_login_timeout.0.is_zero() {
+            problem(
+                "general.client_login_timeout".into(),
+                "must be more than 0".into(),
+            );
+        }
         if g.pool_size == 0 {
             problem("general.pool_size".into(), "must be at least 1".into());
         }
