@@ -1,8 +1,7 @@
 //! What one client may hold and for how long: connections that have not logged in (max_pending_logins, one
 //! client_login_timeout for handshake and authentication together), clients that hold a server without making
-//! progress (client_stall_timeout), and the size of one client message (max_message_size). Each test holds a
-//! resource the way a slow or hostile client would and checks that other clients are still served and that the
-//! resource is given back within the configured time. Every read has a deadline, so a hang fails the test.
+//! progress (client_stall_timeout). Each test holds a resource the way a slow or hostile client would and checks that
+//! other clients are still served and that the resource is given back within the configured time. Every read has a deadline, so a hang fails the test.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -203,4 +202,154 @@ async fn handshake_and_authentication_share_one_login_deadline() {
     assert_eq!(proxy.ctx().login_timeouts.load(Ordering::Relaxed), 1);
     assert_eq!(proxy.ctx().pending_logins.load(Ordering::Relaxed), 0);
     select_1(&proxy).await;
+}
+
+/// A proxy with one server connection, so a client holding it blocks everyone else, and a short stall timeout.
+async fn one_server_proxy(backend: &Backend, stall: &str) -> TestProxy {
+    backend
+        .proxy(&format!(
+            "pool_size = 1\nclient_stall_timeout = \"{stall}\""
+        ))
+        .await
+}
+
+/// Runs `sql` on a second client, which needs the only server: returns its answer and how long it took.
+async fn query_on_the_only_server(proxy: &TestProxy, sql: &str) -> (i64, Duration) {
+    let client = timeout(STEP, proxy.connect()).await.expect("login hung");
+    let started = Instant::now();
+    let n: i64 = timeout(Duration::from_secs(20), client.query_one(sql, &[]))
+        .await
+        .expect("the server was never freed")
+        .unwrap()
+        .get(0);
+    (n, started.elapsed())
+}
+
+/// Server backends running `needle`, per the server itself.
+fn backends_running(backend: &Backend, needle: &str) -> Vec<String> {
+    let out = backend.sql(&format!(
+        "SELECT coalesce(wait_event, 'none') FROM pg_stat_activity WHERE query LIKE '{needle}%' AND pid <> pg_backend_pid()"
+    ));
+    out.lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_a_big_result_loses_its_server_at_client_stall_timeout() {
+    let backend = Backend::start().await;
+    let proxy = one_server_proxy(&backend, "2s").await;
+    let mut stalled = common::raw::Raw::connect(proxy.port, "app", "secret", common::DB).await;
+    // About 1 GB of rows, never read.
+    stalled
+        .send_query("SELECT repeat('x', 1000) FROM generate_series(1, 1000000)")
+        .await;
+    // The proxy stops reading the server once 256 KiB wait for the client: the backend then blocks writing.
+    eventually(
+        STEP,
+        "the backend blocked on writing its result",
+        || async { backends_running(&backend, "SELECT repeat") == ["ClientWrite"] },
+    )
+    .await;
+    let rss_blocked = rss_bytes();
+    let (n, waited) = query_on_the_only_server(&proxy, "SELECT 1::int8").await;
+    assert_eq!(n, 1);
+    assert!(waited < Duration::from_secs(8), "waited {waited:?}");
+    // The stalled client's server was cancelled and closed, not handed on with a result half sent.
+    eventually(STEP, "the stalled query gone from the server", || async {
+        backends_running(&backend, "SELECT repeat").is_empty()
+    })
+    .await;
+    let grown = rss_bytes().saturating_sub(rss_blocked);
+    assert!(
+        grown < 64 << 20,
+        "the proxy buffered {grown} bytes meanwhile"
+    );
+    let errors = timeout(STEP, stalled.errors_until_closed())
+        .await
+        .expect("the stalled client was never disconnected");
+    assert!(errors.len() <= 1, "{errors:?}");
+}
+
+/// This process's resident memory (the proxy runs in it).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_silent_in_copy_from_stdin_loses_its_server_at_client_stall_timeout() {
+    let backend = Backend::start().await;
+    backend.sql("CREATE TABLE copied (v int); ALTER TABLE copied OWNER TO app");
+    let proxy = one_server_proxy(&backend, "1s").await;
+    let mut stalled = common::raw::Raw::connect(proxy.port, "app", "secret", common::DB).await;
+    stalled.send_query("COPY copied FROM STDIN").await;
+    let (tag, _) = timeout(STEP, stalled.next()).await.unwrap();
+    assert_eq!(tag, b'G', "CopyInResponse");
+    stalled.send(b'd', b"1\n2\n").await; // and then nothing
+    let started = Instant::now();
+    let (n, _) = query_on_the_only_server(&proxy, "SELECT count(*) FROM copied").await;
+    assert_eq!(n, 0, "the abandoned COPY must not be committed");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(8),
+        "the server came free after {waited:?}"
+    );
+    let errors = timeout(STEP, stalled.errors_until_closed()).await.unwrap();
+    assert_eq!(errors, ["E:C08006"], "the stalled client is told why");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_silent_mid_batch_without_sync_loses_its_server_at_client_stall_timeout() {
+    let backend = Backend::start().await;
+    backend.sql("CREATE TABLE batched (v int); ALTER TABLE batched OWNER TO app");
+    let proxy = one_server_proxy(&backend, "1s").await;
+    let mut stalled = common::raw::Raw::connect(proxy.port, "app", "secret", common::DB).await;
+    stalled.parse("", "INSERT INTO batched VALUES (1)").await;
+    stalled.bind_execute("").await; // no Sync, no Flush, and then nothing
+    let started = Instant::now();
+    let (n, _) = query_on_the_only_server(&proxy, "SELECT count(*) FROM batched").await;
+    assert_eq!(n, 0, "the unfinished batch must not be committed");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(8),
+        "the server came free after {waited:?}"
+    );
+    let errors = timeout(STEP, stalled.errors_until_closed()).await.unwrap();
+    assert_eq!(errors, ["E:C08006"], "the stalled client is told why");
+    // The server the next client got was clean: its insert commits normally.
+    let client = proxy.connect().await;
+    client
+        .simple_query("INSERT INTO batched VALUES (2)")
+        .await
+        .unwrap();
+    assert_eq!(backend.sql("SELECT count(*) FROM batched").trim(), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_that_keeps_reading_is_not_a_stall() {
+    let backend = Backend::start().await;
+    let proxy = one_server_proxy(&backend, "1s").await;
+    let mut slow = common::raw::Raw::connect(proxy.port, "app", "secret", common::DB).await;
+    // About 8 MB, read in 10 bursts with pauses shorter than the timeout but longer in total.
+    slow.send_query("SELECT repeat('x', 1000) FROM generate_series(1, 8000)")
+        .await;
+    let mut rows = 0;
+    loop {
+        let (tag, _) = timeout(STEP, slow.next()).await.unwrap();
+        match tag {
+            b'D' => {
+                rows += 1;
+                if rows % 800 == 0 {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+            b'Z' => break,
+            b'E' => panic!("the slow reader was cut off"),
+            _ => {}
+        }
+    }
+    assert_eq!(rows, 8000);
 }

@@ -607,6 +607,11 @@ fn config(ctx: &Arc<Context>) -> Output {
             d.idle_transaction_timeout.to_string(),
         ),
         (
+            "client_stall_timeout",
+            g.client_stall_timeout.to_string(),
+            d.client_stall_timeout.to_string(),
+        ),
+        (
             "client_login_timeout",
             g.client_login_timeout.to_string(),
             d.client_login_timeout.to_string(),

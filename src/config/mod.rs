@@ -104,6 +104,8 @@ pub struct General {
     /// Server connections each pool keeps open even when idle.
     pub min_pool_size: usize,
     /// How long a client waits in the queue for a server connection before it gets an error (SQLSTATE 53300).
+    /// PgBouncer calls it `query_wait_timeout`, which is accepted as another name for it.
+    #[serde(alias = "query_wait_timeout")]
     pub checkout_timeout: ConfigDuration,
     /// Timeout for connecting and logging in to a server.
     pub server_connect_timeout: ConfigDuration,
@@ -121,6 +123,10 @@ pub struct General {
     pub client_idle_timeout: ConfigDuration,
     /// Clients idle inside a transaction for this long are disconnected and their transaction rolled back (0: never).
     pub idle_transaction_timeout: ConfigDuration,
+    /// A client holding a server that neither reads nor sends a byte for this long while the server waits on it
+    /// (output queued for the client, COPY FROM STDIN data, the rest of a batch) is disconnected and the server
+    /// cancelled and closed (0: never).
+    pub client_stall_timeout: ConfigDuration,
     /// A connection that has not finished its handshake and authentication this long after it was accepted is
     /// closed (one deadline for the whole pre-auth phase).
     pub client_login_timeout: ConfigDuration,
@@ -154,7 +160,7 @@ impl Default for General {
             pool_mode: PoolMode::Transaction,
             pool_size: 20,
             min_pool_size: 0,
-            checkout_timeout: ConfigDuration::secs(30),
+            checkout_timeout: ConfigDuration::secs(120),
             server_connect_timeout: ConfigDuration::secs(5),
             server_idle_timeout: ConfigDuration::secs(600),
             server_lifetime: ConfigDuration::secs(3600),
@@ -163,6 +169,7 @@ impl Default for General {
             server_reset_query: "DISCARD ALL".into(),
             client_idle_timeout: ConfigDuration::secs(0),
             idle_transaction_timeout: ConfigDuration::secs(0),
+            client_stall_timeout: ConfigDuration::secs(60),
             client_login_timeout: ConfigDuration::secs(15),
             shutdown_timeout: ConfigDuration::secs(30),
             ignore_startup_parameters: Vec::new(),
@@ -469,6 +476,22 @@ mod tests {
         assert_eq!(c.databases["appdb"].host, "127.0.0.1");
         assert_eq!(c.users[0].auth, AuthMethod::ScramSha256);
         assert_eq!(c.users[0].server_password(), Some("secret"));
+    }
+
+    #[test]
+    fn pgbouncer_name_query_wait_timeout_sets_checkout_timeout() {
+        let c = Config::from_toml("[general]\nquery_wait_timeout = \"7s\"\n").unwrap();
+        assert_eq!(
+            c.general.checkout_timeout.0,
+            std::time::Duration::from_secs(7)
+        );
+        let d = General::default();
+        assert_eq!(d.checkout_timeout.0, std::time::Duration::from_secs(120));
+        assert!(
+            d.idle_transaction_timeout.0.is_zero(),
+            "off, as in PgBouncer"
+        );
+        assert_eq!(d.client_stall_timeout.0, std::time::Duration::from_secs(60));
     }
 
     #[test]
