@@ -1,7 +1,8 @@
 //! What one client may hold and for how long: connections that have not logged in (max_pending_logins, one
 //! client_login_timeout for handshake and authentication together), clients that hold a server without making
-//! progress (client_stall_timeout). Each test holds a resource the way a slow or hostile client would and checks that
-//! other clients are still served and that the resource is given back within the configured time. Every read has a deadline, so a hang fails the test.
+//! progress (client_stall_timeout), and the size of one client message (max_message_size). Each test holds a
+//! resource the way a slow or hostile client would and checks that other clients are still served and that the
+//! resource is given back within the configured time. Every read has a deadline, so a hang fails the test.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -352,4 +353,42 @@ async fn a_slow_reader_that_keeps_reading_is_not_a_stall() {
         }
     }
     assert_eq!(rows, 8000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_message_over_max_message_size_is_refused_with_08p01_at_its_header() {
+    const MAX: usize = 1 << 20;
+    let backend = Backend::start().await;
+    let proxy = backend
+        .proxy(&format!("pool_size = 1\nmax_message_size = {MAX}"))
+        .await;
+
+    // Just under the limit: served.
+    let mut ok = common::raw::Raw::connect(proxy.port, "app", "secret", common::DB).await;
+    let literal = "x".repeat(MAX - 100);
+    let rows = ok.query(&format!("SELECT length('{literal}')")).await;
+    assert_eq!(rows, [(MAX - 100).to_string()]);
+
+    // A header announcing 1 GiB, idle: refused as soon as the header is in, without waiting for the body.
+    let mut liar = common::raw::Raw::connect(proxy.port, "app", "secret", common::DB).await;
+    let mut header = vec![b'Q'];
+    header.extend_from_slice(&(0x3fff_fff0i32).to_be_bytes());
+    liar.send_bytes(&header).await;
+    let errors = timeout(STEP, liar.errors_until_closed()).await.unwrap();
+    assert_eq!(errors, ["E:C08P01"]);
+
+    // A message one byte over, inside a transaction: refused, the transaction rolled back and its server (the
+    // only one) given back for the next client. Its first kilobyte is sent, not all of it: the proxy refuses at
+    // the header and closes, and unread bytes would turn that close into a reset that can swallow the error.
+    let mut big = common::raw::Raw::connect(proxy.port, "app", "secret", common::DB).await;
+    assert_eq!(big.query("BEGIN").await, Vec::<String>::new());
+    let mut msg = vec![b'Q'];
+    msg.extend_from_slice(&((MAX + 1) as i32).to_be_bytes());
+    msg.extend_from_slice(format!("SELECT '{}", "y".repeat(1000)).as_bytes());
+    big.send_bytes(&msg).await;
+    let errors = timeout(STEP, big.errors_until_closed()).await.unwrap();
+    assert_eq!(errors, ["E:C08P01"]);
+    let (n, _) = query_on_the_only_server(&proxy, "SELECT 7::int8").await;
+    assert_eq!(n, 7);
+    assert_eq!(ok.query("SELECT 1").await, ["1"]);
 }

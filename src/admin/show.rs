@@ -542,6 +542,11 @@ fn config(ctx: &Arc<Context>) -> Output {
             d.max_client_conn.to_string(),
         ),
         (
+            "max_message_size",
+            g.max_message_size.to_string(),
+            d.max_message_size.to_string(),
+        ),
+        (
             "max_pending_logins",
             g.max_pending_logins.to_string(),
             d.max_pending_logins.to_string(),

@@ -92,6 +92,9 @@ pub struct General {
     /// Logged-in client connections at most (admin ones included); more get SQLSTATE 53300. A connection counts
     /// only once it has logged in: sockets still in the handshake or authentication count in `max_pending_logins`.
     pub max_client_conn: usize,
+    /// Longest message a client may send, in bytes, as its length field counts it; a longer one ends the
+    /// connection with SQLSTATE 08P01 as soon as its header arrives. Bounds what one client's input can hold.
+    pub max_message_size: usize,
     /// Connections still in the handshake or authentication at most; a connection accepted beyond this is closed
     /// at once (with a 53300 ErrorResponse written if the socket takes it).
     pub max_pending_logins: usize,
@@ -156,6 +159,7 @@ impl Default for General {
             spin_wait: ConfigDuration(std::time::Duration::from_micros(100)),
             max_client_conn: 10_000,
             max_pending_logins: 10_000,
+            max_message_size: 256 << 20,
             admin_users: Vec::new(),
             pool_mode: PoolMode::Transaction,
             pool_size: 20,

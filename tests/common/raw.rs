@@ -110,6 +110,11 @@ impl Raw {
         self.stream.write_all(&m).await.unwrap();
     }
 
+    /// Writes `bytes` as they are: a message cut short, or a header that lies about its length.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
     pub async fn send_query(&mut self, sql: &str) {
         let mut q = sql.as_bytes().to_vec();
         q.push(0);

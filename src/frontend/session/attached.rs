@@ -17,7 +17,7 @@ use crate::error::{sqlstate, ClientError};
 use crate::frontend::relay::Expect;
 use crate::frontend::spin::{Attempt, Awaiting, Spin};
 use crate::protocol::backend::{parse_command_complete, parse_parameter_status, ErrorFields};
-use crate::protocol::framing::split_frame;
+use crate::protocol::framing::{split_frame, split_frame_within};
 use crate::protocol::{tag, TxStatus};
 
 /// Stop reading from one side while more than this is waiting to be written to the other.
@@ -48,12 +48,13 @@ enum ServerSpin {
 impl Session {
     /// Runs until the server can be released (or the client leaves, or something breaks).
     pub(super) async fn run_attached(&mut self) -> Result<(), SessionError> {
-        let (idle_tx_timeout, stall_timeout) = {
+        let (idle_tx_timeout, stall_timeout, max_message) = {
             let config = self.ctx.config();
             let g = &config.general;
             (
                 g.idle_transaction_timeout.enabled(),
                 g.client_stall_timeout.enabled(),
+                g.max_message_size,
             )
         };
         let mut spin = ServerSpin::Ready;
@@ -61,8 +62,8 @@ impl Session {
         let mut client_progress = tokio::time::Instant::now();
         loop {
             // Messages that arrived in the same read as the one that started this transaction.
-            while let Some(frame) =
-                split_frame(&mut self.cin).map_err(|e| protocol_violation(e.to_string()))?
+            while let Some(frame) = split_frame_within(&mut self.cin, max_message)
+                .map_err(|e| protocol_violation(e.to_string()))?
             {
                 if self.on_client_frame(frame)? == Flow::ClientGone {
                     return Err(SessionError::ClientGone);

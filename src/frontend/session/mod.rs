@@ -34,7 +34,7 @@ use crate::config::{PoolMode, SessionFeatures};
 use crate::context::{ClientRegistration, ClientState, Context};
 use crate::error::{sqlstate, ClientError};
 use crate::protocol::backend::ready_for_query;
-use crate::protocol::framing::split_frame;
+use crate::protocol::framing::split_frame_within;
 use crate::protocol::{tag, Frame, TxStatus};
 use crate::router::session_effects::{SessionEffect, Setting};
 use crate::router::Route;
@@ -340,9 +340,13 @@ impl Session {
 
     /// Waits for the client's next whole message while no server is attached. `None` means the client left.
     async fn next_idle_frame(&mut self) -> Result<Option<Frame>, SessionError> {
-        let idle_timeout = self.ctx.config().general.client_idle_timeout.enabled();
+        let (idle_timeout, max_message) = {
+            let config = self.ctx.config();
+            let g = &config.general;
+            (g.client_idle_timeout.enabled(), g.max_message_size)
+        };
         loop {
-            match split_frame(&mut self.cin) {
+            match split_frame_within(&mut self.cin, max_message) {
                 Ok(Some(f)) => return Ok(Some(f)),
                 Ok(None) => {}
                 Err(e) => return Err(protocol_violation(e.to_string())),
