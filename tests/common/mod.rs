@@ -262,4 +262,5 @@ pub fn pgbench(port: u16, args: &[&str]) -> String {
     assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
     text
 }
+pub mod replicas;
 pub mod shards;

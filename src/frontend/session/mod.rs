@@ -213,6 +213,11 @@ impl Session {
         }
     }
 
+    /// The client's stream, for the login reply (sent once the session has accepted the client's startup settings).
+    pub fn client_mut(&mut self) -> &mut ClientStream {
+        &mut self.client
+    }
+
     /// The session's whole run as one heap future. The block owns the session and `run` borrows it, so the
     /// future holds it once.
     pub fn into_run(mut self) -> Pin<Box<impl Future<Output = Result<(), SessionError>> + Send>> {

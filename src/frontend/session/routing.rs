@@ -31,6 +31,8 @@ const MAX_RETAINED: usize = 64;
 pub(super) struct RoutingState {
     /// `SET shardpool.consistency`: beats the user's and the database's default.
     pub consistency: Option<Consistency>,
+    /// `-c shardpool.consistency=...` at startup: beats the defaults, and is what RESET returns to.
+    pub startup_consistency: Option<Consistency>,
     /// WAL position the client's reads must see: its last write's, or a causal token it was given.
     pub causal_lsn: u64,
     /// Reads go to the primary until then (cluster clock ms): a write's position could not be read.
@@ -79,7 +81,11 @@ impl Session {
 
     /// The consistency in force: session setting, else the user's, else the database's.
     fn consistency(&self) -> Consistency {
-        if let Some(c) = self.routing.as_ref().and_then(|r| r.consistency) {
+        if let Some(c) = self
+            .routing
+            .as_ref()
+            .and_then(|r| r.consistency.or(r.startup_consistency))
+        {
             return c;
         }
         let config = self.ctx.config();
@@ -596,7 +602,7 @@ impl Session {
 
     /// Answers `SET/SHOW/RESET shardpool.*` commands. Returns true if `sql` was one.
     fn answer_proxy_command(&mut self, sql: &str) -> bool {
-        use crate::router::proxy_commands::{parse, ProxyCommand, ProxyParam, ProxyValue};
+        use crate::router::proxy_commands::{parse, ProxyCommand, ProxyParam};
         let cmd = match parse(sql) {
             Ok(Some(cmd)) => cmd,
             Ok(None) => return false,
@@ -607,28 +613,13 @@ impl Session {
         };
         let status = self.idle_status();
         match cmd {
-            ProxyCommand::Set(ProxyValue::Consistency(c)) => {
-                self.routing_state().consistency = Some(c);
-                command_complete(&mut self.cout, "SET");
-            }
-            ProxyCommand::Set(ProxyValue::CausalToken(token)) => match parse_token(&token) {
-                Some(p) => {
-                    // A token only ever moves the session's position forward.
-                    let state = self.routing_state();
-                    state.causal_lsn = state.causal_lsn.max(p);
-                    command_complete(&mut self.cout, "SET");
-                }
-                None => {
-                    self.proxy_error(
-                        sqlstate::INVALID_PARAMETER_VALUE,
-                        format!(
-                            "invalid value for parameter \"shardpool.causal_token\": \"{token}\" \
-                             (expected a WAL position such as 0/3000148)"
-                        ),
-                    );
+            ProxyCommand::Set(value) => {
+                if let Err(e) = self.set_proxy_value(value) {
+                    self.proxy_error(e.code, e.message);
                     return true;
                 }
-            },
+                command_complete(&mut self.cout, "SET");
+            }
             ProxyCommand::Reset(ProxyParam::Consistency) => {
                 self.routing_state().consistency = None;
                 command_complete(&mut self.cout, "RESET");
@@ -647,22 +638,6 @@ impl Session {
                 self.show_value("shardpool.causal_token", &lsn::format(p));
             }
             ProxyCommand::ShowRoute(sql) => self.show_route(&sql),
-            ProxyCommand::Set(ProxyValue::ShardKey(k)) if self.shard_router().is_some() => {
-                self.routing_state().shard_key = Some(k);
-                command_complete(&mut self.cout, "SET");
-            }
-            ProxyCommand::Set(ProxyValue::Shard(n)) if self.shard_router().is_some() => {
-                match self.check_shard_number(n) {
-                    Ok(shard) => {
-                        self.routing_state().forced_shard = Some(shard);
-                        command_complete(&mut self.cout, "SET");
-                    }
-                    Err(e) => {
-                        self.proxy_error(e.code, e.message);
-                        return true;
-                    }
-                }
-            }
             ProxyCommand::Reset(ProxyParam::ShardKey) if self.shard_router().is_some() => {
                 self.routing_state().shard_key = None;
                 command_complete(&mut self.cout, "RESET");
@@ -688,8 +663,7 @@ impl Session {
                     .unwrap_or_default();
                 self.show_value("shardpool.shard", &n);
             }
-            ProxyCommand::Set(ProxyValue::ShardKey(_) | ProxyValue::Shard(_))
-            | ProxyCommand::Reset(ProxyParam::ShardKey | ProxyParam::Shard)
+            ProxyCommand::Reset(ProxyParam::ShardKey | ProxyParam::Shard)
             | ProxyCommand::Show(ProxyParam::ShardKey | ProxyParam::Shard) => {
                 self.proxy_error(
                     sqlstate::FEATURE_NOT_SUPPORTED,
@@ -700,6 +674,62 @@ impl Session {
         }
         ready_for_query(&mut self.cout, status);
         true
+    }
+
+    /// Takes a `shardpool.*` value given with SET or at startup.
+    fn set_proxy_value(
+        &mut self,
+        value: crate::router::proxy_commands::ProxyValue,
+    ) -> Result<(), ClientError> {
+        use crate::router::proxy_commands::ProxyValue;
+        let sharded = self.shard_router().is_some();
+        match value {
+            ProxyValue::Consistency(c) => self.routing_state().consistency = Some(c),
+            ProxyValue::CausalToken(token) => {
+                let p = parse_token(&token).ok_or_else(|| {
+                    ClientError::error(
+                        sqlstate::INVALID_PARAMETER_VALUE,
+                        format!(
+                            "invalid value for parameter \"shardpool.causal_token\": \"{token}\" \
+                             (expected a WAL position such as 0/3000148)"
+                        ),
+                    )
+                })?;
+                // A token only ever moves the session's position forward.
+                let state = self.routing_state();
+                state.causal_lsn = state.causal_lsn.max(p);
+            }
+            ProxyValue::ShardKey(k) if sharded => self.routing_state().shard_key = Some(k),
+            ProxyValue::Shard(n) if sharded => {
+                let shard = self.check_shard_number(n)?;
+                self.routing_state().forced_shard = Some(shard);
+            }
+            ProxyValue::ShardKey(_) | ProxyValue::Shard(_) => {
+                return Err(ClientError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("database \"{}\" is not sharded", self.pools.database),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the `shardpool.*` settings the client gave at startup; they are what RESET returns to for the
+    /// consistency. An error refuses the login (FATAL), as Postgres refuses a bad `-c` option.
+    pub fn apply_startup_settings(
+        &mut self,
+        values: Vec<crate::router::proxy_commands::ProxyValue>,
+    ) -> Result<(), ClientError> {
+        for v in values {
+            self.set_proxy_value(v).map_err(|mut e| {
+                e.severity = crate::protocol::backend::Severity::Fatal;
+                e
+            })?;
+        }
+        if let Some(r) = self.routing.as_mut() {
+            r.startup_consistency = r.consistency.take();
+        }
+        Ok(())
     }
 
     fn proxy_error(&mut self, code: &'static str, message: String) {
