@@ -28,6 +28,7 @@ pub fn spawn(cluster: &Arc<Cluster>, login: LoginFor) {
         let member = Arc::clone(member);
         tokio::spawn(async move { watch_member(cluster, i, member, target).await });
     }
+    tokio::spawn(super::primary_position::serve(Arc::clone(cluster), login));
 }
 
 /// The credentials and database the monitor logs in with.
@@ -40,7 +41,7 @@ pub struct LoginFor {
 }
 
 impl LoginFor {
-    fn target(&self, m: &Member) -> ServerTarget {
+    pub(super) fn target(&self, m: &Member) -> ServerTarget {
         ServerTarget {
             host: m.host.clone(),
             port: m.port,
@@ -123,6 +124,7 @@ async fn poll_once(
     let Some(c) = conn.as_mut() else {
         return Err("no monitor connection".into());
     };
+    let poll = member.polls_started.fetch_add(1, Ordering::SeqCst) + 1;
     let rows = tokio::time::timeout(timeout, c.query_rows(POLL_SQL))
         .await
         .map_err(|_| "monitor poll timed out".to_string())?
@@ -150,7 +152,8 @@ async fn poll_once(
         );
     }
     if let Some(p) = position {
-        member.lsn.fetch_max(p, Ordering::Relaxed);
+        member.lsn.fetch_max(p, Ordering::SeqCst);
+        member.lsn_poll.fetch_max(poll, Ordering::SeqCst);
     }
     if in_recovery {
         let replayed = member.lsn.load(Ordering::Relaxed);

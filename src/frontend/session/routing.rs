@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{Session, SessionError};
-use crate::cluster::balance::Freshness;
-use crate::cluster::{lsn, Cluster};
+use crate::cluster::balance::{Floor, Freshness, ReadNeed};
+use crate::cluster::{lsn, Cluster, Member};
 use crate::error::{sqlstate, ClientError};
 use crate::protocol::backend::{command_complete, ready_for_query};
 use crate::protocol::frontend::{parse_bind, parse_parse, query_text};
@@ -24,6 +24,9 @@ use crate::router::Route;
 const CAPTURE_SQL: &str = "SELECT CASE WHEN current_setting('synchronous_commit') = 'off' \
     THEN pg_current_wal_insert_lsn() ELSE pg_current_wal_flush_lsn() END";
 
+/// How long a `read_all_writes` read waits for the primary's position before it reads from the primary itself.
+const POSITION_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Client frames of a replica transaction kept for a re-send elsewhere; a longer one is not retried.
 const MAX_RETAINED: usize = 64;
 
@@ -37,6 +40,13 @@ pub(super) struct RoutingState {
     pub causal_lsn: u64,
     /// Reads go to the primary until then (cluster clock ms): a write's position could not be read.
     pub primary_until_ms: u64,
+    /// Monotonic reads: a position every later read must see (what an earlier read or write is known to have seen).
+    pub floor_lsn: u64,
+    /// The member the last transaction ran on and how many polls it had begun when it ended: once a later poll
+    /// answers, that member's position bounds what the transaction saw and moves `floor_lsn`.
+    pub read_mark: Option<(Arc<Member>, u64)>,
+    /// The position of the transaction that just ended was captured (it is in `floor_lsn`): no mark needed.
+    pub captured: bool,
     /// A bare BEGIN answered locally; sent ahead of the transaction's first real statement, once that statement
     /// has shown where the transaction should run.
     pub deferred_begin: Option<Frame>,
@@ -183,8 +193,8 @@ impl Session {
     }
 
     fn write_route(&self, _deferred: bool, reason: &'static str) -> Route {
-        let capture =
-            self.consistency() == Consistency::ReadYourWrites && self.pools.cluster.has_replicas();
+        // Every write is captured, whatever this session's mode: read_proxy_writes sessions must see it too.
+        let capture = self.pools.cluster.has_replicas();
         tracing::debug!(client = self.registration.info.id, reason, "route: primary");
         Route::Primary { capture }
     }
@@ -192,7 +202,12 @@ impl Session {
     fn route_analysis(&mut self, a: &Analysis, in_read_only_tx: bool) -> Route {
         match a.hints.route {
             Some(RouteHint::Primary) => return self.write_route(false, "hint route=primary"),
-            Some(RouteHint::Replica) => return Route::Replica(Freshness::Any),
+            Some(RouteHint::Replica) => {
+                return Route::Replica(ReadNeed {
+                    freshness: Freshness::Any,
+                    monotonic: false,
+                })
+            }
             None => {}
         }
         let read_only_tx = in_read_only_tx
@@ -211,7 +226,11 @@ impl Session {
         }
         let consistency = a.hints.consistency.unwrap_or_else(|| self.consistency());
         match self.freshness(consistency) {
-            Some(need) => {
+            Some(freshness) => {
+                let need = ReadNeed {
+                    freshness,
+                    monotonic: consistency != Consistency::Eventual,
+                };
                 tracing::debug!(
                     client = self.registration.info.id,
                     reason = a.reason,
@@ -230,21 +249,54 @@ impl Session {
 
     /// What a replica must satisfy to serve this client's read; `None` means only the primary will do.
     fn freshness(&self, consistency: Consistency) -> Option<Freshness> {
+        let cluster = &self.pools.cluster;
+        let now = cluster.clock.now_ms();
+        let r = self.routing.as_ref();
+        let causal = r.map_or(0, |r| r.causal_lsn);
+        let at_least = |lsn: u64| match lsn {
+            0 => Freshness::Any,
+            lsn => Freshness::AtLeast(lsn),
+        };
         match consistency {
             Consistency::Strong => None,
             Consistency::Eventual => Some(Freshness::Any),
             Consistency::BoundedStaleness(d) => Some(Freshness::WithinMs(d.as_millis() as u64)),
-            Consistency::ReadYourWrites => {
-                let r = self.routing.as_ref();
-                let until = r.map_or(0, |r| r.primary_until_ms);
-                if until > self.pools.cluster.clock.now_ms() {
+            _ if r.map_or(0, |r| r.primary_until_ms) > now => None,
+            Consistency::ReadYourWrites => Some(at_least(causal)),
+            Consistency::ReadProxyWrites => {
+                let writes = &cluster.proxy_writes;
+                if writes.unknown_until_ms.load(Ordering::Relaxed) > now {
                     return None;
                 }
-                match r.map_or(0, |r| r.causal_lsn) {
-                    0 => Some(Freshness::Any),
-                    lsn => Some(Freshness::AtLeast(lsn)),
-                }
+                Some(at_least(causal.max(writes.lsn.load(Ordering::SeqCst))))
             }
+            // The primary's position then covers this session's own writes too.
+            Consistency::ReadAllWrites => Some(Freshness::CaughtUpWithPrimary),
+        }
+    }
+
+    /// Monotonic reads: the floor a replica must meet for this session's next read. While the position the last
+    /// transaction saw is not known yet (no poll of its server has answered since it ended), only that server (or
+    /// the primary) will do.
+    fn monotonic_floor(&mut self, cluster: &Cluster) -> Floor {
+        let Some(r) = self.routing.as_mut() else {
+            return Floor::default();
+        };
+        if let Some((m, polls)) = &r.read_mark {
+            if m.lsn_poll.load(Ordering::SeqCst) > *polls {
+                r.floor_lsn = r.floor_lsn.max(m.lsn.load(Ordering::SeqCst));
+                r.read_mark = None;
+            }
+        }
+        match &r.read_mark {
+            None => Floor {
+                lsn: r.floor_lsn,
+                except: None,
+            },
+            Some((m, _)) => Floor {
+                lsn: u64::MAX,
+                except: cluster.members.iter().position(|x| Arc::ptr_eq(x, m)),
+            },
         }
     }
 
@@ -322,11 +374,26 @@ impl Session {
             .as_ref()
             .map(|r| r.excluded.clone())
             .unwrap_or_default();
-        if let Some(i) = cluster.pick_reader(need, &excluded) {
+        let freshness = match need.freshness {
+            Freshness::CaughtUpWithPrimary => {
+                match cluster.primary_position.current(POSITION_WAIT).await {
+                    Some(p) => Freshness::AtLeast(p),
+                    None => return cluster.writer().ok_or_else(no_writer),
+                }
+            }
+            f => f,
+        };
+        let mut floor = if need.monotonic {
+            self.monotonic_floor(&cluster)
+        } else {
+            Floor::default()
+        };
+        if let Some(i) = cluster.pick_reader(freshness, floor, &excluded) {
             return Ok(i);
         }
         let wait = cluster.settings.ryw_wait;
-        if matches!(need, Freshness::AtLeast(_)) && !wait.is_zero() {
+        let unresolved = floor.lsn == u64::MAX;
+        if (matches!(freshness, Freshness::AtLeast(_)) || unresolved) && !wait.is_zero() {
             // Ask for fresh positions now, and again (backing off) while none is far enough: a replica on the same
             // network replays a commit within a millisecond or two, far sooner than the next regular poll.
             let deadline = tokio::time::Instant::now() + wait;
@@ -335,7 +402,10 @@ impl Session {
             let mut next_kick = tokio::time::Instant::now() + pause;
             loop {
                 let _ = tokio::time::timeout_at(deadline.min(next_kick), rounds.changed()).await;
-                if let Some(i) = cluster.pick_reader(need, &excluded) {
+                if need.monotonic {
+                    floor = self.monotonic_floor(&cluster);
+                }
+                if let Some(i) = cluster.pick_reader(freshness, floor, &excluded) {
                     return Ok(i);
                 }
                 let now = tokio::time::Instant::now();
@@ -408,9 +478,18 @@ impl Session {
         }
         let cluster = match self.routing.as_mut() {
             Some(r) => {
-                r.route = None;
+                let ran = r.route.take().is_some() && r.executed;
                 r.retained.clear();
-                r.cluster.take().zip(r.member.take())
+                let at = r.cluster.take().zip(r.member.take());
+                // Monotonic reads: what this transaction saw is bounded by its server's next answer to the monitor
+                // (unless its position was captured, exactly, after its commit).
+                if let (Some((c, m)), true, false) = (&at, ran, std::mem::take(&mut r.captured)) {
+                    if let Some(member) = c.members.get(*m) {
+                        let polls = member.polls_started.load(Ordering::SeqCst);
+                        r.read_mark = Some((Arc::clone(member), polls));
+                    }
+                }
+                at
             }
             None => Some((Arc::clone(&self.pools.cluster), 0)),
         };
@@ -591,11 +670,21 @@ impl Session {
         let cluster = Arc::clone(&self.pools.cluster);
         let state = self.routing_state();
         match position {
-            Some(p) => state.causal_lsn = state.causal_lsn.max(p),
+            Some(p) => {
+                state.causal_lsn = state.causal_lsn.max(p);
+                state.floor_lsn = state.floor_lsn.max(p);
+                state.captured = true;
+                cluster.proxy_writes.lsn.fetch_max(p, Ordering::SeqCst);
+            }
             None => {
-                tracing::warn!("could not read the write position; this client reads from the primary for a while");
-                state.primary_until_ms =
+                tracing::warn!("could not read the write position; reads that must see it use the primary for a while");
+                let until =
                     cluster.clock.now_ms() + cluster.settings.ban_time.as_millis().max(1000) as u64;
+                state.primary_until_ms = until;
+                cluster
+                    .proxy_writes
+                    .unknown_until_ms
+                    .fetch_max(until, Ordering::Relaxed);
             }
         }
     }
@@ -760,9 +849,21 @@ impl Session {
                 "primary",
                 cluster.writer().map(|i| cluster.members[i].addr_text()),
             ),
+            Route::Replica(ReadNeed {
+                freshness: Freshness::CaughtUpWithPrimary,
+                ..
+            }) => (
+                "replica that has the primary's position when the read runs, else primary",
+                None,
+            ),
             Route::Replica(need) => {
+                let floor = if need.monotonic {
+                    self.monotonic_floor(&cluster)
+                } else {
+                    Floor::default()
+                };
                 let server = cluster
-                    .pick_reader(need, &[])
+                    .pick_reader(need.freshness, floor, &[])
                     .map(|i| cluster.members[i].addr_text());
                 match server {
                     Some(s) => ("replica", Some(s)),
