@@ -8,7 +8,11 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::replicas::{reads_served, Replicated};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use common::replicas::{reads_served, replica_rows, wait_until_lagging, Replicated};
 use common::{Backend, DB};
 
 async fn value(client: &tokio_postgres::Client, sql: &str) -> String {
@@ -170,7 +174,278 @@ async fn shardpool_settings_from_the_startup_packet() {
     // The proxy is fine after the refusals.
     let c = proxy.connect().await;
     assert_eq!(value(&c, "SELECT 1").await, "1");
-    let _ = reads_served;
-    let _ = Replicated::start;
-    let _ = Duration::ZERO;
+}
+
+const ITEMS: &str =
+    "CREATE TABLE items (id bigint PRIMARY KEY, note text); GRANT ALL ON items TO app; \
+     INSERT INTO items SELECT g, 'seed' FROM generate_series(1, 100) g";
+
+/// Reads served by the replicas (not `primary`) since `before`.
+async fn replica_reads_since(
+    proxy: &common::TestProxy,
+    primary: u16,
+    before: &HashMap<u16, u64>,
+) -> u64 {
+    reads_served(proxy)
+        .await
+        .iter()
+        .filter(|(p, _)| **p != primary)
+        .map(|(p, n)| n - before.get(p).copied().unwrap_or(0))
+        .sum()
+}
+
+fn pgbench(port: u16, args: &[&str]) -> String {
+    common::pgbench(port, args)
+}
+
+/// The issue's cases, as a new user meets them through the default mode (read_proxy_writes) with a replica 2 s
+/// behind: every new connection reads what earlier connections committed, and replicas still serve reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_mode_reads_writes_made_on_other_connections() {
+    let cluster = Replicated::start(
+        Some(Duration::from_secs(2)),
+        "GRANT ALL ON SCHEMA public TO app",
+    )
+    .await;
+    let proxy = cluster.proxy("").await;
+    let primary = cluster.primary_port();
+    let c = proxy.connect().await;
+    assert_eq!(
+        value(&c, "SHOW shardpool.consistency").await,
+        "read_proxy_writes"
+    );
+    let before = reads_served(&proxy).await;
+
+    // psql: DDL, then a new psql reads the table.
+    for i in 0..5 {
+        let (ok, _, err) = tokio::task::block_in_place(|| {
+            psql(
+                proxy.port,
+                &[],
+                &[&format!(
+                    "CREATE TABLE t{i} (id int); INSERT INTO t{i} VALUES ({i})"
+                )],
+            )
+        });
+        assert!(ok, "{err}");
+        let (ok, out, err) = tokio::task::block_in_place(|| {
+            psql(proxy.port, &[], &[&format!("SELECT count(*) FROM t{i}")])
+        });
+        assert!(ok, "round {i}: {err}");
+        assert_eq!(out, "1");
+    }
+
+    // pgbench -i, then a count from a new connection; a TPC-B run, then history holds every transaction pgbench
+    // reported.
+    tokio::task::block_in_place(|| pgbench(proxy.port, &["-i", "-s", "1", "-q"]));
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        psql(proxy.port, &[], &["SELECT count(*) FROM pgbench_accounts"])
+    });
+    assert!(ok, "{err}");
+    assert_eq!(out, "100000");
+    let report = tokio::task::block_in_place(|| {
+        pgbench(proxy.port, &["-n", "-c", "4", "-j", "2", "-t", "50"])
+    });
+    let processed: u64 = report
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|l| l.split('/').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no transaction count in:\n{report}"));
+    assert_eq!(processed, 200);
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        psql(proxy.port, &[], &["SELECT count(*) FROM pgbench_history"])
+    });
+    assert!(ok, "{err}");
+    assert_eq!(out, processed.to_string());
+
+    // An application's pool: each task writes on one connection and reads on another, concurrently.
+    c.batch_execute("CREATE TABLE web (id bigint PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..10i64 {
+        let url = proxy.app_url();
+        tasks.push(tokio::spawn(async move {
+            let (a, b) = (common::connect(&url).await, common::connect(&url).await);
+            for round in 0..10i64 {
+                let id = t * 100 + round;
+                let (writer, reader) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+                writer
+                    .execute("INSERT INTO web VALUES ($1)", &[&id])
+                    .await
+                    .unwrap();
+                let n = reader
+                    .query("SELECT id FROM web WHERE id = $1", &[&id])
+                    .await
+                    .unwrap()
+                    .len();
+                assert_eq!(
+                    n, 1,
+                    "task {t} round {round}: a write on one connection was not read on the other"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let replica_reads = replica_reads_since(&proxy, primary, &before).await;
+    assert!(
+        replica_reads >= 50,
+        "replicas served only {replica_reads} reads"
+    );
+    // The delayed replica never had the rows in time: every one of its reads would have been stale.
+    let rows = replica_rows(&proxy).await;
+    assert_eq!(
+        rows[&cluster.slow_port()]["reads_served"]
+            .parse::<u64>()
+            .unwrap(),
+        before[&cluster.slow_port()],
+        "the delayed replica served a read"
+    );
+}
+
+/// Two shardpool instances in front of the same servers, read_all_writes: a write through one instance, or
+/// straight on the primary, is always read through the other; concurrent reads share their question to the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_all_writes_sees_writes_made_elsewhere() {
+    let cluster = Replicated::start(Some(Duration::from_secs(2)), ITEMS).await;
+    let a = cluster.proxy("consistency = \"read_all_writes\"").await;
+    let b = cluster.proxy("consistency = \"read_all_writes\"").await;
+    let primary = cluster.primary_port();
+    let before = reads_served(&b).await;
+    let direct = common::connect(&cluster.backend.direct_url()).await;
+    let (wa, rb) = (a.connect().await, b.connect().await);
+    for i in 0..40i64 {
+        let id = 1_000 + i;
+        let writer = if i % 2 == 0 { &wa } else { &direct };
+        writer
+            .execute("INSERT INTO items VALUES ($1, 'elsewhere')", &[&id])
+            .await
+            .unwrap();
+        let n = rb
+            .query("SELECT id FROM items WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .len();
+        assert_eq!(n, 1, "write {i} was not read through the other instance");
+    }
+    assert!(replica_reads_since(&b, primary, &before).await >= 20);
+
+    // 20 sessions reading at once: far fewer questions to the primary than reads.
+    let queries = |rows: &HashMap<u16, HashMap<String, String>>| {
+        rows[&primary]["position_queries"].parse::<u64>().unwrap()
+    };
+    let asked_before = queries(&replica_rows(&b).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut i = 100_000i64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                direct
+                    .execute("INSERT INTO items VALUES ($1, 'churn')", &[&i])
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let url = b.app_url();
+        tasks.push(tokio::spawn(async move {
+            let c = common::connect(&url).await;
+            for _ in 0..20 {
+                c.query("SELECT count(*) FROM items", &[]).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    churn.await.unwrap();
+    let asked = queries(&replica_rows(&b).await) - asked_before;
+    assert!(asked > 0 && asked < 400, "{asked} questions for 400 reads");
+}
+
+/// Monotonic reads: with writes going on and a replica 1 s behind the other, a session's reads never go back in
+/// time in any mode but eventual, where they do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_never_go_back_in_time_across_replicas_with_different_lag() {
+    let cluster = Replicated::start(Some(Duration::from_secs(1)), ITEMS).await;
+    let proxy = cluster.proxy("").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Writes straight on the primary: no mode forces a wait for them, so reads may use either replica.
+    let churn = {
+        let stop = Arc::clone(&stop);
+        let direct = common::connect(&cluster.backend.direct_url()).await;
+        tokio::spawn(async move {
+            let mut i = 100_000i64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                direct
+                    .execute("INSERT INTO items VALUES ($1, 'churn')", &[&i])
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    wait_until_lagging(&proxy, cluster.slow_port(), 500).await;
+    let served: Arc<Mutex<HashMap<String, HashMap<u16, u64>>>> = Default::default();
+    let mut went_back = HashMap::new();
+    for mode in [
+        "eventual",
+        "bounded_staleness(5s)",
+        "read_your_writes",
+        "read_proxy_writes",
+    ] {
+        let c = proxy.connect().await;
+        c.batch_execute(&format!("SET shardpool.consistency = '{mode}'"))
+            .await
+            .unwrap();
+        let mut last = 0i64;
+        let mut back = 0;
+        for _ in 0..100 {
+            let row = c
+                .query_one("SELECT max(id), inet_server_port() FROM items", &[])
+                .await
+                .unwrap();
+            let (max, port): (i64, i32) = (row.get(0), row.get(1));
+            if max < last {
+                back += 1;
+            }
+            last = last.max(max);
+            *served
+                .lock()
+                .unwrap()
+                .entry(mode.into())
+                .or_default()
+                .entry(port as u16)
+                .or_default() += 1;
+        }
+        went_back.insert(mode, back);
+    }
+    stop.store(true, Ordering::Relaxed);
+    churn.await.unwrap();
+    let served = served.lock().unwrap().clone();
+    // The setup can show time going backwards: eventual alternates between the replicas.
+    assert!(went_back["eventual"] > 0, "{went_back:?} {served:?}");
+    for mode in [
+        "bounded_staleness(5s)",
+        "read_your_writes",
+        "read_proxy_writes",
+    ] {
+        assert_eq!(went_back[mode], 0, "{mode}: {went_back:?} {served:?}");
+        // And the reads were still served by replicas.
+        let on_replicas: u64 = served[mode]
+            .iter()
+            .filter(|(p, _)| **p != cluster.primary_port())
+            .map(|(_, n)| n)
+            .sum();
+        assert!(on_replicas >= 50, "{mode}: {served:?}");
+    }
 }

@@ -185,6 +185,18 @@ fn replicas(ctx: &Arc<Context>) -> Output {
                 s(m.outstanding.load(Ordering::Relaxed)),
                 s(m.polls_failed.load(Ordering::Relaxed)),
                 m.last_error(),
+                (writer == Some(i)).then(|| {
+                    c.primary_position
+                        .queries
+                        .load(Ordering::Relaxed)
+                        .to_string()
+                }),
+                (writer == Some(i)).then(|| {
+                    c.primary_position
+                        .errors
+                        .load(Ordering::Relaxed)
+                        .to_string()
+                }),
             ]);
         }
     }
@@ -208,6 +220,8 @@ fn replicas(ctx: &Arc<Context>) -> Output {
             "outstanding",
             "polls_failed",
             "last_error",
+            "position_queries",
+            "position_errors",
         ],
         rows,
     )
