@@ -449,3 +449,101 @@ async fn reads_never_go_back_in_time_across_replicas_with_different_lag() {
         assert!(on_replicas >= 50, "{mode}: {served:?}");
     }
 }
+
+/// Ports of the DataRows (each `inet_server_port()`) and whether an error came, in a raw reply.
+fn ports_in(replies: &[String]) -> (Vec<u16>, bool) {
+    let ports = replies
+        .iter()
+        .filter_map(|r| r.strip_prefix("D:[Some(\""))
+        .map(|r| r.trim_end_matches("\")]").parse().unwrap())
+        .collect();
+    (ports, replies.iter().any(|r| r.starts_with("E:")))
+}
+
+/// A pipeline (several extended-protocol statements before Sync, each sent in its own write) that writes anywhere
+/// runs on the primary as a whole, even when it starts with a read; one that only reads may use a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_that_writes_runs_on_the_primary() {
+    let cluster = Replicated::start(None, ITEMS).await;
+    let proxy = cluster.proxy("").await;
+    let primary = cluster.primary_port();
+    let mut raw = common::raw::Raw::connect(proxy.port, "app", "secret", DB).await;
+    let read = "SELECT inet_server_port()";
+    for i in 0..10 {
+        // Read, then write, one Sync.
+        raw.parse("", read).await;
+        raw.bind_execute("").await;
+        raw.parse(
+            "",
+            &format!(
+                "INSERT INTO items VALUES ({}, 'p') RETURNING inet_server_port()",
+                5_000 + i
+            ),
+        )
+        .await;
+        raw.bind_execute("").await;
+        raw.sync().await;
+        let replies = raw.replies().await;
+        assert_eq!(
+            ports_in(&replies),
+            (vec![primary, primary], false),
+            "{replies:?}"
+        );
+        // Read then write in two batches sent together: both went to the same server, the primary.
+        raw.parse("", read).await;
+        raw.bind_execute("").await;
+        raw.sync().await;
+        raw.parse(
+            "",
+            &format!(
+                "INSERT INTO items VALUES ({}, 'p') RETURNING inet_server_port()",
+                6_000 + i
+            ),
+        )
+        .await;
+        raw.bind_execute("").await;
+        raw.sync().await;
+        let mut replies = raw.replies().await;
+        replies.extend(raw.replies().await);
+        assert_eq!(
+            ports_in(&replies),
+            (vec![primary, primary], false),
+            "{replies:?}"
+        );
+    }
+    // A write prepared earlier, executed by name after a read in the same batch.
+    raw.parse(
+        "ins",
+        "INSERT INTO items VALUES (7000, 'named') RETURNING inet_server_port()",
+    )
+    .await;
+    raw.sync().await;
+    raw.replies().await;
+    raw.parse("", read).await;
+    raw.bind_execute("").await;
+    raw.bind_execute("ins").await;
+    raw.sync().await;
+    let replies = raw.replies().await;
+    assert_eq!(
+        ports_in(&replies),
+        (vec![primary, primary], false),
+        "{replies:?}"
+    );
+
+    // Reads only: a replica.
+    let before = reads_served(&proxy).await;
+    for _ in 0..10 {
+        raw.parse("", read).await;
+        raw.bind_execute("").await;
+        raw.parse("", "SELECT inet_server_port() FROM items WHERE id = 7000")
+            .await;
+        raw.bind_execute("").await;
+        raw.sync().await;
+        let replies = raw.replies().await;
+        let (ports, error) = ports_in(&replies);
+        assert!(!error, "{replies:?}");
+        assert_eq!(ports.len(), 2, "{replies:?}");
+        assert_eq!(ports[0], ports[1]);
+    }
+    assert!(replica_reads_since(&proxy, primary, &before).await >= 5);
+}

@@ -6,6 +6,7 @@
 
 mod attached;
 mod client_messages;
+mod pipeline;
 mod routing;
 mod sharded;
 mod sharded_batch;
@@ -325,7 +326,12 @@ impl Session {
         let idle_timeout = self.ctx.config().general.client_idle_timeout.enabled();
         loop {
             match split_frame(&mut self.cin) {
-                Ok(Some(f)) => return Ok(Some(f)),
+                Ok(Some(f)) => {
+                    if self.wants_lookahead(&f) {
+                        self.read_rest_of_batch().await?;
+                    }
+                    return Ok(Some(f));
+                }
                 Ok(None) => {}
                 Err(e) => return Err(protocol_violation(e.to_string())),
             }

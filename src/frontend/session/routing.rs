@@ -189,17 +189,18 @@ impl Session {
             ready_for_query(&mut self.cout, TxStatus::InTransaction);
             return None;
         }
-        Some(self.route_analysis(&analysis, false))
+        let route = self.route_analysis(&analysis, false);
+        Some(self.route_with_what_follows(frame, route))
     }
 
-    fn write_route(&self, _deferred: bool, reason: &'static str) -> Route {
+    pub(super) fn write_route(&self, _deferred: bool, reason: &'static str) -> Route {
         // Every write is captured, whatever this session's mode: read_proxy_writes sessions must see it too.
         let capture = self.pools.cluster.has_replicas();
         tracing::debug!(client = self.registration.info.id, reason, "route: primary");
         Route::Primary { capture }
     }
 
-    fn route_analysis(&mut self, a: &Analysis, in_read_only_tx: bool) -> Route {
+    pub(super) fn route_analysis(&self, a: &Analysis, in_read_only_tx: bool) -> Route {
         match a.hints.route {
             Some(RouteHint::Primary) => return self.write_route(false, "hint route=primary"),
             Some(RouteHint::Replica) => {
