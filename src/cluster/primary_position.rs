@@ -8,7 +8,7 @@
 //! the ticket count the question was sent with). The answer then covers every transaction that had committed when
 //! the read started, whoever made it: another shardpool instance, or a client connected straight to the primary.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +41,8 @@ pub struct PrimaryPosition {
     pub queries: AtomicU64,
     /// Questions that failed (SHOW REPLICAS `position_errors`); their readers used the primary.
     pub errors: AtomicU64,
+    /// Whether a task answers questions (none without monitor credentials): if not, nobody waits for one.
+    serving: AtomicBool,
 }
 
 impl Default for PrimaryPosition {
@@ -51,6 +53,7 @@ impl Default for PrimaryPosition {
             answers: watch::channel(Answer::default()).0,
             queries: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            serving: AtomicBool::new(false),
         }
     }
 }
@@ -59,6 +62,9 @@ impl PrimaryPosition {
     /// The primary's WAL position as of some moment after this call began, or `None` if it could not be had
     /// within `wait` (the caller then reads from the primary itself).
     pub async fn current(&self, wait: Duration) -> Option<u64> {
+        if !self.serving.load(Ordering::Relaxed) {
+            return None;
+        }
         let mut answers = self.answers.subscribe();
         let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
         self.wake.notify_one();
@@ -74,6 +80,7 @@ impl PrimaryPosition {
 /// with `None` (those reads use the primary) and retried with back-off; the task itself never ends early.
 pub async fn serve(cluster: Arc<Cluster>, login: LoginFor) {
     let asked = &cluster.primary_position;
+    asked.serving.store(true, Ordering::Relaxed);
     let mut conn: Option<(usize, Box<ServerConn>)> = None;
     let mut covered = 0u64;
     let mut backoff = Duration::ZERO;
@@ -161,6 +168,7 @@ mod tests {
     #[tokio::test]
     async fn a_reader_is_answered_only_by_a_question_sent_after_it_asked() {
         let p = Arc::new(PrimaryPosition::default());
+        p.serving.store(true, Ordering::Relaxed);
         // A question went out covering ticket 1 only...
         p.tickets.fetch_add(1, Ordering::SeqCst);
         let reader = {
@@ -182,7 +190,9 @@ mod tests {
             lsn: Some(20),
         });
         assert_eq!(reader.await.unwrap(), Some(20));
-        // Nobody answers: the reader gives up within its bound.
+        // Nobody answers: the reader gives up within its bound; with no task to answer, it does not wait at all.
         assert_eq!(p.current(Duration::from_millis(10)).await, None);
+        p.serving.store(false, Ordering::Relaxed);
+        assert_eq!(p.current(Duration::from_secs(3600)).await, None);
     }
 }
