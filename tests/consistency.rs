@@ -547,3 +547,58 @@ async fn a_pipeline_that_writes_runs_on_the_primary() {
     }
     assert!(replica_reads_since(&proxy, primary, &before).await >= 5);
 }
+
+/// psycopg and asyncpg pools (tests/python_replicated) through the default mode: each task writes on one pooled
+/// connection and reads on another, with a replica 2 s behind; replicas still serve reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_pools_read_writes_made_on_other_connections() {
+    let python = tokio::task::spawn_blocking(common::python::python)
+        .await
+        .unwrap();
+    let cluster = Replicated::start(
+        Some(Duration::from_secs(2)),
+        "CREATE TABLE web_py (id bigint PRIMARY KEY); GRANT ALL ON web_py TO app",
+    )
+    .await;
+    let proxy = cluster.proxy("").await;
+    let before = reads_served(&proxy).await;
+    let asked = |rows: HashMap<u16, HashMap<String, String>>| {
+        rows[&cluster.primary_port()]["position_queries"]
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert_eq!(asked(replica_rows(&proxy).await), 0);
+    let out = tokio::process::Command::new(&python)
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/python_replicated",
+        ])
+        .current_dir(common::python::repo())
+        .env("SHARDPOOL_URL", proxy.app_url())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pytest failed:\n{text}");
+    assert!(
+        text.contains("3 passed") && !text.contains("skipped"),
+        "{text}"
+    );
+    let replica_reads = replica_reads_since(&proxy, cluster.primary_port(), &before).await;
+    assert!(
+        replica_reads >= 40,
+        "replicas served only {replica_reads} reads"
+    );
+    // The asyncpg connection that chose read_all_writes in its startup parameters asked the primary's position.
+    assert!(asked(replica_rows(&proxy).await) > 0);
+}
