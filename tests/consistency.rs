@@ -176,6 +176,11 @@ async fn shardpool_settings_from_the_startup_packet() {
     assert_eq!(value(&c, "SELECT 1").await, "1");
 }
 
+/// Reads wait as long as it takes a replica to catch up (not the default 100 ms before falling back to the primary):
+/// on a loaded test machine replay can take longer, and the tests assert that replicas serve a share of the reads.
+/// Correctness does not depend on it: a read that gives up goes to the primary.
+const PATIENT: &str = "read_your_writes_wait = \"5s\"";
+
 const ITEMS: &str =
     "CREATE TABLE items (id bigint PRIMARY KEY, note text); GRANT ALL ON items TO app; \
      INSERT INTO items SELECT g, 'seed' FROM generate_series(1, 100) g";
@@ -207,7 +212,7 @@ async fn the_default_mode_reads_writes_made_on_other_connections() {
         "GRANT ALL ON SCHEMA public TO app",
     )
     .await;
-    let proxy = cluster.proxy("").await;
+    let proxy = cluster.proxy(PATIENT).await;
     let primary = cluster.primary_port();
     let c = proxy.connect().await;
     assert_eq!(
@@ -311,8 +316,12 @@ async fn the_default_mode_reads_writes_made_on_other_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_all_writes_sees_writes_made_elsewhere() {
     let cluster = Replicated::start(Some(Duration::from_secs(2)), ITEMS).await;
-    let a = cluster.proxy("consistency = \"read_all_writes\"").await;
-    let b = cluster.proxy("consistency = \"read_all_writes\"").await;
+    let a = cluster
+        .proxy(&format!("{PATIENT}\nconsistency = \"read_all_writes\""))
+        .await;
+    let b = cluster
+        .proxy(&format!("{PATIENT}\nconsistency = \"read_all_writes\""))
+        .await;
     let primary = cluster.primary_port();
     let before = reads_served(&b).await;
     let direct = common::connect(&cluster.backend.direct_url()).await;
@@ -376,7 +385,7 @@ async fn read_all_writes_sees_writes_made_elsewhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_never_go_back_in_time_across_replicas_with_different_lag() {
     let cluster = Replicated::start(Some(Duration::from_secs(1)), ITEMS).await;
-    let proxy = cluster.proxy("").await;
+    let proxy = cluster.proxy(PATIENT).await;
     let stop = Arc::new(AtomicBool::new(false));
     // Writes straight on the primary: no mode forces a wait for them, so reads may use either replica.
     let churn = {
@@ -465,7 +474,7 @@ fn ports_in(replies: &[String]) -> (Vec<u16>, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_that_writes_runs_on_the_primary() {
     let cluster = Replicated::start(None, ITEMS).await;
-    let proxy = cluster.proxy("").await;
+    let proxy = cluster.proxy(PATIENT).await;
     let primary = cluster.primary_port();
     let mut raw = common::raw::Raw::connect(proxy.port, "app", "secret", DB).await;
     let read = "SELECT inet_server_port()";
@@ -560,7 +569,7 @@ async fn python_pools_read_writes_made_on_other_connections() {
         "CREATE TABLE web_py (id bigint PRIMARY KEY); GRANT ALL ON web_py TO app",
     )
     .await;
-    let proxy = cluster.proxy("").await;
+    let proxy = cluster.proxy(PATIENT).await;
     let before = reads_served(&proxy).await;
     let asked = |rows: HashMap<u16, HashMap<String, String>>| {
         rows[&cluster.primary_port()]["position_queries"]
