@@ -136,10 +136,10 @@ pub struct Context {
     pub started_at: SystemTime,
     verifiers: Mutex<HashMap<String, (String, crate::auth::scram::ScramVerifier)>>,
     config_path: Mutex<Option<std::path::PathBuf>>,
-    /// Hashes of statement texts some server has accepted in a Parse: such a Parse can be answered without a server.
-    known_statements: std::sync::RwLock<std::collections::HashSet<u64>>,
     /// TLS acceptor for clients, swapped on reload.
     pub tls: Arc<arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>>,
+    /// Background tasks (monitors, catalog followers, recorders, pool janitors), restarted when they fail.
+    pub tasks: Arc<crate::supervisor::Tasks>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,8 +172,8 @@ impl Context {
             started_at: SystemTime::now(),
             verifiers: Mutex::new(HashMap::new()),
             config_path: Mutex::new(None),
-            known_statements: std::sync::RwLock::new(std::collections::HashSet::new()),
             tls: Arc::new(arc_swap::ArcSwapOption::empty()),
+            tasks: Arc::default(),
         })
     }
 
@@ -211,7 +211,7 @@ impl Context {
             &config.general,
             None,
         );
-        start_monitor(&config, database, &shard_db, &cluster);
+        start_monitor(&config, database, &shard_db, &cluster, &self.tasks);
         clusters.insert(key, Arc::clone(&cluster));
         Some(cluster)
     }
@@ -279,6 +279,7 @@ impl Context {
                         target,
                         pool_config(config, db, user),
                         Arc::clone(&self.pause),
+                        &self.tasks,
                     ),
                 }
             })
@@ -337,6 +338,7 @@ impl Context {
                         Some(u) => r.start_following(
                             u.server_user().to_owned(),
                             u.server_password().map(str::to_owned),
+                            &self.tasks,
                         ),
                         None => tracing::warn!(
                             database = %name,
@@ -387,7 +389,7 @@ impl Context {
                     &config.general,
                     previous,
                 );
-                start_monitor(&config, name, shard_db, &c);
+                start_monitor(&config, name, shard_db, &c, &self.tasks);
                 clusters.insert(key, c);
             }
         }
@@ -475,22 +477,6 @@ impl Context {
         let mut v: Vec<_> = self.registry().by_id.values().cloned().collect();
         v.sort_by_key(|c| c.id);
         v
-    }
-
-    pub fn statement_is_known(&self, hash: u64) -> bool {
-        self.known_statements
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&hash)
-    }
-
-    pub fn remember_statement(&self, hash: u64) {
-        if !self.statement_is_known(hash) {
-            self.known_statements
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(hash);
-        }
     }
 
     pub fn set_config_path(&self, path: Option<std::path::PathBuf>) {
@@ -585,7 +571,13 @@ fn shard_label(db: &DatabaseConfig, shard: u16) -> Option<u16> {
 
 /// Starts the replication monitor of a database that has replicas (one without needs none: every transaction goes
 /// to its primary).
-fn start_monitor(config: &Config, database: &str, db: &DatabaseConfig, cluster: &Arc<Cluster>) {
+fn start_monitor(
+    config: &Config,
+    database: &str,
+    db: &DatabaseConfig,
+    cluster: &Arc<Cluster>,
+    tasks: &Arc<crate::supervisor::Tasks>,
+) {
     if !cluster.has_replicas() {
         return;
     }
@@ -607,6 +599,7 @@ fn start_monitor(config: &Config, database: &str, db: &DatabaseConfig, cluster: 
             password: user.server_password().map(str::to_owned),
             connect_timeout: config.general.server_connect_timeout.0,
         },
+        tasks,
     );
 }
 

@@ -590,7 +590,7 @@ impl Session {
     fn can_release(&self) -> bool {
         self.mode == PoolMode::Transaction
             && self.pinned.is_none()
-            && self.relay.is_empty()
+            && self.relay.server_at_rest()
             && !self.relay.in_copy_in
             && self.sout.is_empty()
             && self
@@ -651,7 +651,10 @@ impl Session {
         self.on_detached();
         self.registration.info.set_server(None);
         let config = self.pool.config();
-        let busy = !self.relay.is_empty() || self.relay.in_copy_in || !self.sout.is_empty();
+        // Not at rest includes a batch answered after a Flush: its implicit transaction must not be committed by
+        // whatever the next client sends, nor by a Sync of ours, so the connection is closed (Postgres then aborts
+        // it, as it does when a client hangs up mid-batch).
+        let busy = !self.relay.server_at_rest() || self.relay.in_copy_in || !self.sout.is_empty();
         let timeout = config.connect_timeout;
         if busy || server.broken {
             cancel_on_server(server.addr, server.cancel_key).await;
