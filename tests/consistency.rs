@@ -377,6 +377,17 @@ async fn read_all_writes_sees_writes_made_elsewhere() {
     stop.store(true, Ordering::Relaxed);
     churn.await.unwrap();
     let asked = queries(&replica_rows(&b).await) - asked_before;
+    // The question is a supervised background task, running without failures.
+    let task = b
+        .admin("SHOW TASKS")
+        .await
+        .into_iter()
+        .find(|r| r["task"] == "primary position")
+        .expect("no primary position task in SHOW TASKS");
+    assert_eq!(
+        (task["state"].as_str(), task["failures"].as_str()),
+        ("running", "0")
+    );
     assert!(asked > 0 && asked < 400, "{asked} questions for 400 reads");
 }
 

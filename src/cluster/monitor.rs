@@ -37,7 +37,16 @@ pub fn spawn(cluster: &Arc<Cluster>, login: LoginFor, tasks: &Arc<Tasks>) {
             }
         });
     }
-    tokio::spawn(super::primary_position::serve(Arc::clone(cluster), login));
+    // The question read_all_writes reads ask the primary: supervised like the monitors (a panic restarts it).
+    let name = format!("{} primary position", cluster.database);
+    let cluster = Arc::clone(cluster);
+    tasks.spawn("primary position", name, move || {
+        let (cluster, login) = (Arc::clone(&cluster), login.clone());
+        async move {
+            super::primary_position::serve(cluster, login).await;
+            Ok(())
+        }
+    });
 }
 
 /// The credentials and database the monitor logs in with.
