@@ -108,7 +108,7 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
         host = "127.0.0.1"
         port = {primary_port}
         replicas = [{{ port = {replica_port} }}, {{ port = {delayed_port} }}]
-        consistency = "read_your_writes"
+        consistency = "read_proxy_writes"
 
         [databases.shop.sharding]
         vshards = 256
@@ -176,7 +176,7 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
     println!();
     println!("  Reads go to replicas, writes to the primary; inet_server_port() shows who answered. Try:");
     println!("    INSERT INTO accounts (owner) VALUES ('me');");
-    println!("    SELECT owner, inet_server_port() FROM accounts WHERE owner = 'me';  -- read-your-writes: never the delayed one");
+    println!("    SELECT owner, inet_server_port() FROM accounts WHERE owner = 'me';  -- never the delayed one while it lacks your row");
     println!("    SET shardpool.consistency = eventual;  -- now the delayed replica may answer, without your row");
     println!("    SHOW shardpool.route SELECT * FROM accounts FOR UPDATE;");
     println!("  and in the console: SHOW REPLICAS;");

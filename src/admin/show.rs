@@ -272,6 +272,18 @@ fn replicas(ctx: &Arc<Context>) -> Output {
                 s(m.outstanding.load(Ordering::Relaxed)),
                 s(m.polls_failed.load(Ordering::Relaxed)),
                 m.last_error(),
+                (writer == Some(i)).then(|| {
+                    c.primary_position
+                        .queries
+                        .load(Ordering::Relaxed)
+                        .to_string()
+                }),
+                (writer == Some(i)).then(|| {
+                    c.primary_position
+                        .errors
+                        .load(Ordering::Relaxed)
+                        .to_string()
+                }),
             ]);
         }
     }
@@ -295,6 +307,8 @@ fn replicas(ctx: &Arc<Context>) -> Output {
             "outstanding",
             "polls_failed",
             "last_error",
+            "position_queries",
+            "position_errors",
         ],
         rows,
     )
