@@ -45,10 +45,12 @@ fn check_value(v: &bytes::Bytes) {
         let text = n.to_text();
         let again = Numeric::parse(text.as_bytes()).expect("printed numeric parses");
         assert_eq!(again.to_text(), text);
-        assert_eq!(
-            compare_numeric_text(v, text.as_bytes()).ok(),
-            Some(Ordering::Equal)
-        );
+        // The comparison reads only what Postgres prints (no '+', for one), so it may refuse what parse accepted.
+        if let Ok(order) = compare_numeric_text(v, text.as_bytes()) {
+            assert_eq!(order, Ordering::Equal, "{v:?} / {text}");
+        }
+        let printed = text.as_bytes();
+        assert_eq!(compare_numeric_text(printed, printed).ok(), Some(Ordering::Equal), "{text}");
         let _ = n.add(&again).div_count(3);
         let _ = numeric_group_key(v, &mut Vec::new());
     }
