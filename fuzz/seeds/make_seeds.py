@@ -186,6 +186,21 @@ def copy_seeds():
     yield b"copy t(id) from stdin with (format 'csv', escape E'\\\\')\0\x01\"a\\\"b\"\n"
 
 
+def session_seeds():
+    # A cut byte (where the input is split into two writes), then client messages after login.
+    yield b"\x00" + query("CREATE TABLE IF NOT EXISTS t (id int)")
+    yield b"\x05" + query("BEGIN") + query("INSERT INTO t VALUES (1)")
+    yield b"\x00" + parse("", "INSERT INTO t VALUES (1)") + bind("", "", []) + execute() + FLUSH
+    yield b"\x10" + parse("s1", "SELECT generate_series(1, 100)") + bind("c", "s1", []) + execute("c", 2) + FLUSH
+    yield b"\x00" + query("COPY t FROM STDIN") + msg(b"d", b"1\n2\n")
+    yield b"\x00" + query("SELECT pg_sleep(1)")
+    yield b"\x00" + query("SET search_path = nowhere; LISTEN x; SELECT pg_advisory_lock(1)")
+    yield b"\x00" + query("DECLARE c CURSOR WITH HOLD FOR SELECT 1") + query("PREPARE p AS SELECT 1")
+    yield b"\x03" + query("BEGIN; SELECT 1/0;") + SYNC + TERMINATE
+    for c in client_streams():
+        yield b"\x07" + c
+
+
 def main():
     clients = list(client_streams())
     servers = list(server_streams())
@@ -193,6 +208,7 @@ def main():
     write("frontend_messages", clients + [b"".join(clients)])
     write("backend_messages", servers + [b"".join(servers), b"1.5", b"-123.4500", b"2024-02-29 23:59:59.999999-07:30"])
     write("startup", list(startup_packets()))
+    write("session", list(session_seeds()))
     write("auth_scram", list(scram_seeds()))
     write("auth_md5", list(md5_seeds()))
     router_sql = sql_from(["src/router/**/*.rs"])
