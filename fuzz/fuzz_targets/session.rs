@@ -170,8 +170,8 @@ async fn session(port: u16, data: &[u8]) {
     .await;
     drop(s);
 
-    // The next client gets the one server, idle. (Settings are not compared: `set_config()` and friends escape the
-    // lexical session-state tracking, a known gap of issue 11 that another part of the work addresses.)
+    // The next client gets the one server, idle. (Settings, cursors, locks and temp tables left behind are not
+    // compared yet; session-state tracking is issue 11's "probe per statement kind" work.)
     let check = async {
         let mut next = login(port).await;
         let (rows, status) = query(&mut next, "SELECT 1").await;
