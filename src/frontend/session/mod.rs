@@ -6,6 +6,7 @@
 
 mod attached;
 mod client_messages;
+mod held;
 mod routing;
 mod sharded;
 mod sharded_batch;
