@@ -320,8 +320,17 @@ impl Remapper {
         }
     }
 
+    /// Records the next phase as a catalog change, so instances' `SHOW REMAPS` follow it.
     async fn advance(&mut self, row: &mut RemapRow, phase: Phase) -> Result<(), RemapError> {
-        state::set_phase(&self.catalog, row.id, phase).await?;
+        let tx = self
+            .catalog
+            .transaction()
+            .await
+            .map_err(CatalogError::from)?;
+        let (epoch, _) = catalog::begin_change(&tx).await?;
+        state::set_phase(&tx, row.id, phase).await?;
+        catalog::notify(&tx, epoch).await?;
+        tx.commit().await.map_err(CatalogError::from)?;
         row.phase = phase;
         self.say(&format!("remap {}: {phase}", row.id));
         Ok(())

@@ -1,0 +1,589 @@
+//! Online remap against real Postgres: two shards, the catalog on shard 0, two shardpool instances in front.
+//! A quarter of the vshards moves under a keyed write load through both instances and every committed row ends up
+//! exactly once on its vshard's current shard; the fence rejects direct writes on the old shard; preflight refuses
+//! unsafe moves changing nothing; a remap stopped in any phase resumes, and abort leaves no replication objects.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Backend, TestProxy, DB};
+use rand::{Rng, SeedableRng};
+use shardpool::config::sharding::ShardingConfig;
+use shardpool::sharding::catalog;
+use shardpool::sharding::key::KeyValue;
+use shardpool::sharding::remap::state::Phase;
+use shardpool::sharding::remap::{RemapError, RemapOptions, Remapper, ShardAccess};
+
+const VSHARDS: u32 = 64;
+/// Accounts loaded before the remap starts.
+const INITIAL: i64 = 2000;
+
+const SCHEMA: &str = "CREATE TABLE accounts (aid bigint PRIMARY KEY, owner text NOT NULL, balance int NOT NULL); \
+     CREATE TABLE orders (aid bigint NOT NULL, id int NOT NULL, amount int NOT NULL, PRIMARY KEY (aid, id)); \
+     ALTER TABLE accounts OWNER TO app; ALTER TABLE orders OWNER TO app";
+
+fn vshard(aid: i64) -> u32 {
+    KeyValue::Int(aid).vshard(VSHARDS).unwrap()
+}
+
+struct Setup {
+    shards: Vec<Backend>,
+    proxies: Vec<TestProxy>,
+    cfg: ShardingConfig,
+}
+
+fn sharding_toml(shards: &[Backend], extra_tables: &str) -> String {
+    let mut s = format!(
+        "[databases.shop.sharding]\nvshards = {VSHARDS}\ncatalog_check_interval = \"1s\"\n\
+         [[databases.shop.sharding.tables]]\nname = \"accounts\"\nkey = \"aid\"\ntype = \"int8\"\n\
+         [[databases.shop.sharding.tables]]\nname = \"orders\"\nkey = \"aid\"\ntype = \"int8\"\n{extra_tables}"
+    );
+    for b in shards {
+        s.push_str(&format!(
+            "[[databases.shop.sharding.shards]]\nhost = \"127.0.0.1\"\nport = {}\nserver_database = \"{DB}\"\n",
+            b.pg.port()
+        ));
+    }
+    s
+}
+
+/// Two shards with the schema (plus `extra_sql`), the catalog initialised on shard 0, `proxies` instances.
+async fn setup(proxies: usize, extra_sql: &str, extra_tables: &str) -> Setup {
+    let mut shards = Vec::new();
+    for _ in 0..2 {
+        let b = Backend::start().await;
+        b.sql(SCHEMA);
+        if !extra_sql.is_empty() {
+            b.sql(extra_sql);
+        }
+        shards.push(b);
+    }
+    shards[0].sql("GRANT CREATE ON DATABASE appdb TO app");
+    let sharding = sharding_toml(&shards, extra_tables);
+    let full: toml::Value = toml::from_str(&sharding).unwrap();
+    let cfg: ShardingConfig = full["databases"]["shop"]["sharding"]
+        .clone()
+        .try_into()
+        .unwrap();
+    let mut client = common::connect(&shards[0].direct_url()).await;
+    catalog::init(&mut client, &cfg).await.unwrap();
+    let base = shards[0].config_toml("pool_size = 8");
+    let cut = base.find(&format!("[databases.{DB}]")).unwrap();
+    let toml = format!("{}{sharding}", &base[..cut]);
+    let mut started = Vec::new();
+    for _ in 0..proxies {
+        let proxy = TestProxy::start(&toml).await;
+        let router = proxy.ctx().shard_router("shop").unwrap();
+        common::eventually(Duration::from_secs(30), "the catalog to load", || {
+            let loaded = router.catalog().is_some();
+            async move { loaded }
+        })
+        .await;
+        started.push(proxy);
+    }
+    Setup {
+        shards,
+        proxies: started,
+        cfg,
+    }
+}
+
+impl Setup {
+    /// A remap driver as a superuser on the shards (PostgreSQL 15 needs one for CREATE SUBSCRIPTION).
+    async fn remapper(&self, opts: RemapOptions, log: Arc<Mutex<Vec<String>>>) -> Remapper {
+        let catalog = common::connect(&self.shards[0].direct_url()).await;
+        let shards = self
+            .shards
+            .iter()
+            .map(|b| {
+                let mut pg = tokio_postgres::Config::new();
+                pg.host("127.0.0.1")
+                    .port(b.pg.port())
+                    .dbname(DB)
+                    .user("postgres");
+                ShardAccess {
+                    pg,
+                    conninfo: format!(
+                        "host=127.0.0.1 port={} dbname={DB} user=postgres",
+                        b.pg.port()
+                    ),
+                }
+            })
+            .collect();
+        Remapper {
+            cfg: self.cfg.clone(),
+            catalog,
+            shards,
+            opts,
+            log: Box::new(move |l: &str| log.lock().unwrap().push(l.to_owned())),
+        }
+    }
+
+    /// Loads `INITIAL` accounts with two orders each, directly on the shard each belongs to.
+    fn load(&self) {
+        for (i, b) in self.shards.iter().enumerate() {
+            let expr = shardpool::sharding::hash::vshard_sql(
+                "g",
+                shardpool::sharding::key::KeyType::Int,
+                VSHARDS,
+            );
+            let mine = if i == 0 { "< 32" } else { ">= 32" };
+            b.sql(&format!(
+                "INSERT INTO accounts SELECT g, 'owner' || g, 0 FROM generate_series(1, {INITIAL}) g WHERE {expr} {mine}; \
+                 INSERT INTO orders SELECT g, n, 10 FROM generate_series(1, {INITIAL}) g, generate_series(1, 2) n \
+                 WHERE {expr} {mine}"
+            ));
+        }
+    }
+
+    fn options() -> RemapOptions {
+        RemapOptions {
+            copy_timeout: Duration::from_secs(60),
+            catch_up_timeout: Duration::from_secs(60),
+            ..RemapOptions::default()
+        }
+    }
+}
+
+/// Rows of a table on one shard, `key columns -> value`, read as the superuser.
+fn table(b: &Backend, sql: &str) -> BTreeMap<String, String> {
+    b.sql(sql)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.rsplit_once('|').unwrap();
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// What one load client committed (and what failed).
+#[derive(Default)]
+struct Committed {
+    accounts: BTreeMap<i64, i64>,
+    orders: BTreeMap<(i64, i32), i64>,
+    failures: Vec<String>,
+    moving: Vec<Duration>,
+    other: Vec<Duration>,
+    ops: u64,
+}
+
+/// One load client: keyed inserts, updates and deletes on the accounts it owns (`aid % clients == me`), each
+/// recorded once committed. Runs until `stop`.
+async fn client_load(
+    url: String,
+    me: i64,
+    clients: i64,
+    moving: BTreeSet<u32>,
+    stop: Arc<AtomicBool>,
+) -> Committed {
+    let mut c = common::connect(&url).await;
+    let mut done = Committed::default();
+    for aid in (1..=INITIAL).filter(|a| a % clients == me) {
+        done.accounts.insert(aid, 0);
+        done.orders.insert((aid, 1), 10);
+        done.orders.insert((aid, 2), 10);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(me as u64);
+    let mut next = 1_000_000 + me;
+    while !stop.load(Ordering::Relaxed) {
+        let existing: Vec<i64> = done.accounts.keys().copied().collect();
+        let roll = rng.gen_range(0..100);
+        let aid = if roll < 20 || existing.is_empty() {
+            next += clients;
+            next
+        } else {
+            existing[rng.gen_range(0..existing.len())]
+        };
+        let started = Instant::now();
+        let result: Result<(), tokio_postgres::Error> = async {
+            if roll < 20 {
+                // Statement by statement: the BEGIN is held back until the INSERT shows the shard.
+                c.simple_query("BEGIN").await?;
+                c.simple_query(&format!(
+                    "INSERT INTO accounts (aid, owner, balance) VALUES ({aid}, 'new', 0)"
+                ))
+                .await?;
+                c.simple_query(&format!(
+                    "INSERT INTO orders (aid, id, amount) VALUES ({aid}, 1, 5)"
+                ))
+                .await?;
+                c.simple_query("COMMIT").await.map(drop)
+            } else if roll < 60 {
+                let n = c
+                    .execute(
+                        "UPDATE accounts SET balance = balance + 1 WHERE aid = $1",
+                        &[&aid],
+                    )
+                    .await?;
+                assert_eq!(n, 1, "update of account {aid}");
+                Ok(())
+            } else if roll < 75 {
+                c.batch_execute(&format!(
+                    "BEGIN; DELETE FROM orders WHERE aid = {aid}; DELETE FROM accounts WHERE aid = {aid}; COMMIT"
+                ))
+                .await
+            } else {
+                c.simple_query(&format!(
+                    "UPDATE orders SET amount = amount + 1 WHERE aid = {aid} AND id = 1"
+                ))
+                .await
+                .map(drop)
+            }
+        }
+        .await;
+        let took = started.elapsed();
+        match result {
+            Ok(()) => {
+                if roll < 20 {
+                    done.accounts.insert(aid, 0);
+                    done.orders.insert((aid, 1), 5);
+                } else if roll < 60 {
+                    *done.accounts.get_mut(&aid).unwrap() += 1;
+                } else if roll < 75 {
+                    done.accounts.remove(&aid);
+                    done.orders.retain(|(a, _), _| *a != aid);
+                } else if let Some(o) = done.orders.get_mut(&(aid, 1)) {
+                    *o += 1;
+                }
+                if moving.contains(&vshard(aid)) {
+                    done.moving.push(took);
+                } else {
+                    done.other.push(took);
+                }
+                done.ops += 1;
+            }
+            Err(e) => {
+                done.failures.push(format!("account {aid}: {e:?}"));
+                // The connection may be unusable after an error inside a transaction.
+                c = common::connect(&url).await;
+            }
+        }
+    }
+    done
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.sort_unstable();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Every committed row exactly once, on the shard its vshard is placed on now, with the committed values.
+fn check_rows(s: &Setup, placement: &[u16], committed: &[Committed]) {
+    let mut want_accounts = BTreeMap::new();
+    let mut want_orders = BTreeMap::new();
+    for c in committed {
+        for (aid, bal) in &c.accounts {
+            want_accounts.insert(aid.to_string(), bal.to_string());
+        }
+        for ((aid, id), amount) in &c.orders {
+            want_orders.insert(format!("{aid}|{id}"), amount.to_string());
+        }
+    }
+    let mut got_accounts = BTreeMap::new();
+    let mut got_orders = BTreeMap::new();
+    for (i, b) in s.shards.iter().enumerate() {
+        for (k, v) in table(b, "SELECT aid, balance FROM accounts") {
+            let aid: i64 = k.parse().unwrap();
+            assert_eq!(
+                usize::from(placement[vshard(aid) as usize]),
+                i,
+                "account {aid} (vshard {}) is on shard {i}",
+                vshard(aid)
+            );
+            assert!(
+                got_accounts.insert(k.clone(), v).is_none(),
+                "account {k} twice"
+            );
+        }
+        for (k, v) in table(b, "SELECT aid, id, amount FROM orders") {
+            let aid: i64 = k.split('|').next().unwrap().parse().unwrap();
+            assert_eq!(
+                usize::from(placement[vshard(aid) as usize]),
+                i,
+                "order {k} is on shard {i}"
+            );
+            assert!(got_orders.insert(k.clone(), v).is_none(), "order {k} twice");
+        }
+    }
+    assert_eq!(got_accounts.len(), want_accounts.len());
+    assert!(
+        got_accounts == want_accounts,
+        "accounts differ from what the clients committed"
+    );
+    assert!(
+        got_orders == want_orders,
+        "orders differ from what the clients committed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remap_under_load_moves_every_committed_row_once() {
+    let s = setup(2, "", "").await;
+    s.load();
+    let moving: Vec<u32> = (0..16).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = 4;
+    let mut load = Vec::new();
+    for me in 0..clients {
+        let url = s.proxies[me as usize % 2].url("app", "secret", "shop");
+        load.push(tokio::spawn(client_load(
+            url,
+            me,
+            clients,
+            moving.iter().copied().collect(),
+            stop.clone(),
+        )));
+    }
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut r = s.remapper(Setup::options(), log.clone()).await;
+    let started = Instant::now();
+    let row = r.start(&moving, 1).await;
+    let took = started.elapsed();
+    let row = row.unwrap_or_else(|e| panic!("{e}\n{}", log.lock().unwrap().join("\n")));
+    assert_eq!(row.phase, Phase::Done);
+    stop.store(true, Ordering::Relaxed);
+    let mut committed = Vec::new();
+    for l in load {
+        committed.push(l.await.unwrap());
+    }
+    let failures: Vec<&String> = committed.iter().flat_map(|c| &c.failures).collect();
+    assert!(failures.is_empty(), "failed transactions: {failures:?}");
+
+    let mut catalog_client = common::connect(&s.shards[0].direct_url()).await;
+    let c = catalog::load(&mut catalog_client).await.unwrap();
+    for v in 0..VSHARDS {
+        let want = u16::from(!(16..32).contains(&v));
+        assert_eq!(c.shard_of(v), Some(want), "vshard {v}");
+    }
+    check_rows(&s, &c.placement, &committed);
+
+    // Both instances route by the new placement, and SHOW REMAPS says so.
+    for p in &s.proxies {
+        let router = p.ctx().shard_router("shop").unwrap();
+        common::eventually(
+            Duration::from_secs(10),
+            "the instance to see the move",
+            || {
+                let at = router.catalog().and_then(|c| c.shard_of(0));
+                async move { at == Some(1) }
+            },
+        )
+        .await;
+        let rows = p.admin("SHOW REMAPS").await;
+        assert_eq!(rows[0]["phase"], "done", "{rows:?}");
+        assert_eq!(rows[0]["vshards"], "0-15");
+    }
+
+    // The fence: a direct write of a moved vshard on the old shard is refused, whoever sends it.
+    let moved_aid = (1..).find(|a| vshard(*a) < 16).unwrap() + 5_000_000;
+    let moved_aid = (moved_aid..).find(|a| vshard(*a) < 16).unwrap();
+    let direct = common::connect(&s.shards[0].direct_url()).await;
+    let err = direct
+        .execute(
+            "INSERT INTO accounts (aid, owner, balance) VALUES ($1, 'stale', 0)",
+            &[&moved_aid],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(common::sqlstate(&err), "40001", "{err:?}");
+    assert!(format!("{err:?}").contains("moved to shard 1"), "{err:?}");
+    // Rows of vshards that stayed are still writable there.
+    let kept_aid = (5_000_000..)
+        .find(|a| (16..32).contains(&vshard(*a)))
+        .unwrap();
+    direct
+        .execute(
+            "INSERT INTO accounts (aid, owner, balance) VALUES ($1, 'kept', 0)",
+            &[&kept_aid],
+        )
+        .await
+        .unwrap();
+
+    // Nothing left behind.
+    assert_eq!(r.leftovers(row.id).await.unwrap(), Vec::<String>::new());
+
+    let mut moving_lat: Vec<Duration> = committed.iter().flat_map(|c| c.moving.clone()).collect();
+    let mut other_lat: Vec<Duration> = committed.iter().flat_map(|c| c.other.clone()).collect();
+    let ops: u64 = committed.iter().map(|c| c.ops).sum();
+    eprintln!(
+        "remap of 16/64 vshards took {took:?} under {ops} committed operations; writes to moving vshards: \
+         p50 {:?} p99 {:?} max {:?}; other vshards: p50 {:?} p99 {:?} max {:?}\n{}",
+        percentile(&mut moving_lat, 0.5),
+        percentile(&mut moving_lat, 0.99),
+        percentile(&mut moving_lat, 1.0),
+        percentile(&mut other_lat, 0.5),
+        percentile(&mut other_lat, 0.99),
+        percentile(&mut other_lat, 1.0),
+        log.lock().unwrap().join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_refuses_unsafe_moves_and_changes_nothing() {
+    // notes: its replica identity (the primary key) lacks the shard key.
+    let s = setup(
+        1,
+        "CREATE TABLE notes (id bigint PRIMARY KEY, aid bigint NOT NULL); ALTER TABLE notes OWNER TO app",
+        "[[databases.shop.sharding.tables]]\nname = \"notes\"\nkey = \"aid\"\ntype = \"int8\"\n",
+    )
+    .await;
+    s.load();
+    // Schema mismatch: shard 1's accounts has an extra column.
+    s.shards[1].sql("ALTER TABLE accounts ADD COLUMN extra int");
+    // Rows already on the target in a moving vshard.
+    let stray = (1..).find(|a| vshard(*a) == 3).unwrap();
+    s.shards[1].sql(&format!("INSERT INTO orders VALUES ({stray}, 99, 1)"));
+
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut r = s.remapper(Setup::options(), log).await;
+    let err = r.start(&[0, 1, 2, 3], 1).await.unwrap_err();
+    let RemapError::Refused(report) = &err else {
+        panic!("{err}");
+    };
+    let text = report.render();
+    assert_eq!(report.refusals.len(), 3, "{text}");
+    assert!(
+        text.contains(
+            "table notes on shard 0 has a replica identity (id) without its shard key aid"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("CREATE UNIQUE INDEX CONCURRENTLY notes_shardpool_ri ON notes (aid, id)"),
+        "{text}"
+    );
+    assert!(text.contains("REPLICA IDENTITY FULL"), "{text}");
+    assert!(
+        text.contains("table accounts differs between shard 0 and shard 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("shard 1 already has 1 rows of the moving vshards in orders"),
+        "{text}"
+    );
+
+    // Nothing was created: no remap recorded, no publication, no subscription, no slot.
+    assert!(r.status().await.unwrap().is_empty());
+    assert_eq!(s.shards[0].sql("SELECT count(*) FROM pg_publication"), "0");
+    assert_eq!(
+        s.shards[0].sql("SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+    assert_eq!(s.shards[1].sql("SELECT count(*) FROM pg_subscription"), "0");
+    // Updates of notes still work (no publication was created over it).
+    s.shards[0].sql("INSERT INTO notes VALUES (1, 1); UPDATE notes SET aid = 2 WHERE id = 1");
+
+    // Fixed as the refusals say, the same move passes preflight.
+    for b in &s.shards {
+        b.sql(
+            "CREATE UNIQUE INDEX notes_shardpool_ri ON notes (aid, id); \
+               ALTER TABLE notes REPLICA IDENTITY USING INDEX notes_shardpool_ri",
+        );
+    }
+    s.shards[1].sql("ALTER TABLE accounts DROP COLUMN extra");
+    s.shards[1].sql(&format!("DELETE FROM orders WHERE aid = {stray}"));
+    let (_, report) = r.plan(&[0, 1, 2, 3], 1).await.unwrap();
+    assert!(report.refusals.is_empty(), "{}", report.render());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_remaps_resume_and_abort_leaves_nothing() {
+    let s = setup(1, "", "").await;
+    s.load();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let moving: Vec<u32> = (8..12).collect();
+    let expected = s.shards[0].sql(&format!(
+        "SELECT count(*) FROM accounts WHERE {} BETWEEN 8 AND 11",
+        shardpool::sharding::hash::vshard_sql(
+            "aid",
+            shardpool::sharding::key::KeyType::Int,
+            VSHARDS
+        )
+    ));
+
+    // A shardctl that dies once the subscription exists, then once the copy is done: each run picks up the phase.
+    for stop in [Phase::Planned, Phase::Copying] {
+        let opts = RemapOptions {
+            stop_after: Some(stop),
+            ..Setup::options()
+        };
+        let mut r = s.remapper(opts, log.clone()).await;
+        let row = r.start(&moving, 1).await.unwrap();
+        assert!(
+            row.phase > stop,
+            "{:?} after stopping at {stop:?}",
+            row.phase
+        );
+    }
+    let mut r = s.remapper(Setup::options(), log.clone()).await;
+    let active = r.status().await.unwrap();
+    assert_eq!(active[0].phase, Phase::CatchingUp);
+    assert_eq!(active[0].rows_copied.to_string(), {
+        // accounts plus two orders each
+        let n: i64 = expected.parse().unwrap();
+        (3 * n).to_string()
+    });
+    // Another move is refused while this one is in progress.
+    let err = r.start(&[40], 0).await.unwrap_err();
+    assert!(matches!(err, RemapError::Busy { .. }), "{err}");
+
+    // Abort: nothing left anywhere, the copied rows gone from the target, placement unchanged.
+    let row = r.abort().await.unwrap();
+    assert_eq!(row.phase, Phase::Aborted);
+    assert_eq!(r.leftovers(row.id).await.unwrap(), Vec::<String>::new());
+    assert_eq!(
+        s.shards[0].sql("SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+    assert_eq!(s.shards[1].sql("SELECT count(*) FROM pg_subscription"), "0");
+    assert_eq!(
+        s.shards[1].sql(&format!(
+            "SELECT count(*) FROM accounts WHERE {} BETWEEN 8 AND 11",
+            shardpool::sharding::hash::vshard_sql(
+                "aid",
+                shardpool::sharding::key::KeyType::Int,
+                VSHARDS
+            )
+        )),
+        "0"
+    );
+    let mut cc = common::connect(&s.shards[0].direct_url()).await;
+    let c = catalog::load(&mut cc).await.unwrap();
+    assert!((8..12).all(|v| c.shard_of(v) == Some(0)));
+
+    // After an abort the same move runs from the start, to the end; then back again.
+    let row = r.start(&moving, 1).await.unwrap();
+    assert_eq!(row.phase, Phase::Done);
+    let row = r.start(&moving, 0).await.unwrap();
+    assert_eq!(row.phase, Phase::Done);
+    let c = catalog::load(&mut cc).await.unwrap();
+    assert!((8..12).all(|v| c.shard_of(v) == Some(0)));
+    // Moved back, shard 0 takes writes of those vshards again (its old fence was narrowed), shard 1 refuses them.
+    let aid = (10_000_000..)
+        .find(|a| (8..12).contains(&vshard(*a)))
+        .unwrap();
+    s.shards[0].sql(&format!("INSERT INTO accounts VALUES ({aid}, 'back', 0)"));
+    let direct = common::connect(&s.shards[1].direct_url()).await;
+    let err = direct
+        .execute("INSERT INTO accounts VALUES ($1, 'stale', 0)", &[&aid])
+        .await;
+    assert!(err.is_err());
+    let n: i64 = s.shards[0]
+        .sql("SELECT count(*) FROM accounts")
+        .parse()
+        .unwrap();
+    let m: i64 = s.shards[1]
+        .sql("SELECT count(*) FROM accounts")
+        .parse()
+        .unwrap();
+    assert_eq!(n + m, INITIAL + 1);
+}
