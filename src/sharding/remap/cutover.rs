@@ -5,7 +5,8 @@
 //! 2. **Fence.** On the source, a trigger per sharded table rejects writes to rows of the moving vshards, whoever sends
 //!    them (SQLSTATE 40001). Creating it locks each table in SHARE ROW EXCLUSIVE mode, which waits for the
 //!    transactions that were writing it to end, so after the fence commits nothing more is written to the moving rows.
-//! 3. **Drain.** Wait until the target confirmed the source's WAL position taken after the fence.
+//! 3. **Drain.** Insert a marker row on the source after the fence and wait until the target has applied it: changes
+//!    are applied in commit order, so the target then has every change to the moving rows.
 //! 4. **Flip.** The placement of the moving vshards points at the target (catalog change), still frozen; wait until
 //!    every live instance routes by it (or its lease expired).
 //! 5. **Release.** `frozen = false` (catalog change): instances send the held writes, to the target.
@@ -205,6 +206,8 @@ pub struct Outcome {
     pub pause: Duration,
     /// The epoch that moved the vshards.
     pub epoch: i64,
+    /// How long each step took, for the log.
+    pub steps: Vec<(&'static str, Duration)>,
 }
 
 /// Everything the cutover needs.
@@ -239,7 +242,8 @@ impl Cutover<'_> {
         let started = Instant::now();
         let deadline = started + self.max_pause;
         let epoch = set_frozen(self.catalog, self.id, true, Phase::CuttingOver).await?;
-        let result = self.drain(epoch, deadline).await;
+        let mut steps = vec![("freeze", started.elapsed())];
+        let result = self.drain(epoch, deadline, &mut steps).await;
         if let Err(e) = result {
             // Nothing flipped: open the source again, then let the held writes go there.
             let _ = disarm_fence(self.source, self.plan, self.id).await;
@@ -258,7 +262,10 @@ impl Cutover<'_> {
                 )
                 .await?;
         }
+        let mark = Instant::now();
         let epoch = flip(self.catalog, self.plan, self.id).await?;
+        steps.push(("flip", mark.elapsed()));
+        let mark = Instant::now();
         if wait_acknowledged(self.catalog, epoch, Instant::now() + self.ack_timeout)
             .await?
             .is_none()
@@ -268,14 +275,31 @@ impl Cutover<'_> {
                 "some instances did not acknowledge the flip in time; the fence protects the old location"
             );
         }
+        steps.push(("flip acknowledged", mark.elapsed()));
+        let mark = Instant::now();
         let release = set_frozen(self.catalog, self.id, false, Phase::Switched).await?;
+        steps.push(("release", mark.elapsed()));
         let pause = started.elapsed();
         tracing::info!(epoch, release, ?pause, "cutover done");
-        Ok(Outcome { pause, epoch })
+        Ok(Outcome {
+            pause,
+            epoch,
+            steps,
+        })
     }
 
     /// Steps 1 to 3, inside the deadline.
-    async fn drain(&mut self, frozen: i64, deadline: Instant) -> Result<(), CutoverError> {
+    async fn drain(
+        &mut self,
+        frozen: i64,
+        deadline: Instant,
+        steps: &mut Vec<(&'static str, Duration)>,
+    ) -> Result<(), CutoverError> {
+        let mut mark = Instant::now();
+        let mut step = |name: &'static str, steps: &mut Vec<(&'static str, Duration)>| {
+            steps.push((name, mark.elapsed()));
+            mark = Instant::now();
+        };
         let exceeded = |step: &str| CutoverError::PauseExceeded {
             max: self.max_pause,
             step: step.to_string(),
@@ -289,6 +313,7 @@ impl Cutover<'_> {
                 "waiting for instances {late:?} to hold writes"
             )));
         }
+        step("freeze acknowledged", steps);
         let left = deadline.saturating_duration_since(Instant::now());
         if let Err(e) = install_fence(self.source, self.plan, self.id, left).await {
             if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
@@ -298,13 +323,15 @@ impl Cutover<'_> {
             }
             return Err(e.into());
         }
-        let lsn = replicate::current_lsn(self.source).await?;
-        while !replicate::applied(self.source, self.id, &lsn).await? {
+        step("fence", steps);
+        let token = replicate::send_marker(self.source, self.id).await?;
+        while !replicate::marker_applied(self.target, self.id, token).await? {
             if Instant::now() >= deadline {
                 return Err(exceeded("the target applied the last changes"));
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        step("drain", steps);
         if let Some(s) = self.snapshot {
             s.batch_execute(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1 FROM pg_class LIMIT 1",

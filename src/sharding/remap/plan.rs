@@ -179,9 +179,10 @@ impl Plan {
             .map(|t| format!("{} WHERE ({})", t.sql_name, t.filter))
             .collect();
         format!(
-            "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update, delete')",
+            "CREATE PUBLICATION {} FOR TABLE {}, {} WITH (publish = 'insert, update, delete')",
             replication_name(id),
-            tables.join(", ")
+            tables.join(", "),
+            super::replicate::marker_table(id)
         )
     }
 

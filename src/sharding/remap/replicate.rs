@@ -22,6 +22,55 @@ pub enum ReplicateError {
     SlotLost(String),
 }
 
+/// A one-column table on both shards, published without a filter: a row inserted into it on the source shows up
+/// on the target once the target applied every transaction that committed before it (changes are applied in commit
+/// order). Faster than waiting for the slot's confirmed position, which the target reports only now and then when
+/// nothing else flows.
+pub fn marker_table(id: i64) -> String {
+    format!("shardpool_fence.remap_{id}_marker")
+}
+
+/// Creates the marker table on one shard.
+pub async fn ensure_marker(client: &Client, id: i64) -> Result<(), ReplicateError> {
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS shardpool_fence; \
+             CREATE TABLE IF NOT EXISTS {} (token bigint PRIMARY KEY)",
+            marker_table(id)
+        ))
+        .await?;
+    Ok(())
+}
+
+/// Inserts a fresh marker on the source; returns its token for [`marker_applied`].
+pub async fn send_marker(source: &Client, id: i64) -> Result<i64, ReplicateError> {
+    Ok(source
+        .query_one(
+            &format!(
+                "INSERT INTO {} SELECT coalesce(max(token), 0) + 1 FROM {} RETURNING token",
+                marker_table(id),
+                marker_table(id)
+            ),
+            &[],
+        )
+        .await?
+        .try_get(0)?)
+}
+
+/// Whether the target has applied the marker `token` (and so everything committed before it on the source).
+pub async fn marker_applied(target: &Client, id: i64, token: i64) -> Result<bool, ReplicateError> {
+    Ok(target
+        .query_one(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM {} WHERE token = $1)",
+                marker_table(id)
+            ),
+            &[&token],
+        )
+        .await?
+        .try_get(0)?)
+}
+
 /// Quotes a string literal (standard_conforming_strings is on since PostgreSQL 9.1).
 fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -41,6 +90,7 @@ pub async fn ensure_publication(
         .await?
         .try_get(0)?;
     if !exists {
+        ensure_marker(source, id).await?;
         source.batch_execute(&plan.publication_sql(id)).await?;
     }
     Ok(!exists)
@@ -65,6 +115,7 @@ pub async fn ensure_subscription(
     if exists {
         return Ok(false);
     }
+    ensure_marker(target, id).await?;
     drop_slot(source, &name).await?;
     target
         .batch_execute(&format!(
@@ -272,7 +323,13 @@ pub async fn drop_all(source: &Client, target: &Client, id: i64) -> Result<(), R
     }
     drop_slot(source, &name).await?;
     source
-        .batch_execute(&format!("DROP PUBLICATION IF EXISTS {name}"))
+        .batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {name}; DROP TABLE IF EXISTS {}",
+            marker_table(id)
+        ))
+        .await?;
+    target
+        .batch_execute(&format!("DROP TABLE IF EXISTS {}", marker_table(id)))
         .await?;
     Ok(())
 }

@@ -116,6 +116,12 @@ impl Remapper {
                 tracing::debug!(shard, error = %e, "remap connection ended");
             }
         });
+        // Logical decoding sends only flushed WAL: with asynchronous commit, the fence's and the marker's commits
+        // would reach the target only when the WAL writer gets round to them (up to wal_writer_delay later).
+        client
+            .batch_execute("SET synchronous_commit = on")
+            .await
+            .map_err(|source| RemapError::Shard { shard, source })?;
         Ok(client)
     }
 
@@ -377,12 +383,18 @@ impl Remapper {
         };
         let pause_ms = i64::try_from(outcome.pause.as_millis()).unwrap_or(i64::MAX);
         state::set_progress(&self.catalog, row.id, None, None, Some(pause_ms)).await?;
+        let steps: Vec<String> = outcome
+            .steps
+            .iter()
+            .map(|(name, d)| format!("{name} {:.1}ms", d.as_secs_f64() * 1000.0))
+            .collect();
         self.say(&format!(
-            "cutover: vshards {} now on shard {} (epoch {}); writes to them paused {:?}",
+            "cutover: vshards {} now on shard {} (epoch {}); writes to them paused {:.1}ms ({})",
             format_vshards(&row.vshards),
             row.target,
             outcome.epoch,
-            outcome.pause
+            outcome.pause.as_secs_f64() * 1000.0,
+            steps.join(", ")
         ));
         let on_target = verify::sums(&snapshot, plan, &self.cfg, c.vshards)
             .await
