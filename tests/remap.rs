@@ -587,3 +587,111 @@ async fn stopped_remaps_resume_and_abort_leaves_nothing() {
         .unwrap();
     assert_eq!(n + m, INITIAL + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_and_directory_maps_move_their_rows() {
+    use shardpool::sharding::schema::TableKind;
+    let s = setup(
+        1,
+        "CREATE TABLE events (ts bigint PRIMARY KEY, payload text); \
+         CREATE TABLE tenant_rows (tenant text NOT NULL, id int NOT NULL, PRIMARY KEY (tenant, id)); \
+         ALTER TABLE events OWNER TO app; ALTER TABLE tenant_rows OWNER TO app",
+        "[[databases.shop.sharding.tables]]\nname = \"events\"\nkey = \"ts\"\ntype = \"int8\"\nmap = \"by_time\"\n\
+         [[databases.shop.sharding.tables]]\nname = \"tenant_rows\"\nkey = \"tenant\"\ntype = \"text\"\nmap = \"tenants\"\n\
+         [databases.shop.sharding.maps.by_time]\nkind = \"range\"\nkey_type = \"int8\"\nsplit_points = [1000, 2000]\n\
+         [databases.shop.sharding.maps.tenants]\nkind = \"directory\"\nkey_type = \"text\"\nunknown_keys = \"hash\"\n",
+    )
+    .await;
+    // Ranges: (-inf, 1000) -> vshard 0, [1000, 2000) -> vshard 21 (both on shard 0), [2000, +inf) -> vshard 42.
+    let mut cc = common::connect(&s.shards[0].direct_url()).await;
+    catalog::set_directory(&mut cc, "tenants", &KeyValue::Text("acme".into()), 5)
+        .await
+        .unwrap();
+    catalog::set_directory(&mut cc, "tenants", &KeyValue::Text("globex".into()), 40)
+        .await
+        .unwrap();
+    let router = s.proxies[0].ctx().shard_router("shop").unwrap();
+    common::eventually(Duration::from_secs(10), "the directory entries", || {
+        let n = router
+            .catalog()
+            .map_or(0, |c| c.directories["tenants"].entries.len());
+        async move { n >= 2 }
+    })
+    .await;
+    let app = common::connect(&s.proxies[0].url("app", "secret", "shop")).await;
+    for ts in (0..3000).step_by(10) {
+        app.simple_query(&format!("INSERT INTO events VALUES ({ts}, 'e{ts}')"))
+            .await
+            .unwrap();
+    }
+    let tenants: Vec<String> = ["acme", "globex"]
+        .iter()
+        .map(|t| t.to_string())
+        .chain((0..60).map(|i| format!("t{i}")))
+        .collect();
+    for t in &tenants {
+        for id in 0..3 {
+            app.simple_query(&format!("INSERT INTO tenant_rows VALUES ('{t}', {id})"))
+                .await
+                .unwrap();
+        }
+    }
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut r = s.remapper(Setup::options(), log.clone()).await;
+    let row = r
+        .start(&[5, 21], 1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", log.lock().unwrap().join("\n")));
+    assert_eq!(row.phase, Phase::Done);
+    let c = catalog::load(&mut cc).await.unwrap();
+    assert_eq!((c.shard_of(5), c.shard_of(21)), (Some(1), Some(1)));
+
+    // Every row once, on the shard its key's vshard is placed on now.
+    let shard_of = |table: &str, key: KeyValue| {
+        let Some(TableKind::Sharded(t)) = router.schema.lookup_str(table) else {
+            panic!("{table}")
+        };
+        c.shard_of(router.vshard(&c, t, &key).unwrap()).unwrap()
+    };
+    let mut events = 0;
+    let mut rows = 0;
+    for (i, b) in s.shards.iter().enumerate() {
+        for ts in b.sql("SELECT ts FROM events").lines() {
+            let ts: i64 = ts.parse().unwrap();
+            assert_eq!(
+                usize::from(shard_of("events", KeyValue::Int(ts))),
+                i,
+                "event {ts}"
+            );
+            events += 1;
+        }
+        for t in b.sql("SELECT tenant FROM tenant_rows").lines() {
+            assert_eq!(
+                usize::from(shard_of("tenant_rows", KeyValue::Text(t.into()))),
+                i,
+                "tenant {t}"
+            );
+            rows += 1;
+        }
+    }
+    assert_eq!(events, 300);
+    assert_eq!(rows, tenants.len() * 3);
+    assert_eq!(
+        s.shards[1].sql("SELECT count(*) FROM events WHERE ts >= 1000 AND ts < 2000"),
+        "100"
+    );
+    assert_eq!(
+        s.shards[1].sql("SELECT count(*) FROM tenant_rows WHERE tenant = 'acme'"),
+        "3"
+    );
+    // Through the proxy, the moved rows are where it looks for them.
+    let got = common::shards::rows(&app, "SELECT count(*) FROM events WHERE ts = 1500").await;
+    assert_eq!(got[0][0].as_deref(), Some("1"));
+    let got = common::shards::rows(
+        &app,
+        "SELECT count(*) FROM tenant_rows WHERE tenant = 'acme'",
+    )
+    .await;
+    assert_eq!(got[0][0].as_deref(), Some("3"));
+    assert_eq!(r.leftovers(row.id).await.unwrap(), Vec::<String>::new());
+}
