@@ -695,3 +695,173 @@ async fn range_and_directory_maps_move_their_rows() {
     assert_eq!(got[0][0].as_deref(), Some("3"));
     assert_eq!(r.leftovers(row.id).await.unwrap(), Vec::<String>::new());
 }
+
+/// Runs `shardctl remap ...` to completion, returning its output; panics with it on failure unless `may_fail`.
+async fn shardctl(args: &[&str], may_fail: bool) -> (bool, String) {
+    let out = tokio::process::Command::new(common::bin("shardctl"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        may_fail || out.status.success(),
+        "shardctl {args:?}:\n{text}"
+    );
+    (out.status.success(), text)
+}
+
+/// The phase of the newest remap, read from the catalog.
+async fn newest_phase(catalog: &tokio_postgres::Client) -> Option<String> {
+    catalog
+        .query_opt(
+            "SELECT phase FROM shardpool.remaps ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shardctl_killed_mid_remap_is_resumed_or_aborted() {
+    let s = setup(1, "", "").await;
+    s.load();
+    // Enough rows in the moving vshards that the copy takes a moment.
+    let expr =
+        shardpool::sharding::hash::vshard_sql("g", shardpool::sharding::key::KeyType::Int, VSHARDS);
+    s.shards[0].sql(&format!(
+        "INSERT INTO accounts SELECT g, 'bulk', 1 FROM generate_series(100000, 400000) g WHERE {expr} < 16"
+    ));
+    let before: i64 = s.shards[0]
+        .sql("SELECT count(*) FROM accounts")
+        .parse()
+        .unwrap();
+    let config = s.proxies[0].config_path.to_string_lossy().into_owned();
+    let base = [
+        "remap",
+        "--config",
+        &config,
+        "--database",
+        "shop",
+        "--user",
+        "app",
+        "--shard-user",
+        "postgres",
+    ];
+    let start: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--vshards", "0-15", "--to", "1"])
+        .collect();
+    let catalog = common::connect(&s.shards[0].direct_url()).await;
+
+    // --dry-run: the plan and the checks, nothing recorded.
+    let dry: Vec<&str> = start.iter().copied().chain(["--dry-run"]).collect();
+    let (_, out) = shardctl(&dry, false).await;
+    assert!(
+        out.contains("move vshards 0-15 (16 vshards) from shard 0 to shard 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("CREATE PUBLICATION shardpool_remap_0 FOR TABLE accounts WHERE"),
+        "{out}"
+    );
+    assert!(out.contains("preflight: ok"), "{out}");
+    assert_eq!(newest_phase(&catalog).await, None);
+
+    // Killed (SIGKILL) once the copy is under way, then aborted: nothing left behind.
+    let mut leftovers_checked = false;
+    for then_abort in [true, false] {
+        let mut child = tokio::process::Command::new(common::bin("shardctl"))
+            .args(&start)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let phase = newest_phase(&catalog).await;
+            if matches!(phase.as_deref(), Some(p) if p != "planned" && p != "aborted") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "phase stuck at {phase:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        child.kill().await.unwrap();
+        let killed_in = newest_phase(&catalog).await.unwrap();
+        let abortable = !["switched", "verified", "done"].contains(&killed_in.as_str());
+        if then_abort && abortable {
+            let abort: Vec<&str> = std::iter::once("remap")
+                .chain(["abort"])
+                .chain(base[1..].iter().copied())
+                .collect();
+            let (_, out) = shardctl(&abort, false).await;
+            assert!(out.contains("aborted"), "{out}");
+            assert_eq!(newest_phase(&catalog).await.as_deref(), Some("aborted"));
+            assert_eq!(
+                s.shards[0].sql("SELECT count(*) FROM pg_replication_slots"),
+                "0"
+            );
+            assert_eq!(s.shards[0].sql("SELECT count(*) FROM pg_publication"), "0");
+            assert_eq!(s.shards[1].sql("SELECT count(*) FROM pg_subscription"), "0");
+            assert_eq!(
+                s.shards[1].sql(&format!(
+                    "SELECT count(*) FROM accounts WHERE {} < 16",
+                    expr.replace("(g,", "(aid,")
+                )),
+                "0"
+            );
+            leftovers_checked = true;
+        } else {
+            // Killed and run again: it resumes where it stopped and finishes.
+            let (_, out) = shardctl(&start, false).await;
+            assert!(out.contains("done"), "killed in {killed_in}:\n{out}");
+        }
+    }
+    assert!(
+        leftovers_checked,
+        "the first run finished before it could be killed"
+    );
+    let status: Vec<&str> = std::iter::once("remap")
+        .chain(["status"])
+        .chain(base[1..].iter().copied())
+        .collect();
+    let (_, out) = shardctl(&status, false).await;
+    assert!(
+        out.lines()
+            .next()
+            .unwrap()
+            .contains(": done vshards 0-15 shard 0 -> 1"),
+        "{out}"
+    );
+
+    // The rows: all there, once, vshards 0-15 only on shard 1.
+    let on0: i64 = s.shards[0]
+        .sql("SELECT count(*) FROM accounts")
+        .parse()
+        .unwrap();
+    let on1: i64 = s.shards[1]
+        .sql("SELECT count(*) FROM accounts")
+        .parse()
+        .unwrap();
+    let moved: i64 = s.shards[0]
+        .sql(&format!(
+            "SELECT count(*) FROM accounts WHERE {} < 16",
+            expr.replace("(g,", "(aid,")
+        ))
+        .parse()
+        .unwrap();
+    assert_eq!(moved, 0);
+    let initial_on1: i64 = (1..=INITIAL).filter(|a| vshard(*a) >= 32).count() as i64;
+    assert_eq!(on0 + on1, before + initial_on1);
+    assert_eq!(
+        s.shards[0].sql("SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+}
