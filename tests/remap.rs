@@ -168,9 +168,33 @@ struct Committed {
     accounts: BTreeMap<i64, i64>,
     orders: BTreeMap<(i64, i32), i64>,
     failures: Vec<String>,
+    /// Latencies of committed operations while a remap ran, on moving and on other vshards.
     moving: Vec<Duration>,
     other: Vec<Duration>,
+    /// The same before any remap started.
+    baseline_other: Vec<Duration>,
     ops: u64,
+}
+
+/// What the test tells the load clients, and what they tell it.
+#[derive(Default)]
+struct LoadFlags {
+    stop: AtomicBool,
+    remapping: AtomicBool,
+    /// Operations committed by all clients so far.
+    ops: std::sync::atomic::AtomicU64,
+}
+
+impl LoadFlags {
+    /// Waits until the clients committed `n` more operations: the load is really running (an event, not a sleep).
+    async fn more_ops(&self, n: u64) {
+        let target = self.ops.load(Ordering::Relaxed) + n;
+        common::eventually(Duration::from_secs(60), "the load to make progress", || {
+            let done = self.ops.load(Ordering::Relaxed) >= target;
+            async move { done }
+        })
+        .await;
+    }
 }
 
 /// One load client: keyed inserts, updates and deletes on the accounts it owns (`aid % clients == me`), each
@@ -180,7 +204,7 @@ async fn client_load(
     me: i64,
     clients: i64,
     moving: BTreeSet<u32>,
-    stop: Arc<AtomicBool>,
+    flags: Arc<LoadFlags>,
 ) -> Committed {
     let mut c = common::connect(&url).await;
     let mut done = Committed::default();
@@ -191,7 +215,8 @@ async fn client_load(
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(me as u64);
     let mut next = 1_000_000 + me;
-    while !stop.load(Ordering::Relaxed) {
+    while !flags.stop.load(Ordering::Relaxed) {
+        let remapping = flags.remapping.load(Ordering::Relaxed);
         let existing: Vec<i64> = done.accounts.keys().copied().collect();
         let roll = rng.gen_range(0..100);
         let aid = if roll < 20 || existing.is_empty() {
@@ -251,12 +276,14 @@ async fn client_load(
                 } else if let Some(o) = done.orders.get_mut(&(aid, 1)) {
                     *o += 1;
                 }
-                if moving.contains(&vshard(aid)) {
-                    done.moving.push(took);
-                } else {
-                    done.other.push(took);
+                match (remapping, moving.contains(&vshard(aid))) {
+                    (true, true) => done.moving.push(took),
+                    (true, false) => done.other.push(took),
+                    (false, false) => done.baseline_other.push(took),
+                    (false, true) => {}
                 }
                 done.ops += 1;
+                flags.ops.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
                 done.failures.push(format!("account {aid}: {e:?}"));
@@ -330,7 +357,7 @@ async fn remap_under_load_moves_every_committed_row_once() {
     let s = setup(2, "", "").await;
     s.load();
     let moving: Vec<u32> = (0..16).collect();
-    let stop = Arc::new(AtomicBool::new(false));
+    let flags = Arc::new(LoadFlags::default());
     let clients = 4;
     let mut load = Vec::new();
     for me in 0..clients {
@@ -340,17 +367,36 @@ async fn remap_under_load_moves_every_committed_row_once() {
             me,
             clients,
             moving.iter().copied().collect(),
-            stop.clone(),
+            flags.clone(),
         )));
     }
+    // A baseline of the load before any remap.
+    flags.more_ops(400).await;
     let log = Arc::new(Mutex::new(Vec::new()));
     let mut r = s.remapper(Setup::options(), log.clone()).await;
+    let fail = |e: RemapError| -> ! { panic!("{e}\n{}", log.lock().unwrap().join("\n")) };
+    flags.remapping.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    let row = r.start(&moving, 1).await;
-    let took = started.elapsed();
-    let row = row.unwrap_or_else(|e| panic!("{e}\n{}", log.lock().unwrap().join("\n")));
-    assert_eq!(row.phase, Phase::Done);
-    stop.store(true, Ordering::Relaxed);
+    let there = r.start(&moving, 1).await.unwrap_or_else(|e| fail(e));
+    let took_there = started.elapsed();
+    assert_eq!(there.phase, Phase::Done);
+    // Moved: the old shard's fence refuses a direct write of a moved vshard, whoever sends it.
+    let moved_aid = (5_000_000..).find(|a| vshard(*a) < 16).unwrap();
+    let insert = "INSERT INTO accounts (aid, owner, balance) VALUES ($1, 'direct', 0)";
+    let direct0 = common::connect(&s.shards[0].direct_url()).await;
+    let err = direct0.execute(insert, &[&moved_aid]).await.unwrap_err();
+    assert_eq!(common::sqlstate(&err), "40001", "{err:?}");
+    assert!(format!("{err:?}").contains("moved to shard 1"), "{err:?}");
+    flags.more_ops(100).await;
+
+    // And back, still under load.
+    let started = Instant::now();
+    let back = r.start(&moving, 0).await.unwrap_or_else(|e| fail(e));
+    let took_back = started.elapsed();
+    assert_eq!(back.phase, Phase::Done);
+    flags.remapping.store(false, Ordering::Relaxed);
+    flags.more_ops(100).await;
+    flags.stop.store(true, Ordering::Relaxed);
     let mut committed = Vec::new();
     for l in load {
         committed.push(l.await.unwrap());
@@ -361,69 +407,68 @@ async fn remap_under_load_moves_every_committed_row_once() {
     let mut catalog_client = common::connect(&s.shards[0].direct_url()).await;
     let c = catalog::load(&mut catalog_client).await.unwrap();
     for v in 0..VSHARDS {
-        let want = u16::from(!(16..32).contains(&v));
-        assert_eq!(c.shard_of(v), Some(want), "vshard {v}");
+        assert_eq!(c.shard_of(v), Some(u16::from(v >= 32)), "vshard {v}");
     }
     check_rows(&s, &c.placement, &committed);
 
-    // Both instances route by the new placement, and SHOW REMAPS says so.
+    // Both instances route by the final placement, and SHOW REMAPS says so.
     for p in &s.proxies {
         let router = p.ctx().shard_router("shop").unwrap();
+        let epoch = c.epoch;
         common::eventually(
             Duration::from_secs(10),
-            "the instance to see the move",
+            "the instance to see the last move",
             || {
-                let at = router.catalog().and_then(|c| c.shard_of(0));
-                async move { at == Some(1) }
+                let at = router.catalog().map(|c| c.epoch);
+                async move { at == Some(epoch) }
             },
         )
         .await;
         let rows = p.admin("SHOW REMAPS").await;
+        assert_eq!(rows[0]["remap"], back.id.to_string(), "{rows:?}");
         assert_eq!(rows[0]["phase"], "done", "{rows:?}");
         assert_eq!(rows[0]["vshards"], "0-15");
+        assert_eq!(rows[1]["phase"], "done", "{rows:?}");
     }
 
-    // The fence: a direct write of a moved vshard on the old shard is refused, whoever sends it.
-    let moved_aid = (1..).find(|a| vshard(*a) < 16).unwrap() + 5_000_000;
-    let moved_aid = (moved_aid..).find(|a| vshard(*a) < 16).unwrap();
-    let direct = common::connect(&s.shards[0].direct_url()).await;
-    let err = direct
-        .execute(
-            "INSERT INTO accounts (aid, owner, balance) VALUES ($1, 'stale', 0)",
-            &[&moved_aid],
-        )
-        .await
-        .unwrap_err();
+    // Moved back: shard 1 fences those vshards now, shard 0 takes them again (its fence was narrowed).
+    let direct1 = common::connect(&s.shards[1].direct_url()).await;
+    let err = direct1.execute(insert, &[&moved_aid]).await.unwrap_err();
     assert_eq!(common::sqlstate(&err), "40001", "{err:?}");
-    assert!(format!("{err:?}").contains("moved to shard 1"), "{err:?}");
-    // Rows of vshards that stayed are still writable there.
-    let kept_aid = (5_000_000..)
-        .find(|a| (16..32).contains(&vshard(*a)))
-        .unwrap();
-    direct
-        .execute(
-            "INSERT INTO accounts (aid, owner, balance) VALUES ($1, 'kept', 0)",
-            &[&kept_aid],
-        )
-        .await
-        .unwrap();
+    direct0.execute(insert, &[&moved_aid]).await.unwrap();
 
-    // Nothing left behind.
-    assert_eq!(r.leftovers(row.id).await.unwrap(), Vec::<String>::new());
+    // Nothing left behind by either remap.
+    for id in [there.id, back.id] {
+        assert_eq!(r.leftovers(id).await.unwrap(), Vec::<String>::new());
+    }
 
-    let mut moving_lat: Vec<Duration> = committed.iter().flat_map(|c| c.moving.clone()).collect();
-    let mut other_lat: Vec<Duration> = committed.iter().flat_map(|c| c.other.clone()).collect();
+    let all = |f: fn(&Committed) -> &Vec<Duration>| -> Vec<Duration> {
+        committed.iter().flat_map(|c| f(c).clone()).collect()
+    };
+    let (mut moving_lat, mut other_lat, mut base_lat) = (
+        all(|c| &c.moving),
+        all(|c| &c.other),
+        all(|c| &c.baseline_other),
+    );
     let ops: u64 = committed.iter().map(|c| c.ops).sum();
+    let ms = |d: Duration| format!("{:.1}ms", d.as_secs_f64() * 1000.0);
     eprintln!(
-        "remap of 16/64 vshards took {took:?} under {ops} committed operations; writes to moving vshards: \
-         p50 {:?} p99 {:?} max {:?}; other vshards: p50 {:?} p99 {:?} max {:?}\n{}",
-        percentile(&mut moving_lat, 0.5),
-        percentile(&mut moving_lat, 0.99),
-        percentile(&mut moving_lat, 1.0),
-        percentile(&mut other_lat, 0.5),
-        percentile(&mut other_lat, 0.99),
-        percentile(&mut other_lat, 1.0),
-        log.lock().unwrap().join("\n")
+        "remap of 16/64 vshards there {took_there:?} and back {took_back:?}, {ops} operations committed, 0 failed; \
+         writes to moving vshards during the remaps: p50 {} p99 {} max {} ({} ops); other vshards during the \
+         remaps: p50 {} p99 {} max {} ({} ops); before the remaps: p50 {} p99 {} max {} ({} ops)\n{}",
+        ms(percentile(&mut moving_lat, 0.5)),
+        ms(percentile(&mut moving_lat, 0.99)),
+        ms(percentile(&mut moving_lat, 1.0)),
+        moving_lat.len(),
+        ms(percentile(&mut other_lat, 0.5)),
+        ms(percentile(&mut other_lat, 0.99)),
+        ms(percentile(&mut other_lat, 1.0)),
+        other_lat.len(),
+        ms(percentile(&mut base_lat, 0.5)),
+        ms(percentile(&mut base_lat, 0.99)),
+        ms(percentile(&mut base_lat, 1.0)),
+        base_lat.len(),
+        log.lock().unwrap().iter().filter(|l| l.starts_with("cutover")).cloned().collect::<Vec<_>>().join("\n")
     );
 }
 

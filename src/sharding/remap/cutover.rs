@@ -250,6 +250,24 @@ impl Cutover<'_> {
             set_frozen(self.catalog, self.id, false, Phase::CatchingUp).await?;
             return Err(e);
         }
+        let mark = Instant::now();
+        let epoch = match flip(self.catalog, self.plan, self.id).await {
+            Ok(epoch) => epoch,
+            Err(e) => {
+                // The commit may have happened with only its answer lost: undo only what certainly did not flip.
+                let flipped = state::get(&*self.catalog, self.id)
+                    .await?
+                    .is_some_and(|r| r.phase != Phase::CuttingOver);
+                if !flipped {
+                    let _ = disarm_fence(self.source, self.plan, self.id).await;
+                    set_frozen(self.catalog, self.id, false, Phase::CatchingUp).await?;
+                }
+                return Err(e.into());
+            }
+        };
+        steps.push(("flip", mark.elapsed()));
+        let mark = Instant::now();
+        // Writes are still held: nobody writes the returning vshards on the target before its old fences let them.
         for r in &self.refence {
             self.target
                 .batch_execute(&fence_functions_sql(&r.tables, r.id, r.target))
@@ -262,10 +280,6 @@ impl Cutover<'_> {
                 )
                 .await?;
         }
-        let mark = Instant::now();
-        let epoch = flip(self.catalog, self.plan, self.id).await?;
-        steps.push(("flip", mark.elapsed()));
-        let mark = Instant::now();
         if wait_acknowledged(self.catalog, epoch, Instant::now() + self.ack_timeout)
             .await?
             .is_none()

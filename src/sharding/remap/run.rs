@@ -302,6 +302,10 @@ impl Remapper {
                     row.phase = Phase::CatchingUp;
                 }
                 Phase::Switched => {
+                    if row.frozen {
+                        // A run that died between the flip and the release: release now (to the target).
+                        cutover::set_frozen(&mut self.catalog, id, false, Phase::Switched).await?;
+                    }
                     let problems = self.compare(&plan, &source, &target, c.vshards).await?;
                     if !problems.is_empty() {
                         state::set_error(&self.catalog, id, Some(&problems.join("; "))).await?;
