@@ -910,3 +910,57 @@ async fn shardctl_killed_mid_remap_is_resumed_or_aborted() {
         "0"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_dry_run_proposes_moves_off_the_skewed_shard() {
+    let s = setup(1, "", "").await;
+    s.load();
+    // Two hot vshards on shard 0.
+    let expr =
+        shardpool::sharding::hash::vshard_sql("g", shardpool::sharding::key::KeyType::Int, VSHARDS);
+    s.shards[0].sql(&format!(
+        "INSERT INTO accounts SELECT g, 'hot', 0 FROM generate_series(100000, 160000) g WHERE {expr} IN (3, 7)"
+    ));
+    let config = s.proxies[0].config_path.to_string_lossy().into_owned();
+    let (_, out) = shardctl(
+        &[
+            "rebalance",
+            "--config",
+            &config,
+            "--database",
+            "shop",
+            "--user",
+            "app",
+            "--shard-user",
+            "postgres",
+            "--dry-run",
+        ],
+        false,
+    )
+    .await;
+    let totals: Vec<(u64, u64)> = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("shard "))
+        .map(|l| {
+            let (_, nums) = l.split_once(": ").unwrap();
+            let (a, b) = nums.split_once(" -> ").unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(totals.len(), 2, "{out}");
+    let gap = |i: usize, j: usize, f: fn(&(u64, u64)) -> u64| f(&totals[i]).abs_diff(f(&totals[j]));
+    assert!(totals[0].0 > totals[1].0 + 1000, "{out}");
+    assert!(gap(0, 1, |t| t.1) < gap(0, 1, |t| t.0) / 2, "{out}");
+    let first = out
+        .lines()
+        .find(|l| l.contains("shardctl remap --database shop"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(first.contains("--to 1   # from shard 0"), "{out}");
+    assert!(
+        first.contains("--vshards 3") || first.contains("--vshards 7"),
+        "{out}"
+    );
+    // A dry run changes nothing.
+    let catalog = common::connect(&s.shards[0].direct_url()).await;
+    assert_eq!(newest_phase(&catalog).await, None);
+}

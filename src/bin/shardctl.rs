@@ -57,6 +57,25 @@ enum Command {
     },
     /// Move vshards to another shard under live traffic (see docs/remap.md), or act on the remap in progress.
     Remap(RemapArgs),
+    /// Measure rows or bytes per vshard on the shards and propose (or, without --dry-run, run) the fewest remaps
+    /// that even the shards out.
+    Rebalance(RebalanceArgs),
+}
+
+#[derive(Args)]
+struct RebalanceArgs {
+    /// What to even out.
+    #[arg(long, value_enum, default_value = "rows")]
+    by: shardpool::sharding::remap::rebalance::Measure,
+    /// Print the proposal, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long, default_value = "2s")]
+    max_pause: String,
+    #[arg(long, env = "SHARDCTL_SHARD_USER")]
+    shard_user: Option<String>,
+    #[command(flatten)]
+    target: CatalogArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -152,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => directory_set(&target, &map, &key, vshard).await,
         Command::Remap(args) => remap(&args).await,
+        Command::Rebalance(args) => rebalance(&args).await,
     }
 }
 
@@ -451,13 +471,19 @@ fn conninfo_value(v: &str) -> String {
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-async fn remap(args: &RemapArgs) -> anyhow::Result<()> {
-    use shardpool::sharding::remap::{plan, RemapOptions, Remapper, ShardAccess};
-    let (cfg, users) = read_config(&args.target.config, &args.target.database)?;
-    let user = pick_user(&users, args.target.user.as_deref())?;
-    let t = connect(&args.target).await?;
-    let (role, password) = match &args.shard_user {
-        Some(u) => (u.clone(), std::env::var("SHARDCTL_SHARD_PASSWORD").ok()),
+/// A remap driver for the database `target` names, reaching the shards as `shard_user` (default: the catalog's
+/// role and password; `SHARDCTL_SHARD_PASSWORD` for another role).
+async fn remapper(
+    target: &CatalogArgs,
+    shard_user: Option<&str>,
+    max_pause: &str,
+) -> anyhow::Result<shardpool::sharding::remap::Remapper> {
+    use shardpool::sharding::remap::{RemapOptions, Remapper, ShardAccess};
+    let (cfg, users) = read_config(&target.config, &target.database)?;
+    let user = pick_user(&users, target.user.as_deref())?;
+    let t = connect(target).await?;
+    let (role, password) = match shard_user {
+        Some(u) => (u.to_owned(), std::env::var("SHARDCTL_SHARD_PASSWORD").ok()),
         None => (
             user.server_user().to_owned(),
             user.server_password().map(str::to_owned),
@@ -467,7 +493,7 @@ async fn remap(args: &RemapArgs) -> anyhow::Result<()> {
         .shards
         .iter()
         .map(|s| {
-            let db = s.database(&args.target.database);
+            let db = s.database(&target.database);
             let mut pg = tokio_postgres::Config::new();
             pg.host(&s.host)
                 .port(s.port)
@@ -489,16 +515,59 @@ async fn remap(args: &RemapArgs) -> anyhow::Result<()> {
         })
         .collect();
     let opts = RemapOptions {
-        max_pause: parse_duration(&args.max_pause)?,
+        max_pause: parse_duration(max_pause)?,
         ..RemapOptions::default()
     };
-    let mut r = Remapper {
-        cfg: cfg.clone(),
+    Ok(Remapper {
+        cfg,
         catalog: t.client,
         shards,
         opts,
         log: Box::new(|line: &str| println!("{line}")),
+    })
+}
+
+async fn rebalance(args: &RebalanceArgs) -> anyhow::Result<()> {
+    use shardpool::sharding::remap::plan::format_vshards;
+    let mut r = remapper(&args.target, args.shard_user.as_deref(), &args.max_pause).await?;
+    let p = r.rebalance(args.by).await?;
+    let unit = match args.by {
+        shardpool::sharding::remap::rebalance::Measure::Rows => "rows",
+        shardpool::sharding::remap::rebalance::Measure::Bytes => "bytes",
     };
+    println!("per shard ({unit}): now -> after the moves");
+    for (i, (b, a)) in p.before.iter().zip(&p.after).enumerate() {
+        println!("  shard {i}: {b} -> {a}");
+    }
+    if p.moves.is_empty() {
+        println!("balanced: no move narrows the gap between the fullest and the emptiest shard");
+        return Ok(());
+    }
+    println!("moves:");
+    for m in &p.moves {
+        println!(
+            "  shardctl remap --database {} --vshards {} --to {}   # from shard {}, {} {unit}",
+            args.target.database,
+            format_vshards(&m.vshards),
+            m.target,
+            m.source,
+            m.amount
+        );
+    }
+    if args.dry_run {
+        return Ok(());
+    }
+    for m in &p.moves {
+        let row = r.start(&m.vshards, m.target).await?;
+        println!("remap {}: {}", row.id, row.phase);
+    }
+    Ok(())
+}
+
+async fn remap(args: &RemapArgs) -> anyhow::Result<()> {
+    use shardpool::sharding::remap::plan;
+    let cfg = read_config(&args.target.config, &args.target.database)?.0;
+    let mut r = remapper(&args.target, args.shard_user.as_deref(), &args.max_pause).await?;
     match args.action {
         RemapAction::Start => {
             let (Some(list), Some(to)) = (&args.vshards, args.to) else {

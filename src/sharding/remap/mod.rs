@@ -10,6 +10,7 @@ pub mod cutover;
 pub mod filter;
 pub mod plan;
 pub mod preflight;
+pub mod rebalance;
 pub mod replicate;
 pub mod run;
 pub mod state;

@@ -578,6 +578,33 @@ impl Remapper {
         Ok(row)
     }
 
+    /// Measures every shard and proposes the moves that even them out (`shardctl rebalance`).
+    pub async fn rebalance(
+        &mut self,
+        by: super::rebalance::Measure,
+    ) -> Result<super::rebalance::Proposal, RemapError> {
+        let c = self.load().await?;
+        let mut weights = std::collections::BTreeMap::new();
+        for shard in 0..self.cfg.shards.len() {
+            let shard = u16::try_from(shard).unwrap_or(u16::MAX);
+            let client = self.connect(shard).await?;
+            let measured = super::rebalance::measure(&client, &c, &self.cfg, by)
+                .await
+                .map_err(|source| RemapError::Shard { shard, source })?;
+            for (v, n) in measured {
+                // Rows of a vshard on a shard that does not own it (left by hand) are not the owner's load.
+                if c.shard_of(v) == Some(shard) {
+                    *weights.entry(v).or_insert(0) += n;
+                }
+            }
+        }
+        Ok(super::rebalance::propose(
+            &c.placement,
+            &weights,
+            self.cfg.shards.len(),
+        ))
+    }
+
     /// The active remap and recent ones.
     pub async fn status(&mut self) -> Result<Vec<RemapRow>, RemapError> {
         Ok(state::recent(&self.catalog).await?)
