@@ -964,3 +964,100 @@ async fn rebalance_dry_run_proposes_moves_off_the_skewed_shard() {
     let catalog = common::connect(&s.shards[0].direct_url()).await;
     assert_eq!(newest_phase(&catalog).await, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_stopped_across_the_flip_never_writes_the_old_shard() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let s = setup(1, "", "").await;
+    s.load();
+    // A second instance as its own process, so it can be stopped with SIGSTOP.
+    let port = shardpool::pgcluster::free_port();
+    let toml = std::fs::read_to_string(&s.proxies[0].config_path)
+        .unwrap()
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shardpool.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut child = tokio::process::Command::new(common::bin("shardpool"))
+        .arg("--config")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = Pid::from_raw(child.id().unwrap() as i32);
+    let catalog = common::connect(&s.shards[0].direct_url()).await;
+    common::eventually(
+        Duration::from_secs(30),
+        "both instances to acknowledge",
+        || {
+            let c = &catalog;
+            async move {
+                c.query_one("SELECT count(*) FROM shardpool.instances", &[])
+                    .await
+                    .map(|r| r.get::<_, i64>(0) == 2)
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+    let url = format!("postgres://app:secret@127.0.0.1:{port}/shop");
+    let stale = common::connect(&url).await;
+    let aid = (7_000_000..).find(|a| vshard(*a) < 16).unwrap();
+    let insert = "INSERT INTO accounts (aid, owner, balance) VALUES ($1, 'late', 0)";
+    stale.execute(insert, &[&(aid - 1)]).await.ok();
+
+    kill(pid, Signal::SIGSTOP).unwrap();
+    // The stopped instance cannot acknowledge: cutovers give up until its lease (3 s) runs out, then go ahead.
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut r = s.remapper(Setup::options(), log.clone()).await;
+    let row = r
+        .start(&(0..16).collect::<Vec<_>>(), 1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", log.lock().unwrap().join("\n")));
+    assert_eq!(row.phase, Phase::Done);
+    kill(pid, Signal::SIGCONT).unwrap();
+
+    // Woken, it may still route by the old placement for a moment: the fence refuses that, so whatever it sends for
+    // a moved vshard lands on the new shard or nowhere.
+    let mut refused = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match stale.execute(insert, &[&aid]).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(common::sqlstate(&e), "40001", "{e:?}");
+                refused += 1;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the woken instance never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        s.shards[0].sql(&format!("SELECT count(*) FROM accounts WHERE aid = {aid}")),
+        "0"
+    );
+    assert_eq!(
+        s.shards[1].sql(&format!("SELECT count(*) FROM accounts WHERE aid = {aid}")),
+        "1"
+    );
+    eprintln!(
+        "woken instance: {refused} writes refused by the fence before it caught up\n{}",
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("cutover"))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    child.kill().await.unwrap();
+}

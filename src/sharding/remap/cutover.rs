@@ -239,6 +239,7 @@ pub struct Refence {
 
 impl Cutover<'_> {
     pub async fn run(mut self) -> Result<Outcome, CutoverError> {
+        state::forget_dead(&*self.catalog).await?;
         let started = Instant::now();
         let deadline = started + self.max_pause;
         let epoch = set_frozen(self.catalog, self.id, true, Phase::CuttingOver).await?;

@@ -358,17 +358,21 @@ pub async fn heartbeat(
     }
 }
 
-/// Live instances (lease not expired) still routing by an epoch older than `epoch`; dead ones are forgotten.
-pub async fn laggards(
-    client: &impl GenericClient,
-    epoch: i64,
-) -> Result<Vec<String>, CatalogError> {
-    client
+/// Forgets instances whose lease expired ten times over (stopped for good); run once per cutover.
+pub async fn forget_dead(client: &impl GenericClient) -> Result<u64, CatalogError> {
+    Ok(client
         .execute(
             "DELETE FROM shardpool.instances WHERE seen_at + make_interval(secs => lease_ms / 1000.0) * 10 < now()",
             &[],
         )
-        .await?;
+        .await?)
+}
+
+/// Live instances (lease not expired) still routing by an epoch older than `epoch`.
+pub async fn laggards(
+    client: &impl GenericClient,
+    epoch: i64,
+) -> Result<Vec<String>, CatalogError> {
     let rows = client
         .query(
             "SELECT id FROM shardpool.instances WHERE epoch < $1 \
