@@ -1061,3 +1061,97 @@ async fn an_instance_stopped_across_the_flip_never_writes_the_old_shard() {
     );
     child.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_after_the_cutover_keeps_the_writes_made_since() {
+    let s = setup(1, "", "").await;
+    s.load();
+    let moving: Vec<u32> = (8..12).collect();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    // Stop right after the cutover (verified, not cleaned up).
+    let opts = RemapOptions {
+        stop_after: Some(Phase::CatchingUp),
+        ..Setup::options()
+    };
+    let mut r = s.remapper(opts, log.clone()).await;
+    let row = r.start(&moving, 1).await.unwrap();
+    assert_eq!(row.phase, Phase::Verified);
+    // Writes after the cutover go to shard 1.
+    let app = common::connect(&s.proxies[0].url("app", "secret", "shop")).await;
+    let router = s.proxies[0].ctx().shard_router("shop").unwrap();
+    common::eventually(Duration::from_secs(10), "the flip", || {
+        let at = router.catalog().and_then(|c| c.shard_of(8));
+        async move { at == Some(1) }
+    })
+    .await;
+    let fresh = (8_000_000..)
+        .find(|a| moving.contains(&vshard(*a)))
+        .unwrap();
+    let old = (1..).find(|a| moving.contains(&vshard(*a))).unwrap();
+    app.execute(
+        "INSERT INTO accounts (aid, owner, balance) VALUES ($1, 'after', 7)",
+        &[&fresh],
+    )
+    .await
+    .unwrap();
+    app.execute("UPDATE accounts SET balance = 99 WHERE aid = $1", &[&old])
+        .await
+        .unwrap();
+
+    let mut r = s.remapper(Setup::options(), log.clone()).await;
+    let back = r
+        .rollback()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", log.lock().unwrap().join("\n")));
+    assert_eq!(back.phase, Phase::Done);
+    let rows = r.status().await.unwrap();
+    let forward = rows.iter().find(|x| x.id == row.id).unwrap();
+    assert_eq!(
+        forward.error.as_deref(),
+        Some(format!("rolled back by remap {}", back.id).as_str())
+    );
+
+    let mut cc = common::connect(&s.shards[0].direct_url()).await;
+    let c = catalog::load(&mut cc).await.unwrap();
+    assert!(moving.iter().all(|v| c.shard_of(*v) == Some(0)));
+    assert_eq!(
+        s.shards[0].sql(&format!("SELECT balance FROM accounts WHERE aid = {fresh}")),
+        "7"
+    );
+    assert_eq!(
+        s.shards[0].sql(&format!("SELECT balance FROM accounts WHERE aid = {old}")),
+        "99"
+    );
+    let expr = shardpool::sharding::hash::vshard_sql(
+        "aid",
+        shardpool::sharding::key::KeyType::Int,
+        VSHARDS,
+    );
+    assert_eq!(
+        s.shards[1].sql(&format!(
+            "SELECT count(*) FROM accounts WHERE {expr} BETWEEN 8 AND 11"
+        )),
+        "0"
+    );
+    let total: i64 = s
+        .shards
+        .iter()
+        .map(|b| {
+            b.sql("SELECT count(*) FROM accounts")
+                .parse::<i64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(total, INITIAL + 1);
+    for id in [row.id, back.id] {
+        assert_eq!(r.leftovers(id).await.unwrap(), Vec::<String>::new());
+    }
+    // Through the proxy, writes to those vshards work again, on shard 0.
+    app.execute("UPDATE accounts SET balance = 100 WHERE aid = $1", &[&old])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.shards[0].sql(&format!("SELECT balance FROM accounts WHERE aid = {old}")),
+        "100"
+    );
+}

@@ -90,6 +90,8 @@ enum RemapAction {
     Verify,
     /// Drop the replication objects and delete the moved rows on the source (after a verified remap).
     Cleanup,
+    /// After the cutover and before cleanup: move the vshards back (a remap of its own, from the target).
+    Rollback,
 }
 
 #[derive(Args)]
@@ -617,6 +619,13 @@ async fn remap(args: &RemapArgs) -> anyhow::Result<()> {
                 }
                 bail!("verify: {} differences", problems.len());
             }
+        }
+        RemapAction::Rollback => {
+            let row = r.rollback().await?;
+            println!(
+                "rolled back: remap {} moved the vshards back ({})",
+                row.id, row.phase
+            );
         }
         RemapAction::Cleanup => {
             let row = r.cleanup(args.force).await?;

@@ -493,18 +493,7 @@ impl Remapper {
         id: i64,
     ) -> Result<(), RemapError> {
         replicate::drop_all(source, target, id).await?;
-        let mut sql = format!("BEGIN; SET LOCAL shardpool.fence_bypass = '{id}';\n");
-        for t in &plan.tables {
-            sql.push_str(&format!("DELETE FROM {} WHERE {};\n", t.sql_name, t.filter));
-        }
-        sql.push_str("COMMIT");
-        source
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| RemapError::Shard {
-                shard: plan.source,
-                source: e,
-            })?;
+        delete_moved(source, plan, id).await?;
         self.say(&format!(
             "cleanup: replication objects dropped, moved rows deleted on shard {}",
             plan.source
@@ -605,6 +594,48 @@ impl Remapper {
         ))
     }
 
+    /// Moves the vshards of the remap in progress back to where they came from, after its cutover and before its
+    /// cleanup. The rows on the source are as they were at the cutover and the target has taken writes since, so
+    /// the source's copy is dropped and the move back is a remap of its own (copy, catch up, cut over, verify,
+    /// clean up) from the target; the forward remap is closed as done, with `rolled back by remap N` as its error.
+    pub async fn rollback(&mut self) -> Result<RemapRow, RemapError> {
+        let mut row = state::active(&self.catalog)
+            .await?
+            .ok_or(RemapError::NoneActive)?;
+        if !matches!(row.phase, Phase::Switched | Phase::Verified) {
+            return Err(RemapError::WrongPhase {
+                id: row.id,
+                phase: row.phase,
+                what: "rollback undoes a cutover before cleanup; before the cutover use abort, after cleanup move \
+                       the vshards back with another remap",
+            });
+        }
+        let c = self.load().await?;
+        let plan = self.plan_of(&c, &row)?;
+        let source = self.connect(row.source).await?;
+        let target = self.connect(row.target).await?;
+        if row.frozen {
+            cutover::set_frozen(&mut self.catalog, row.id, false, row.phase).await?;
+        }
+        replicate::drop_all(&source, &target, row.id).await?;
+        delete_moved(&source, &plan, row.id).await?;
+        self.advance(&mut row, Phase::Done).await?;
+        self.say(&format!(
+            "remap {}: the copy on shard {} is dropped; moving vshards {} back from shard {}",
+            row.id,
+            row.source,
+            format_vshards(&row.vshards),
+            row.target
+        ));
+        let back = self.start(&row.vshards, row.source).await;
+        let note = match &back {
+            Ok(b) => format!("rolled back by remap {}", b.id),
+            Err(e) => format!("rollback failed: {e}"),
+        };
+        state::set_error(&self.catalog, row.id, Some(&note)).await?;
+        back
+    }
+
     /// The active remap and recent ones.
     pub async fn status(&mut self) -> Result<Vec<RemapRow>, RemapError> {
         Ok(state::recent(&self.catalog).await?)
@@ -619,4 +650,20 @@ impl Remapper {
         let target = self.connect(row.target).await?;
         Ok(replicate::leftovers(&source, &target, id).await?)
     }
+}
+
+/// Deletes the moved rows on the source, past the fence (which lets remap `id` through).
+async fn delete_moved(source: &Client, plan: &Plan, id: i64) -> Result<(), RemapError> {
+    let mut sql = format!("BEGIN; SET LOCAL shardpool.fence_bypass = '{id}';\n");
+    for t in &plan.tables {
+        sql.push_str(&format!("DELETE FROM {} WHERE {};\n", t.sql_name, t.filter));
+    }
+    sql.push_str("COMMIT");
+    source
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| RemapError::Shard {
+            shard: plan.source,
+            source: e,
+        })
 }
