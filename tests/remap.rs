@@ -631,6 +631,31 @@ async fn stopped_remaps_resume_and_abort_leaves_nothing() {
         .parse()
         .unwrap();
     assert_eq!(n + m, INITIAL + 1);
+
+    // Aborting a copy onto a shard that still fences those vshards (it was the source of the move back) removes
+    // the copied rows past that fence.
+    let opts = RemapOptions {
+        stop_after: Some(Phase::Copying),
+        ..Setup::options()
+    };
+    let mut r = s.remapper(opts, log.clone()).await;
+    let row = r.start(&moving, 1).await.unwrap();
+    assert_eq!(row.phase, Phase::CatchingUp);
+    let on1 = |b: &Backend| {
+        b.sql(&format!(
+            "SELECT count(*) FROM accounts WHERE {} BETWEEN 8 AND 11",
+            shardpool::sharding::hash::vshard_sql(
+                "aid",
+                shardpool::sharding::key::KeyType::Int,
+                VSHARDS
+            )
+        ))
+    };
+    assert_ne!(on1(&s.shards[1]), "0");
+    let row = r.abort().await.unwrap();
+    assert_eq!(row.phase, Phase::Aborted);
+    assert_eq!(on1(&s.shards[1]), "0");
+    assert_eq!(r.leftovers(row.id).await.unwrap(), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1153,5 +1178,80 @@ async fn rollback_after_the_cutover_keeps_the_writes_made_since() {
     assert_eq!(
         s.shards[0].sql(&format!("SELECT balance FROM accounts WHERE aid = {old}")),
         "100"
+    );
+}
+
+/// Benchmark, run by hand (`cargo test --release --test remap copy_throughput -- --ignored --nocapture`): how fast a
+/// remap copies about a million rows, against `pg_dump --data-only | psql` of the same rows between the same servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn copy_throughput_one_million_rows() {
+    let s = setup(0, "", "").await;
+    let expr =
+        shardpool::sharding::hash::vshard_sql("g", shardpool::sharding::key::KeyType::Int, VSHARDS);
+    s.shards[0].sql(&format!(
+        "INSERT INTO accounts SELECT g, 'owner ' || g, g % 1000 FROM generate_series(1, 2000000) g WHERE {expr} < 32; \
+         VACUUM ANALYZE accounts"
+    ));
+    let rows: i64 = s.shards[0]
+        .sql("SELECT count(*) FROM accounts")
+        .parse()
+        .unwrap();
+    let bytes: i64 = s.shards[0]
+        .sql("SELECT pg_relation_size('accounts')")
+        .parse()
+        .unwrap();
+    let mb = bytes as f64 / 1e6;
+
+    // pg_dump --data-only | psql into an empty copy of the table on shard 1.
+    s.shards[1].sql("CREATE DATABASE dumped OWNER app");
+    s.shards[1].pg.sql("dumped", SCHEMA).unwrap();
+    let started = Instant::now();
+    let dump = format!(
+        "{} --data-only -t accounts -h 127.0.0.1 -p {} -U postgres {DB} | {} -q -h 127.0.0.1 -p {} -U postgres dumped",
+        common::bin("pg_dump").display(),
+        s.shards[0].pg.port(),
+        common::bin("psql").display(),
+        s.shards[1].pg.port()
+    );
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&dump)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dumped = started.elapsed();
+    assert_eq!(
+        s.shards[1]
+            .pg
+            .sql("dumped", "SELECT count(*) FROM accounts")
+            .unwrap(),
+        rows.to_string()
+    );
+
+    // The remap's copy: publication, subscription, initial sync of every moving row.
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let opts = RemapOptions {
+        stop_after: Some(Phase::Copying),
+        copy_timeout: Duration::from_secs(600),
+        ..Setup::options()
+    };
+    let mut r = s.remapper(opts, log.clone()).await;
+    let started = Instant::now();
+    r.start(&(0..32).collect::<Vec<_>>(), 1).await.unwrap();
+    let copied = started.elapsed();
+    eprintln!(
+        "{rows} rows, {mb:.0} MB: remap copy {copied:.1?} ({:.0} rows/s, {:.1} MB/s); pg_dump --data-only | psql \
+         {dumped:.1?} ({:.0} rows/s, {:.1} MB/s)\n{}",
+        rows as f64 / copied.as_secs_f64(),
+        mb / copied.as_secs_f64(),
+        rows as f64 / dumped.as_secs_f64(),
+        mb / dumped.as_secs_f64(),
+        log.lock().unwrap().join("\n")
     );
 }

@@ -73,7 +73,7 @@ pub fn fence_functions_sql(tables: &[TableMove], id: i64, target: u16) -> String
         sql.push_str(&format!(
             "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $shardpool_fence$\n\
              BEGIN\n\
-               IF current_setting('shardpool.fence_bypass', true) IS DISTINCT FROM '{id}' AND (\n\
+               IF current_setting('shardpool.fence_bypass', true) IS DISTINCT FROM 'on' AND (\n\
                   (TG_OP <> 'INSERT' AND ({old})) OR (TG_OP <> 'DELETE' AND ({new}))) THEN\n\
                  RAISE EXCEPTION USING ERRCODE = '40001',\n\
                    MESSAGE = format('shardpool: this row of %s belongs to a vshard that remap {id} moved to shard {target}; it can no longer be written on this shard', TG_TABLE_NAME),\n\

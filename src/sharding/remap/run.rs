@@ -257,10 +257,9 @@ impl Remapper {
                     for l in lines {
                         self.say(&l);
                     }
-                    let sums = verify::sums(&target, &plan, &self.cfg, c.vshards)
+                    let rows = verify::count(&target, &plan)
                         .await
                         .map_err(shard_err(row.target))?;
-                    let rows = verify::rows(&sums);
                     state::set_progress(&self.catalog, id, Some(rows), None, None).await?;
                     self.say(&format!(
                         "copy: {rows} rows on shard {} after {:.1?}",
@@ -493,7 +492,7 @@ impl Remapper {
         id: i64,
     ) -> Result<(), RemapError> {
         replicate::drop_all(source, target, id).await?;
-        delete_moved(source, plan, id).await?;
+        delete_moved(source, plan, plan.source).await?;
         self.say(&format!(
             "cleanup: replication objects dropped, moved rows deleted on shard {}",
             plan.source
@@ -551,18 +550,7 @@ impl Remapper {
             cutover::set_frozen(&mut self.catalog, row.id, false, row.phase).await?;
         }
         replicate::drop_all(&source, &target, row.id).await?;
-        let mut sql = String::from("BEGIN;\n");
-        for t in &plan.tables {
-            sql.push_str(&format!("DELETE FROM {} WHERE {};\n", t.sql_name, t.filter));
-        }
-        sql.push_str("COMMIT");
-        target
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| RemapError::Shard {
-                shard: row.target,
-                source: e,
-            })?;
+        delete_moved(&target, &plan, row.target).await?;
         self.advance(&mut row, Phase::Aborted).await?;
         Ok(row)
     }
@@ -618,7 +606,7 @@ impl Remapper {
             cutover::set_frozen(&mut self.catalog, row.id, false, row.phase).await?;
         }
         replicate::drop_all(&source, &target, row.id).await?;
-        delete_moved(&source, &plan, row.id).await?;
+        delete_moved(&source, &plan, row.source).await?;
         self.advance(&mut row, Phase::Done).await?;
         self.say(&format!(
             "remap {}: the copy on shard {} is dropped; moving vshards {} back from shard {}",
@@ -652,18 +640,16 @@ impl Remapper {
     }
 }
 
-/// Deletes the moved rows on the source, past the fence (which lets remap `id` through).
-async fn delete_moved(source: &Client, plan: &Plan, id: i64) -> Result<(), RemapError> {
-    let mut sql = format!("BEGIN; SET LOCAL shardpool.fence_bypass = '{id}';\n");
+/// Deletes the rows of `plan`'s vshards on `server` (the source after a move, the target on abort), past any fence
+/// there (this remap's, or one an earlier remap left over the same vshards).
+async fn delete_moved(server: &Client, plan: &Plan, shard: u16) -> Result<(), RemapError> {
+    let mut sql = String::from("BEGIN; SET LOCAL shardpool.fence_bypass = 'on';\n");
     for t in &plan.tables {
         sql.push_str(&format!("DELETE FROM {} WHERE {};\n", t.sql_name, t.filter));
     }
     sql.push_str("COMMIT");
-    source
+    server
         .batch_execute(&sql)
         .await
-        .map_err(|e| RemapError::Shard {
-            shard: plan.source,
-            source: e,
-        })
+        .map_err(|source| RemapError::Shard { shard, source })
 }
