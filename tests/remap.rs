@@ -1254,3 +1254,55 @@ async fn copy_throughput_one_million_rows() {
         log.lock().unwrap().join("\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_open_at_the_cutover_finishes_and_its_write_moves() {
+    let s = setup(1, "", "").await;
+    s.load();
+    let moving: Vec<u32> = (0..16).collect();
+    let aid = (1..).find(|a| vshard(*a) < 16).unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    // Copied first: creating the subscription's slot waits for transactions open on the source to end.
+    let opts = RemapOptions {
+        stop_after: Some(Phase::Copying),
+        ..Setup::options()
+    };
+    let mut r = s.remapper(opts, log.clone()).await;
+    assert_eq!(r.start(&moving, 1).await.unwrap().phase, Phase::CatchingUp);
+    // A transaction bound to shard 0 by a write to a moving vshard, left open.
+    let open = common::connect(&s.proxies[0].url("app", "secret", "shop")).await;
+    open.batch_execute(&format!(
+        "BEGIN; UPDATE accounts SET balance = 41 WHERE aid = {aid}"
+    ))
+    .await
+    .unwrap();
+    let mut r = s.remapper(Setup::options(), log.clone()).await;
+    let remap = tokio::spawn(async move {
+        let row = r.start(&moving, 1).await;
+        (r, row)
+    });
+    // The cutover's fence waits for the open transaction's lock; it commits meanwhile.
+    let catalog = common::connect(&s.shards[0].direct_url()).await;
+    common::eventually(Duration::from_secs(30), "the cutover to begin", || {
+        let c = &catalog;
+        async move { newest_phase(c).await.as_deref() == Some("cutting_over") }
+    })
+    .await;
+    open.batch_execute(&format!(
+        "UPDATE accounts SET balance = balance + 1 WHERE aid = {aid}; COMMIT"
+    ))
+    .await
+    .unwrap();
+    let (_r, row) = remap.await.unwrap();
+    let row = row.unwrap_or_else(|e| panic!("{e}\n{}", log.lock().unwrap().join("\n")));
+    assert_eq!(row.phase, Phase::Done);
+    // The committed write moved with its row.
+    assert_eq!(
+        s.shards[1].sql(&format!("SELECT balance FROM accounts WHERE aid = {aid}")),
+        "42"
+    );
+    assert_eq!(
+        s.shards[0].sql(&format!("SELECT count(*) FROM accounts WHERE aid = {aid}")),
+        "0"
+    );
+}

@@ -97,7 +97,7 @@ pub struct Remapper {
     pub catalog: Client,
     pub shards: Vec<ShardAccess>,
     pub opts: RemapOptions,
-    pub log: Box<dyn FnMut(&str) + Send>,
+    pub log: Box<dyn FnMut(&str) + Send + Sync>,
 }
 
 impl Remapper {
