@@ -1,6 +1,7 @@
 //! `shardpool demo`: a throwaway primary and two streaming replicas (one deliberately 2 s behind, so read-your-writes
 //! can be seen at work) started from the installed Postgres binaries in temp dirs, a generated config, and shardpool
-//! in front. Prints the psql URL; Ctrl-C stops everything and removes the temp dirs.
+//! in front. Prints the psql URL; Ctrl-C stops everything and removes the temp dirs, and a guard process does the
+//! same if the demo dies any other way (SIGKILL, a crash).
 
 use anyhow::Context as _;
 use shardpool::app::Proxy;
@@ -55,6 +56,12 @@ fn balance_text(aid: i64) -> String {
 const DELAY: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub async fn run(port: u16) -> anyhow::Result<()> {
+    // First, before any server exists: whatever ends this process, the guard stops what it started.
+    let exe =
+        std::env::current_exe().context("locating the shardpool binary for the demo's guard")?;
+    let owner = std::process::id().to_string();
+    let _guard = shardpool::pgcluster::spawn_guard(&exe, &["demo-guard", "--owner", &owner])
+        .context("starting the demo's guard process")?;
     type Servers = (PgServer, PgServer, PgServer, PgServer);
     let (primary, replica, delayed, shard1) = tokio::task::spawn_blocking(|| -> anyhow::Result<Servers> {
         // Commits wait for their WAL to be written, as in production, so replicas can have them within milliseconds.

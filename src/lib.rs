@@ -18,3 +18,5 @@ pub mod pgcluster;
 pub mod protocol;
 pub mod router;
 pub mod sharding;
+pub mod sqlparse;
+pub mod supervisor;

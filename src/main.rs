@@ -40,6 +40,13 @@ enum Command {
         #[arg(long, default_value_t = 6432)]
         port: u16,
     },
+    /// Internal: started by `demo`, stops the demo's Postgres servers and deletes their files once the demo
+    /// process `owner` is gone, however it ended (SIGKILL included).
+    #[command(hide = true)]
+    DemoGuard {
+        #[arg(long)]
+        owner: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,6 +72,7 @@ fn main() -> anyhow::Result<()> {
             runtime(config.general.workers)?.block_on(run(config, cli.config))
         }
         Command::Demo { port } => runtime(0)?.block_on(demo::run(port)),
+        Command::DemoGuard { owner } => Ok(shardpool::pgcluster::run_guard(owner)?),
     }
 }
 

@@ -70,8 +70,22 @@ impl Printed {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_serves_the_sample_data_and_cleans_up_on_sigint() {
+/// A running demo, what it printed, and where its stderr goes.
+struct Started {
+    demo: Demo,
+    printed: Printed,
+    port: u16,
+    stderr: tempfile::NamedTempFile,
+}
+
+impl Started {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+    }
+}
+
+/// Starts `shardpool demo` on a free port and waits until it has printed everything the tests read.
+fn start_demo() -> Started {
     let port = shardpool::pgcluster::free_port();
     let stderr = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new(common::bin("shardpool"))
@@ -124,6 +138,19 @@ async fn demo_serves_the_sample_data_and_cleans_up_on_sigint() {
             ),
         }
     }
+    Started {
+        demo,
+        printed,
+        port,
+        stderr,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_the_sample_data_and_cleans_up_on_sigint() {
+    let mut started = tokio::task::block_in_place(start_demo);
+    let port = started.port;
+    let printed = &started.printed;
     let url = printed.url.clone().unwrap();
     let data_dir = printed.data_dir.clone().unwrap();
     let primary_port = printed.primary_port.unwrap();
@@ -165,20 +192,24 @@ async fn demo_serves_the_sample_data_and_cleans_up_on_sigint() {
     assert_eq!(owner, "user42");
     drop(shop);
 
-    kill(Pid::from_raw(demo.0.id() as i32), Signal::SIGINT).unwrap();
+    kill(Pid::from_raw(started.demo.0.id() as i32), Signal::SIGINT).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
-        if let Some(status) = demo.0.try_wait().unwrap() {
+        if let Some(status) = started.demo.0.try_wait().unwrap() {
             break status;
         }
         assert!(
             Instant::now() < deadline,
             "demo did not exit within 60 s of SIGINT:\n{}",
-            log()
+            started.log()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert!(status.success(), "demo exited with {status}:\n{}", log());
+    assert!(
+        status.success(),
+        "demo exited with {status}:\n{}",
+        started.log()
+    );
 
     // Its servers and their files are gone.
     common::eventually(
@@ -201,4 +232,66 @@ async fn demo_serves_the_sample_data_and_cleans_up_on_sigint() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "shardpool still listening on {port}"
     );
+}
+
+/// The scratch directories (one per Postgres server, plus the initdb template) a process created.
+fn scratch_dirs_of(pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("sp-pg-{pid}-");
+    let mut roots = vec![std::env::temp_dir(), PathBuf::from("/tmp")];
+    roots.dedup();
+    roots
+        .iter()
+        .filter_map(|root| std::fs::read_dir(root).ok())
+        .flat_map(|entries| entries.filter_map(Result::ok))
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Whether `pid` is a live process: a zombie (exited, not yet reaped by an init that may never reap) is not.
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demo_killed_with_sigkill_leaves_no_server_or_file_behind() {
+    let mut started = tokio::task::block_in_place(start_demo);
+    let pid = started.demo.0.id();
+    let dirs = scratch_dirs_of(pid);
+    // Its four servers, each with a postmaster recorded in its data directory.
+    let postmasters: Vec<i32> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("data/postmaster.pid")).ok())
+        .filter_map(|pidfile| pidfile.lines().next().and_then(|l| l.trim().parse().ok()))
+        .collect();
+    assert_eq!(postmasters.len(), 4, "{dirs:?}\n{}", started.log());
+
+    // The query that once aborted the process is now refused, and the demo lives on until killed.
+    let shop = common::connect(&format!(
+        "postgres://app:app@127.0.0.1:{}/shop",
+        started.port
+    ))
+    .await;
+    let deep = format!("SELECT 1{} AS x", "+1".repeat(100_000));
+    let e = shop.simple_query(&deep).await.unwrap_err();
+    assert_eq!(common::sqlstate(&e), "54001");
+    drop(shop);
+
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    started.demo.0.wait().unwrap();
+    common::eventually(
+        Duration::from_secs(60),
+        "the killed demo's postmasters to exit and its directories to be removed",
+        || {
+            let gone = postmasters.iter().all(|p| !running(*p)) && scratch_dirs_of(pid).is_empty();
+            async move { gone }
+        },
+    )
+    .await;
 }

@@ -54,12 +54,55 @@ pub fn show(ctx: &Arc<Context>, what: &str) -> Result<Output, AdminError> {
         "VSHARDS" => Ok(vshards(ctx)),
         "REMAPS" => Ok(remaps(ctx)),
         "SPIN" => Ok(spin(ctx)),
+        "TASKS" => Ok(tasks(ctx)),
         "VERSION" => Ok(Output::table(
             vec!["version"],
             vec![vec![s(format!("shardpool {}", env!("CARGO_PKG_VERSION")))]],
         )),
         other => Err(AdminError::Syntax(format!("unknown SHOW item {other:?}"))),
     }
+}
+
+/// Supervised background tasks: how many times each has run, failed, and why it last failed.
+/// Each sharded database's catalog reloads follow, as a task of their own: a catalog the follower cannot read
+/// fails reloads (routing goes on with the last good snapshot) without the follower's task failing.
+fn tasks(ctx: &Arc<Context>) -> Output {
+    let mut rows: Vec<Row> = ctx
+        .tasks
+        .snapshot()
+        .iter()
+        .map(|t| {
+            vec![
+                s(t.kind),
+                s(&t.name),
+                s(t.state().as_str()),
+                s(t.runs()),
+                s(t.failures()),
+                t.last_error(),
+            ]
+        })
+        .collect();
+    let config = ctx.config();
+    for name in config.databases.keys() {
+        let Some(stats) = ctx.shard_router(name).and_then(|r| r.follow_stats()) else {
+            continue;
+        };
+        let error = stats.last_error();
+        let reloads =
+            stats.notified.load(Ordering::Relaxed) + stats.checked.load(Ordering::Relaxed);
+        rows.push(vec![
+            s("catalog reload"),
+            s(name),
+            s(if error.is_some() { "failing" } else { "ok" }),
+            s(reloads),
+            s(stats.failed.load(Ordering::Relaxed)),
+            error,
+        ]);
+    }
+    Output::table(
+        vec!["task", "name", "state", "runs", "failures", "last_error"],
+        rows,
+    )
 }
 
 /// The lone-client spin, per thing awaited: how often it ran and how often it found data in time.

@@ -120,10 +120,17 @@ pub struct Relay {
     server_skipping: bool,
     /// Injected Parses the server discarded that way, to drop from its statement cache.
     discarded_statements: Vec<u64>,
+    /// The server has been sent something since its last ReadyForQuery. An empty queue does not mean the server is
+    /// done: Parse/Bind/Execute answered after a Flush leave it inside the batch's implicit transaction (rows
+    /// written, portals open) until a Sync, so only a ReadyForQuery makes it fit for another client.
+    unsynced: bool,
 }
 
 impl Relay {
     pub fn push(&mut self, e: Expect) {
+        if !matches!(e, Expect::Fabricated(_)) {
+            self.unsynced = true;
+        }
         if self.server_skipping {
             match e {
                 Expect::Sync => self.server_skipping = false,
@@ -163,6 +170,12 @@ impl Relay {
         self.queue.is_empty() && !self.server_skipping
     }
 
+    /// The server is back at a ReadyForQuery with nothing sent since: the only point at which it may go back to
+    /// the pool (with an idle status) or be counted as waiting on the client between transactions.
+    pub fn server_at_rest(&self) -> bool {
+        self.is_empty() && !self.unsynced
+    }
+
     pub fn len(&self) -> usize {
         self.queue.len()
     }
@@ -171,6 +184,7 @@ impl Relay {
         self.queue.clear();
         self.in_copy_in = false;
         self.server_skipping = false;
+        self.unsynced = false;
     }
 
     pub fn status(&self) -> TxStatus {
@@ -254,6 +268,7 @@ impl Relay {
                     _ => return Err(desync()),
                 }
                 self.in_copy_in = false;
+                self.unsynced = false;
                 self.binds_done = 0;
                 self.describes_done = 0;
                 self.executes_done = 0;
@@ -456,6 +471,34 @@ mod tests {
         r.push(Expect::Sync);
         assert_eq!(feed(&mut r, b"Z"), vec![true]);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_flushed_batch_is_answered_but_not_at_rest_until_its_sync() {
+        let mut r = Relay::default();
+        assert!(r.server_at_rest());
+        r.push(Expect::Parse {
+            forward: true,
+            statement: None,
+        });
+        r.push(Expect::Bind { statement: None });
+        r.push(Expect::Execute);
+        // Flush: every reply comes back, yet the server sits in the batch's implicit transaction.
+        feed(&mut r, b"12C");
+        assert!(r.is_empty());
+        assert!(!r.server_at_rest());
+        // A row-limited Execute of the same portal, flushed again: still not at rest.
+        r.push(Expect::Execute);
+        feed(&mut r, b"Ds");
+        assert!(!r.server_at_rest());
+        r.push(Expect::Sync);
+        assert!(!r.server_at_rest());
+        feed(&mut r, b"Z");
+        assert!(r.server_at_rest());
+        // Fabricated replies involve no server.
+        r.push(Expect::Fabricated(Fabricated::ParseComplete));
+        r.emit_fabricated(&mut BytesMut::new());
+        assert!(r.server_at_rest());
     }
 
     #[test]

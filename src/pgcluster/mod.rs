@@ -12,6 +12,7 @@
 mod binaries;
 mod command;
 mod config;
+mod guard;
 mod process;
 mod server;
 mod template;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 pub use binaries::PgBinaries;
 pub use config::ServerOptions;
+pub use guard::{run_guard, spawn_guard, Guard};
 pub use server::PgServer;
 
 /// Everything that can go wrong while managing a throwaway server. Variants carry the command

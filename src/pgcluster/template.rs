@@ -147,6 +147,23 @@ fn sweep_abandoned(root: &Path) {
     }
 }
 
+/// Deletes the scratch directories of `owner` (which the caller knows to be gone, even if its pid still shows as
+/// a zombie), stopping any server still running in them.
+pub(crate) fn sweep_owner(owner: u32) -> Result<(), ClusterError> {
+    let root = scratch_root(&RunAs::detect()?);
+    let Ok(entries) = fs::read_dir(&root) else {
+        return Ok(());
+    };
+    for entry in entries.filter_map(Result::ok) {
+        if owner_pid(&entry.file_name().to_string_lossy())
+            .is_some_and(|p| p.as_raw() == owner as i32)
+        {
+            remove_abandoned(&entry.path());
+        }
+    }
+    Ok(())
+}
+
 fn remove_abandoned(dir: &Path) {
     if let Some(postmaster) = recorded_postmaster(&dir.join("data")) {
         if is_alive(postmaster) {

@@ -15,9 +15,7 @@ mod walk;
 #[cfg(test)]
 mod tests;
 
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
-use sqlparser::tokenizer::{Token, Tokenizer};
+use sqlparser::tokenizer::Token;
 
 use super::scan::{contains_word_ci, statements, Words};
 
@@ -305,8 +303,7 @@ fn parse(stmt: &str, f: &FunctionVolatility, may_skip_parse: bool) -> Verdict {
     if may_skip_parse {
         return Verdict::write("not analysed (already a write)");
     }
-    let dialect = PostgreSqlDialect {};
-    let parsed = match Tokenizer::new(&dialect, stmt).tokenize_with_location() {
+    let parsed = match crate::sqlparse::tokenize(stmt) {
         Ok(tokens) => {
             let significant = tokens
                 .iter()
@@ -315,11 +312,14 @@ fn parse(stmt: &str, f: &FunctionVolatility, may_skip_parse: bool) -> Verdict {
             if significant > MAX_PARSED_TOKENS {
                 return Verdict::write("statement too long to analyse");
             }
-            Parser::new(&dialect)
-                .with_tokens_with_locations(tokens)
-                .parse_statements()
+            match crate::sqlparse::parse_tokens(tokens) {
+                Err(crate::sqlparse::SqlParseError::TooDeep) => {
+                    return Verdict::write("statement too deeply nested to analyse");
+                }
+                parsed => parsed,
+            }
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     };
     match parsed.as_deref() {
         Ok([one]) => match walk::statement(one, f) {

@@ -66,12 +66,15 @@ impl Session {
                 self.release();
                 return self.flush_client().await;
             }
+            // Every reply is in, and the server is inside a transaction: an explicit one, or the implicit one of
+            // a batch the client flushed without a Sync (which may hold locks and written rows just the same).
             let idle_in_transaction = self.relay.is_empty()
                 && self.sout.is_empty()
-                && self
-                    .server
-                    .as_ref()
-                    .is_some_and(|s| s.status != TxStatus::Idle);
+                && (!self.relay.server_at_rest()
+                    || self
+                        .server
+                        .as_ref()
+                        .is_some_and(|s| s.status != TxStatus::Idle));
             if idle_in_transaction && idle_tx_timeout.is_some() && !self.cout.is_empty() {
                 // Every reply is in: deliver it now, so the timeout below times the client's silence.
                 self.flush_client().await?;
@@ -300,9 +303,8 @@ impl Session {
             for h in &outcome.failed_statements {
                 server.statements.remove(*h);
             }
-            if let Some(h) = outcome.prepared {
-                self.ctx.remember_statement(h);
-                server.statements.confirm(h);
+            if let Some(def) = outcome.prepared.and_then(|h| server.statements.confirm(h)) {
+                self.home.known_statements.remember(def);
             }
             let mut forward = outcome.forward;
             match frame.tag {

@@ -149,6 +149,11 @@ impl Session {
             return Ok(Some(shard));
         }
         let analysis = router.analysis(sql);
+        if matches!(*analysis, crate::sharding::keys::ShardAnalysis::TooDeep) {
+            // Its keys, and whether it writes, are unknown: no shard can be chosen safely.
+            let e = crate::sqlparse::SqlParseError::TooDeep;
+            return Err(ClientError::error(e.sqlstate(), e.to_string()));
+        }
         let key_text = hints
             .shard_key
             .or_else(|| self.routing.as_ref().and_then(|r| r.shard_key.clone()));
@@ -581,8 +586,11 @@ fn in_transaction_error() -> ClientError {
 /// Whether a query starts with the COPY keyword (after blanks and comments are not skipped: a hint comment before
 /// COPY makes it go the ordinary way, which refuses a keyless write).
 fn starts_with_copy(sql: &str) -> bool {
-    let t = sql.trim_start();
-    t.len() >= 4 && t[..4].eq_ignore_ascii_case("copy")
+    // Bytes, not a `str` slice: the fifth byte may fall inside a character (`/* ñ */`).
+    sql.trim_start()
+        .as_bytes()
+        .get(..4)
+        .is_some_and(|head| head.eq_ignore_ascii_case(b"copy"))
 }
 
 /// The fan-out a COPY of a sharded table needs; `None` when the COPY is not about a sharded table.

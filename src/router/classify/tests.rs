@@ -549,17 +549,30 @@ fn hints_travel_with_the_analysis() {
 #[test]
 fn pathological_input_does_not_crash() {
     let f = catalog();
-    // A long operator chain: sqlparser builds it iteratively, so the tree is as deep as the chain.
-    let chain = format!("SELECT 1{}", "+1".repeat(7_990));
+    // A long operator chain: sqlparser builds it iteratively, so the tree is as deep as the chain. Within the
+    // depth bound it is analysed; beyond it, refused before a tree exists and routed as a write.
+    let chain = format!("SELECT 1{}", "+1".repeat(900));
     assert_eq!(access(&chain), Access::Read);
+    let deep = format!("SELECT 1{}", "+1".repeat(7_990));
+    let a = classify(&deep, &f);
+    assert_eq!(
+        (a.access, a.reason),
+        (Access::Write, "statement too deeply nested to analyse")
+    );
     let too_long = format!("SELECT 1{}", "+1".repeat(8_000));
     let a = classify(&too_long, &f);
     assert_eq!(
         (a.access, a.reason),
         (Access::Write, "statement too long to analyse")
     );
-    // Deep nesting hits sqlparser's recursion limit: a parse failure, not a stack overflow.
+    // Deep nesting: refused by the depth bound; a little less deep, sqlparser's recursion limit fails the parse.
+    // Neither overflows the stack.
     let nested = format!("SELECT {}1{}", "(".repeat(5_000), ")".repeat(5_000));
+    assert_eq!(
+        classify(&nested, &f).reason,
+        "statement too deeply nested to analyse"
+    );
+    let nested = format!("SELECT {}1{}", "(".repeat(100), ")".repeat(100));
     assert!(classify(&nested, &f).parse_failed);
     let subqueries = format!("SELECT {}1{}", "(SELECT ".repeat(2_000), ")".repeat(2_000));
     assert_eq!(access(&subqueries), Access::Write);

@@ -31,8 +31,6 @@ mod tests;
 mod walk;
 
 use sqlparser::ast::Statement;
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use super::schema::{ShardSchema, TableColumns};
 use walk::Walker;
@@ -54,13 +52,16 @@ pub enum ShardAnalysis {
     },
     /// The SQL did not parse: nothing is known about where it should run.
     Unroutable { reason: String },
+    /// Too deeply nested to parse safely ([`crate::sqlparse::MAX_EXPRESSION_DEPTH`]): refused, since nothing is
+    /// known about where it should run and it may well be a write.
+    TooDeep,
 }
 
 impl ShardAnalysis {
     pub fn combined(&self) -> Option<&StatementShards> {
         match self {
             ShardAnalysis::Analyzed { combined, .. } => Some(combined),
-            ShardAnalysis::Unroutable { .. } => None,
+            ShardAnalysis::Unroutable { .. } | ShardAnalysis::TooDeep => None,
         }
     }
 }
@@ -99,8 +100,9 @@ pub fn analyze_sql(sql: &str, schema: &ShardSchema) -> ShardAnalysis {
 
 /// [`analyze_sql`], knowing the column order of sharded tables.
 pub fn analyze_sql_with(sql: &str, schema: &ShardSchema, columns: &TableColumns) -> ShardAnalysis {
-    match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+    match crate::sqlparse::parse_statements(sql) {
         Ok(statements) => analyze_with(&statements, schema, columns),
+        Err(crate::sqlparse::SqlParseError::TooDeep) => ShardAnalysis::TooDeep,
         Err(e) => ShardAnalysis::Unroutable {
             reason: e.to_string(),
         },

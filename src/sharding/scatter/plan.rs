@@ -19,8 +19,6 @@ use sqlparser::ast::{
     Distinct, Expr, GroupByExpr, Ident, LimitClause, OrderByExpr, OrderByKind, OrderBySort, Query,
     Select, SelectItem, SetExpr, Statement, Value,
 };
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use super::items::{classify, fold, ExprKind, Item};
 use super::scan;
@@ -113,7 +111,7 @@ impl Plan {
     }
 
     fn from_sql_with(sql: &str, params: Option<ParamInt<'_>>) -> Result<Plan, ScatterError> {
-        let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+        let mut statements = crate::sqlparse::parse_statements(sql)
             .map_err(|e| ScatterError::Parse(e.to_string()))?;
         if statements.len() != 1 {
             return Err(ScatterError::unsupported(format!(
@@ -426,10 +424,8 @@ fn set_shard_limit_params(query: &mut Query) -> Result<(), ScatterError> {
         .as_ref()
         .map_or_else(|| "0".to_owned(), |o| o.value.to_string());
     let text = format!("({limit})::bigint + ({offset})::bigint");
-    let expr = Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(&text)
-        .and_then(|mut p| p.parse_expr())
-        .map_err(|e| ScatterError::Parse(e.to_string()))?;
+    let expr =
+        crate::sqlparse::parse_expr(&text).map_err(|e| ScatterError::Parse(e.to_string()))?;
     query.limit_clause = Some(LimitClause::LimitOffset {
         limit: Some(expr),
         offset: None,

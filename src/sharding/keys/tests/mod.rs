@@ -47,7 +47,7 @@ fn one(sql: &str) -> StatementShards {
             assert_eq!(s, combined);
             s
         }
-        ShardAnalysis::Unroutable { reason } => panic!("{sql}: {reason}"),
+        other => panic!("{sql}: {other:?}"),
     }
 }
 
