@@ -98,6 +98,17 @@ struct Registry {
 pub struct ClientRegistration {
     ctx: Arc<Context>,
     pub info: Arc<ClientInfo>,
+    /// Dropped after the registry entry is gone.
+    _slot: ClientSlot,
+}
+
+/// One logged-in connection counted in `Context::connections` (max_client_conn) for as long as it lives.
+pub struct ClientSlot(Arc<Context>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Drop for ClientRegistration {
@@ -120,8 +131,14 @@ pub struct Context {
     analyses: crate::router::analysis_cache::AnalysisCache,
     registry: Mutex<Registry>,
     next_client_id: AtomicU64,
-    /// Connections accepted and not yet closed (clients and admin sessions), for max_client_conn.
+    /// Logged-in connections not yet closed (clients and admin sessions), for max_client_conn.
     pub connections: AtomicUsize,
+    /// Connections accepted and still in the handshake or authentication, for max_pending_logins.
+    pub pending_logins: AtomicUsize,
+    /// Connections closed at accept because `max_pending_logins` were already pending (since start).
+    pub logins_over_cap: AtomicU64,
+    /// Connections closed because they had not logged in within `client_login_timeout` (since start).
+    pub login_timeouts: AtomicU64,
     pub pause: Arc<PauseGate>,
     /// Which sessions have a transaction in flight, for the lone-client spin.
     pub spin: crate::frontend::spin::SpinGate,
@@ -187,6 +204,9 @@ impl Context {
             registry: Mutex::new(Registry::default()),
             next_client_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
+            pending_logins: AtomicUsize::new(0),
+            logins_over_cap: AtomicU64::new(0),
+            login_timeouts: AtomicU64::new(0),
             pause: Arc::new(PauseGate::default()),
             spin: Default::default(),
             shutdown: watch::channel(false).0,
@@ -455,8 +475,16 @@ impl Context {
         self.config.store(Arc::new(config));
     }
 
+    /// Counts one more logged-in connection, unless `max` are already counted.
+    pub fn admit_client(self: &Arc<Self>, max: usize) -> Option<ClientSlot> {
+        let before = self.connections.fetch_add(1, Ordering::Relaxed);
+        let slot = ClientSlot(Arc::clone(self));
+        (before < max).then_some(slot)
+    }
+
     pub fn register_client(
         self: &Arc<Self>,
+        slot: ClientSlot,
         user: &str,
         database: &str,
         addr: SocketAddr,
@@ -492,6 +520,7 @@ impl Context {
         ClientRegistration {
             ctx: Arc::clone(self),
             info,
+            _slot: slot,
         }
     }
 
