@@ -6,6 +6,7 @@
 
 mod attached;
 mod client_messages;
+mod held;
 mod pipeline;
 mod routing;
 mod sharded;

@@ -127,7 +127,7 @@ impl Session {
                     self.use_shard(shard);
                 }
                 Ok(None) => {
-                    if deferred {
+                    if deferred && !self.is_held() {
                         self.routing_state().fanout = None;
                         let e = ClientError::error(
                             sqlstate::FEATURE_NOT_SUPPORTED,
