@@ -20,6 +20,7 @@ pub mod sqlstate {
     pub const QUERY_CANCELED: &str = "57014";
     pub const SYNTAX_ERROR: &str = "42601";
     pub const STATEMENT_TOO_COMPLEX: &str = "54001";
+    pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
     pub const UNDEFINED_OBJECT: &str = "42704";
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
     pub const INTERNAL_ERROR: &str = "XX000";

@@ -100,6 +100,30 @@ async fn deep_expressions_and_non_ascii_text_on_a_sharded_database() {
         "1",
         "scatter read"
     );
+
+    // A multi-shard batch that never ends is bounded like a message: past max_message_size the client is told
+    // (54000) and disconnected, instead of buffering for ever.
+    let toml = common::shards::proxy_toml(&shards).replacen(
+        "pool_size = 6",
+        "pool_size = 6\nmax_message_size = 65536",
+        1,
+    );
+    let small = common::TestProxy::start(&toml).await;
+    let mut raw = Raw::connect(small.port, "app", "secret", "shop").await;
+    raw.parse("", "SELECT count(*) FROM accounts").await;
+    raw.bind_execute("").await;
+    let describe = [b'P', 0];
+    let mut flood = Vec::new();
+    for _ in 0..20_000 {
+        flood.push(b'D');
+        flood.extend_from_slice(&6i32.to_be_bytes());
+        flood.extend_from_slice(&describe);
+    }
+    raw.send_raw(&flood).await;
+    let (tag, body) = tokio::time::timeout(Duration::from_secs(30), raw.next())
+        .await
+        .expect("the proxy kept waiting for the end of an unbounded batch");
+    assert_eq!(render(tag, &body), "E:C54000");
     drop(shards);
 }
 
@@ -417,16 +441,12 @@ async fn statements_known_to_one_user_are_not_taken_as_prepared_for_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_state_made_by_functions_select_into_and_do_never_reaches_another_client() {
+async fn session_state_made_by_select_into_and_do_blocks_never_reaches_another_client() {
     let b = Backend::start().await;
     let proxy = b.proxy("pool_size = 5").await;
     let observer = proxy.connect().await;
     // (statement that leaves session state, a probe answering "t" when the state is on the probing session)
     let probes = [
-        (
-            "SELECT set_config('work_mem', '7MB', false)",
-            "SELECT current_setting('work_mem') = '7MB'",
-        ),
         (
             "SELECT 1 AS x INTO TEMP leak_t",
             "SELECT to_regclass('pg_temp.leak_t') IS NOT NULL",
@@ -452,4 +472,23 @@ async fn session_state_made_by_functions_select_into_and_do_never_reaches_anothe
         }
         holders.push(a);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_statement_that_pins_the_server_is_prepared_without_a_panic() {
+    let b = Backend::start().await;
+    let proxy = b.proxy("pool_size = 2").await;
+    let c = proxy.connect().await;
+    // A named Parse whose statement keeps session state (here a session advisory lock) once underflowed the
+    // session's pending-effects count and panicked it.
+    let s = c.prepare("SELECT pg_advisory_lock(7)").await.unwrap();
+    c.query(&s, &[]).await.unwrap();
+    assert_eq!(
+        first_value(
+            &c,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        )
+        .await,
+        "1"
+    );
 }

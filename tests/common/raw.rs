@@ -115,6 +115,11 @@ impl Raw {
         self.stream.write_all(bytes).await.unwrap();
     }
 
+    /// Writes bytes as they are (several messages at once); a peer that already hung up is not an error here.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
     pub async fn send_query(&mut self, sql: &str) {
         let mut q = sql.as_bytes().to_vec();
         q.push(0);

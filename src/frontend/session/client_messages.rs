@@ -217,6 +217,7 @@ impl Session {
             .ok_or_else(|| protocol_violation("malformed Parse message".into()))?;
         let sql = sql_text(view.query);
         let found = effects(&sql);
+        let pending_before = self.pending_effects.len();
         if !found.is_empty() && !self.accept_effects(&found, tag::PARSE)? {
             return Ok(());
         }
@@ -232,9 +233,9 @@ impl Session {
             .statements
             .define(view.name, view.query, view.param_types);
         if !found.is_empty() {
-            // Effects of a named statement take hold each time it runs, not when it is prepared.
-            self.pending_effects
-                .truncate(self.pending_effects.len() - found.len());
+            // Effects of a named statement take hold each time it runs, not when it is prepared. (Only some of
+            // `found` were queued: a feature that pins the server is not a pending effect.)
+            self.pending_effects.truncate(pending_before);
             self.statement_effects.insert(def.hash, found);
         }
         let server = self.server_mut()?;

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::sharded_batch::{collect, BatchUse, Collected, ExtendedBatch};
+use super::sharded_batch::{batch_end_buffered, collect, BatchUse, Collected, ExtendedBatch};
 use super::{Session, SessionError};
 use crate::backend::{Pool, ServerConn};
 use crate::error::{sqlstate, ClientError};
@@ -278,11 +278,19 @@ impl Session {
         first: &Frame,
         usage: BatchUse,
     ) -> Result<(), SessionError> {
-        // `collect` stops where the batch will (Sync or Flush, or Execute for COPY), so the retry finds it whole.
-        while matches!(
-            collect(first, &self.cin, "", &[], usage),
-            Ok(Collected::Incomplete)
-        ) {
+        // Read until the batch's end is buffered (where `collect` stops: Sync or Flush, or Execute for COPY), so the
+        // retry finds it whole; bounded like a single message, since the whole batch is held.
+        let limit = self.ctx.config().general.max_message_size;
+        let mut scanned = 0;
+        while !batch_end_buffered(&self.cin, &mut scanned, usage) {
+            if self.cin.len() > limit {
+                return Err(SessionError::Terminated(ClientError::fatal(
+                    sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                    format!(
+                        "a batch for several shards grew past max_message_size ({limit} bytes) without its Sync"
+                    ),
+                )));
+            }
             let (client, cin) = (&mut self.client, &mut self.cin);
             let n = std::future::poll_fn(|cx| client.poll_read_idle(cx, cin))
                 .await

@@ -100,6 +100,35 @@ pub(super) fn collect(
     }))
 }
 
+/// Whether `input` already holds the message that ends a batch for [`collect`] (a Sync or Flush, an Execute for
+/// COPY, or a malformed length), i.e. whether `collect` would return anything but `Incomplete`. Scans from `*from`
+/// and leaves there the offset of the first message not yet whole, so waiting for a long batch reads each header
+/// once instead of re-collecting (and copying) the whole batch after every read.
+pub(super) fn batch_end_buffered(input: &[u8], from: &mut usize, usage: BatchUse) -> bool {
+    loop {
+        let pos = *from;
+        let Some(header) = input.get(pos..pos + 5) else {
+            return false;
+        };
+        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+        let Ok(len) = usize::try_from(len) else {
+            return true;
+        };
+        if len < 4 {
+            return true;
+        }
+        match header[0] {
+            tag::SYNC | tag::FLUSH => return true,
+            tag::EXECUTE if usage == BatchUse::Copy => return true,
+            _ => {}
+        }
+        if input.len() < pos + 1 + len {
+            return false;
+        }
+        *from = pos + 1 + len;
+    }
+}
+
 fn refuse(why: &str) -> ClientError {
     ClientError::error(
         sqlstate::FEATURE_NOT_SUPPORTED,
@@ -339,5 +368,35 @@ mod tests {
         assert_eq!(p.params, &rest[..rest.len() - 4]);
         assert_eq!(p.result_formats, vec![1]);
         assert!(bind_parts(&rest[..5]).is_none());
+    }
+
+    #[test]
+    fn the_end_of_a_batch_is_found_by_one_pass_over_its_headers() {
+        let mut input = BytesMut::new();
+        crate::protocol::backend::put_message(&mut input, tag::BIND, |b| {
+            b.extend_from_slice(&[0; 8])
+        });
+        crate::protocol::backend::put_message(&mut input, tag::EXECUTE, |b| {
+            b.extend_from_slice(&[0; 5])
+        });
+        let whole = input.len();
+        let mut from = 0;
+        assert!(!batch_end_buffered(&input, &mut from, BatchUse::Scatter));
+        assert_eq!(from, whole, "resumes after the whole messages");
+        // Half a Sync header: still waiting, nothing skipped.
+        input.extend_from_slice(&[tag::SYNC, 0, 0]);
+        assert!(!batch_end_buffered(&input, &mut from, BatchUse::Scatter));
+        assert_eq!(from, whole);
+        input.extend_from_slice(&[0, 4]);
+        assert!(batch_end_buffered(&input, &mut from, BatchUse::Scatter));
+        // For COPY, the Execute ends it; a malformed length ends it too (collect reports it).
+        let mut from = 0;
+        assert!(batch_end_buffered(&input, &mut from, BatchUse::Copy));
+        let mut from = 0;
+        assert!(batch_end_buffered(
+            &[tag::BIND, 0xff, 0xff, 0xff, 0xff],
+            &mut from,
+            BatchUse::Scatter
+        ));
     }
 }
