@@ -98,6 +98,17 @@ struct Registry {
 pub struct ClientRegistration {
     ctx: Arc<Context>,
     pub info: Arc<ClientInfo>,
+    /// Dropped after the registry entry is gone.
+    _slot: ClientSlot,
+}
+
+/// One logged-in connection counted in `Context::connections` (max_client_conn) for as long as it lives.
+pub struct ClientSlot(Arc<Context>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Drop for ClientRegistration {
@@ -120,8 +131,14 @@ pub struct Context {
     analyses: crate::router::analysis_cache::AnalysisCache,
     registry: Mutex<Registry>,
     next_client_id: AtomicU64,
-    /// Connections accepted and not yet closed (clients and admin sessions), for max_client_conn.
+    /// Logged-in connections not yet closed (clients and admin sessions), for max_client_conn.
     pub connections: AtomicUsize,
+    /// Connections accepted and still in the handshake or authentication, for max_pending_logins.
+    pub pending_logins: AtomicUsize,
+    /// Connections closed at accept because `max_pending_logins` were already pending (since start).
+    pub logins_over_cap: AtomicU64,
+    /// Connections closed because they had not logged in within `client_login_timeout` (since start).
+    pub login_timeouts: AtomicU64,
     pub pause: Arc<PauseGate>,
     /// Which sessions have a transaction in flight, for the lone-client spin.
     pub spin: crate::frontend::spin::SpinGate,
@@ -140,6 +157,30 @@ pub struct Context {
     pub tls: Arc<arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>>,
     /// Background tasks (monitors, catalog followers, recorders, pool janitors), restarted when they fail.
     pub tasks: Arc<crate::supervisor::Tasks>,
+    /// Cancel requests on their way to a server, by server connection id (see [`Context::begin_cancel`]).
+    cancels: Mutex<HashMap<u64, usize>>,
+    cancels_done: tokio::sync::Notify,
+}
+
+/// A cancel request on its way to one server connection: while it lives, that server is not handed to another
+/// client, so the cancel can only ever reach the query of the client that asked for it.
+pub struct CancelInFlight {
+    ctx: Arc<Context>,
+    server_id: u64,
+}
+
+impl Drop for CancelInFlight {
+    fn drop(&mut self) {
+        let mut cancels = self.ctx.cancels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = cancels.get_mut(&self.server_id) {
+            *n -= 1;
+            if *n == 0 {
+                cancels.remove(&self.server_id);
+            }
+        }
+        drop(cancels);
+        self.ctx.cancels_done.notify_waiters();
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +204,9 @@ impl Context {
             registry: Mutex::new(Registry::default()),
             next_client_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
+            pending_logins: AtomicUsize::new(0),
+            logins_over_cap: AtomicU64::new(0),
+            login_timeouts: AtomicU64::new(0),
             pause: Arc::new(PauseGate::default()),
             spin: Default::default(),
             shutdown: watch::channel(false).0,
@@ -174,6 +218,8 @@ impl Context {
             config_path: Mutex::new(None),
             tls: Arc::new(arc_swap::ArcSwapOption::empty()),
             tasks: Arc::default(),
+            cancels: Mutex::new(HashMap::new()),
+            cancels_done: tokio::sync::Notify::new(),
         })
     }
 
@@ -429,8 +475,16 @@ impl Context {
         self.config.store(Arc::new(config));
     }
 
+    /// Counts one more logged-in connection, unless `max` are already counted.
+    pub fn admit_client(self: &Arc<Self>, max: usize) -> Option<ClientSlot> {
+        let before = self.connections.fetch_add(1, Ordering::Relaxed);
+        let slot = ClientSlot(Arc::clone(self));
+        (before < max).then_some(slot)
+    }
+
     pub fn register_client(
         self: &Arc<Self>,
+        slot: ClientSlot,
         user: &str,
         database: &str,
         addr: SocketAddr,
@@ -466,6 +520,7 @@ impl Context {
         ClientRegistration {
             ctx: Arc::clone(self),
             info,
+            _slot: slot,
         }
     }
 
@@ -477,6 +532,45 @@ impl Context {
         let mut v: Vec<_> = self.registry().by_id.values().cloned().collect();
         v.sort_by_key(|c| c.id);
         v
+    }
+
+    /// Registers a cancel request for server connection `server_id`. Register first, then check that the client
+    /// still holds that server: a session releasing it clears the client's server before asking
+    /// [`Context::cancel_in_flight`], so one of the two always sees the other.
+    pub fn begin_cancel(self: &Arc<Self>, server_id: u64) -> CancelInFlight {
+        *self
+            .cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(server_id)
+            .or_default() += 1;
+        CancelInFlight {
+            ctx: Arc::clone(self),
+            server_id,
+        }
+    }
+
+    pub fn cancel_in_flight(&self, server_id: u64) -> bool {
+        self.cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&server_id)
+    }
+
+    /// Waits until no cancel request is on its way to `server_id` (bounded: a cancel attempt gives up by then).
+    pub async fn cancels_delivered(&self, server_id: u64, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.cancels_done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.cancel_in_flight(server_id) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
     }
 
     pub fn set_config_path(&self, path: Option<std::path::PathBuf>) {

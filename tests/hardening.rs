@@ -415,3 +415,41 @@ async fn statements_known_to_one_user_are_not_taken_as_prepared_for_another() {
     other.sync().await;
     assert_eq!(other.replies().await, ["E:C42501", "Z:I"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_made_by_functions_select_into_and_do_never_reaches_another_client() {
+    let b = Backend::start().await;
+    let proxy = b.proxy("pool_size = 5").await;
+    let observer = proxy.connect().await;
+    // (statement that leaves session state, a probe answering "t" when the state is on the probing session)
+    let probes = [
+        (
+            "SELECT set_config('work_mem', '7MB', false)",
+            "SELECT current_setting('work_mem') = '7MB'",
+        ),
+        (
+            "SELECT 1 AS x INTO TEMP leak_t",
+            "SELECT to_regclass('pg_temp.leak_t') IS NOT NULL",
+        ),
+        (
+            "DO $$ BEGIN PERFORM pg_advisory_lock(42); END $$",
+            "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+        ),
+        (
+            "DO $$ BEGIN SET work_mem = '9MB'; END $$",
+            "SELECT current_setting('work_mem') = '9MB'",
+        ),
+    ];
+    let mut holders = Vec::new();
+    for (effect, probe) in probes {
+        let a = proxy.connect().await;
+        a.batch_execute(effect).await.unwrap();
+        // The client that made it keeps it (its server is kept for it) ...
+        assert_eq!(first_value(&a, probe).await, "t", "{effect}");
+        // ... and nobody else ever sees it, whichever server they get.
+        for _ in 0..5 {
+            assert_eq!(first_value(&observer, probe).await, "f", "{effect}");
+        }
+        holders.push(a);
+    }
+}

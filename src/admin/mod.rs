@@ -17,7 +17,7 @@ use crate::protocol::backend::{
     command_complete, data_row, empty_query_response, error_response, put_message, ready_for_query,
     row_description_text, Severity,
 };
-use crate::protocol::framing::split_frame;
+use crate::protocol::framing::split_frame_within;
 use crate::protocol::frontend::{parse_bind, parse_parse, parse_target, query_text};
 use crate::protocol::{read_cstr, tag, TxStatus};
 
@@ -99,7 +99,7 @@ pub async fn execute(ctx: &Arc<Context>, sql: &str) -> Result<Output, AdminError
         ["RESUME"] => commands::resume(ctx),
         ["SHUTDOWN"] => commands::shutdown(ctx),
         _ => Err(AdminError::Syntax(format!(
-            "invalid command {:?}; try SHOW POOLS|CLIENTS|SERVERS|STATS|CONFIG|DATABASES|USERS|VERSION, RELOAD, PAUSE, RESUME, SHUTDOWN",
+            "invalid command {:?}; try SHOW POOLS|CLIENTS|SERVERS|STATS|LISTS|CONFIG|DATABASES|USERS|VERSION, RELOAD, PAUSE, RESUME, SHUTDOWN",
             sql.trim()
         ))),
     }
@@ -130,8 +130,9 @@ pub async fn run(ctx: Arc<Context>, mut stream: ClientStream, _registration: Cli
     let mut inbuf = BytesMut::with_capacity(1024);
     let mut out = BytesMut::with_capacity(4096);
     let mut state = Extended::default();
+    let max_message = ctx.config().general.max_message_size;
     loop {
-        let frame = match split_frame(&mut inbuf) {
+        let frame = match split_frame_within(&mut inbuf, max_message) {
             Ok(Some(f)) => f,
             Ok(None) => match stream.read_buf(&mut inbuf).await {
                 Ok(0) | Err(_) => return,

@@ -54,6 +54,7 @@ pub fn show(ctx: &Arc<Context>, what: &str) -> Result<Output, AdminError> {
         "VSHARDS" => Ok(vshards(ctx)),
         "SPIN" => Ok(spin(ctx)),
         "TASKS" => Ok(tasks(ctx)),
+        "LISTS" => Ok(lists(ctx)),
         "VERSION" => Ok(Output::table(
             vec!["version"],
             vec![vec![s(format!("shardpool {}", env!("CARGO_PKG_VERSION")))]],
@@ -102,6 +103,49 @@ fn tasks(ctx: &Arc<Context>) -> Output {
         vec!["task", "name", "state", "runs", "failures", "last_error"],
         rows,
     )
+}
+
+/// Counts of what the proxy holds, as PgBouncer's SHOW LISTS: `used_clients` are logged-in connections (what
+/// max_client_conn bounds), `login_clients` are connections still in the handshake or authentication (what
+/// max_pending_logins bounds). Two counters since start follow: connections closed at accept because
+/// max_pending_logins were pending, and connections closed at client_login_timeout.
+fn lists(ctx: &Arc<Context>) -> Output {
+    let config = ctx.config();
+    let pools = ctx.pools();
+    let servers: (usize, usize) = pools.iter().fold((0, 0), |(free, used), p| {
+        let snap = p.snapshot();
+        (
+            free + snap.idle,
+            used + snap.total.saturating_sub(snap.idle),
+        )
+    });
+    let rows = [
+        ("databases", config.databases.len() as u64),
+        ("users", config.users.len() as u64),
+        ("pools", pools.len() as u64),
+        (
+            "used_clients",
+            ctx.connections.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "login_clients",
+            ctx.pending_logins.load(Ordering::Relaxed) as u64,
+        ),
+        ("free_servers", servers.0 as u64),
+        ("used_servers", servers.1 as u64),
+        (
+            "login_over_cap_total",
+            ctx.logins_over_cap.load(Ordering::Relaxed),
+        ),
+        (
+            "login_timeouts_total",
+            ctx.login_timeouts.load(Ordering::Relaxed),
+        ),
+    ]
+    .into_iter()
+    .map(|(list, items)| vec![s(list), s(items)])
+    .collect();
+    Output::table(vec!["list", "items"], rows)
 }
 
 /// The lone-client spin, per thing awaited: how often it ran and how often it found data in time.
@@ -555,6 +599,16 @@ fn config(ctx: &Arc<Context>) -> Output {
             d.max_client_conn.to_string(),
         ),
         (
+            "max_message_size",
+            g.max_message_size.to_string(),
+            d.max_message_size.to_string(),
+        ),
+        (
+            "max_pending_logins",
+            g.max_pending_logins.to_string(),
+            d.max_pending_logins.to_string(),
+        ),
+        (
             "pool_mode",
             g.pool_mode.as_str().into(),
             d.pool_mode.as_str().into(),
@@ -613,6 +667,11 @@ fn config(ctx: &Arc<Context>) -> Output {
             "idle_transaction_timeout",
             g.idle_transaction_timeout.to_string(),
             d.idle_transaction_timeout.to_string(),
+        ),
+        (
+            "client_stall_timeout",
+            g.client_stall_timeout.to_string(),
+            d.client_stall_timeout.to_string(),
         ),
         (
             "client_login_timeout",

@@ -89,8 +89,15 @@ pub struct General {
     /// How long a session with the proxy to itself busy-polls for its server's reply or its client's next message
     /// instead of sleeping (0: never). Trades idle CPU for latency; see `frontend::spin`.
     pub spin_wait: ConfigDuration,
-    /// Client connections accepted at most; more get SQLSTATE 53300.
+    /// Logged-in client connections at most (admin ones included); more get SQLSTATE 53300. A connection counts
+    /// only once it has logged in: sockets still in the handshake or authentication count in `max_pending_logins`.
     pub max_client_conn: usize,
+    /// Longest message a client may send, in bytes, as its length field counts it; a longer one ends the
+    /// connection with SQLSTATE 08P01 as soon as its header arrives. Bounds what one client's input can hold.
+    pub max_message_size: usize,
+    /// Connections still in the handshake or authentication at most; a connection accepted beyond this is closed
+    /// at once (with a 53300 ErrorResponse written if the socket takes it).
+    pub max_pending_logins: usize,
     /// Users allowed into the admin console (database `shardpool`).
     pub admin_users: Vec<String>,
     /// Default pool mode for every pool.
@@ -100,6 +107,8 @@ pub struct General {
     /// Server connections each pool keeps open even when idle.
     pub min_pool_size: usize,
     /// How long a client waits in the queue for a server connection before it gets an error (SQLSTATE 53300).
+    /// PgBouncer calls it `query_wait_timeout`, which is accepted as another name for it.
+    #[serde(alias = "query_wait_timeout")]
     pub checkout_timeout: ConfigDuration,
     /// Timeout for connecting and logging in to a server.
     pub server_connect_timeout: ConfigDuration,
@@ -117,7 +126,12 @@ pub struct General {
     pub client_idle_timeout: ConfigDuration,
     /// Clients idle inside a transaction for this long are disconnected and their transaction rolled back (0: never).
     pub idle_transaction_timeout: ConfigDuration,
-    /// A client that has not finished logging in after this long is disconnected.
+    /// A client holding a server that neither reads nor sends a byte for this long while the server waits on it
+    /// (output queued for the client, COPY FROM STDIN data, the rest of a batch) is disconnected and the server
+    /// cancelled and closed (0: never).
+    pub client_stall_timeout: ConfigDuration,
+    /// A connection that has not finished its handshake and authentication this long after it was accepted is
+    /// closed (one deadline for the whole pre-auth phase).
     pub client_login_timeout: ConfigDuration,
     /// On SIGTERM/SIGINT, how long running transactions may take to finish before connections are closed.
     pub shutdown_timeout: ConfigDuration,
@@ -144,11 +158,13 @@ impl Default for General {
             workers: 0,
             spin_wait: ConfigDuration(std::time::Duration::from_micros(100)),
             max_client_conn: 10_000,
+            max_pending_logins: 10_000,
+            max_message_size: 256 << 20,
             admin_users: Vec::new(),
             pool_mode: PoolMode::Transaction,
             pool_size: 20,
             min_pool_size: 0,
-            checkout_timeout: ConfigDuration::secs(30),
+            checkout_timeout: ConfigDuration::secs(120),
             server_connect_timeout: ConfigDuration::secs(5),
             server_idle_timeout: ConfigDuration::secs(600),
             server_lifetime: ConfigDuration::secs(3600),
@@ -157,7 +173,8 @@ impl Default for General {
             server_reset_query: "DISCARD ALL".into(),
             client_idle_timeout: ConfigDuration::secs(0),
             idle_transaction_timeout: ConfigDuration::secs(0),
-            client_login_timeout: ConfigDuration::secs(60),
+            client_stall_timeout: ConfigDuration::secs(60),
+            client_login_timeout: ConfigDuration::secs(15),
             shutdown_timeout: ConfigDuration::secs(30),
             ignore_startup_parameters: Vec::new(),
             prepared_statements_cache_size: 512,
@@ -463,6 +480,22 @@ mod tests {
         assert_eq!(c.databases["appdb"].host, "127.0.0.1");
         assert_eq!(c.users[0].auth, AuthMethod::ScramSha256);
         assert_eq!(c.users[0].server_password(), Some("secret"));
+    }
+
+    #[test]
+    fn pgbouncer_name_query_wait_timeout_sets_checkout_timeout() {
+        let c = Config::from_toml("[general]\nquery_wait_timeout = \"7s\"\n").unwrap();
+        assert_eq!(
+            c.general.checkout_timeout.0,
+            std::time::Duration::from_secs(7)
+        );
+        let d = General::default();
+        assert_eq!(d.checkout_timeout.0, std::time::Duration::from_secs(120));
+        assert!(
+            d.idle_transaction_timeout.0.is_zero(),
+            "off, as in PgBouncer"
+        );
+        assert_eq!(d.client_stall_timeout.0, std::time::Duration::from_secs(60));
     }
 
     #[test]

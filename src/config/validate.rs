@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 
 use super::{AuthMethod, Config, ADMIN_DATABASE};
 
+/// The smallest `max_message_size` accepted: room for ordinary statements and every message shardpool itself reads.
+const MIN_MESSAGE_SIZE: usize = 64 * 1024;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
     /// Dotted path of the offending key, e.g. `databases.app.pool_size`.
@@ -38,6 +41,27 @@ impl Config {
             problem(
                 "general.max_client_conn".into(),
                 "must be at least 1".into(),
+            );
+        }
+        if !(MIN_MESSAGE_SIZE..=crate::protocol::MAX_MESSAGE_LEN).contains(&g.max_message_size) {
+            problem(
+                "general.max_message_size".into(),
+                format!(
+                    "must be from {MIN_MESSAGE_SIZE} to {} (Postgres' own limit)",
+                    crate::protocol::MAX_MESSAGE_LEN
+                ),
+            );
+        }
+        if g.max_pending_logins == 0 {
+            problem(
+                "general.max_pending_logins".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if g.client_login_timeout.0.is_zero() {
+            problem(
+                "general.client_login_timeout".into(),
+                "must be more than 0".into(),
             );
         }
         if g.pool_size == 0 {

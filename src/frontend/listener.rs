@@ -1,5 +1,6 @@
 //! Accepting client connections: one task per connection that runs the handshake, login and then either a pooled
-//! session or the admin console. Limits (max_client_conn, login timeout) and the shutdown switch apply here.
+//! session or the admin console. Limits (max_pending_logins and client_login_timeout before authentication,
+//! max_client_conn after it) and the shutdown switch apply here.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -24,12 +25,21 @@ use crate::protocol::backend::{
 };
 use crate::protocol::TxStatus;
 
-/// Counts a connection for max_client_conn for as long as it lives.
-struct ConnectionGuard(Arc<Context>);
+/// Counts an accepted connection in `pending_logins` until its handshake and authentication are over.
+struct PendingLogin(Arc<Context>);
 
-impl Drop for ConnectionGuard {
+impl Drop for PendingLogin {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.pending_logins.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl PendingLogin {
+    /// Counts one more pending connection, unless `max` are already pending.
+    fn begin(ctx: &Arc<Context>, max: usize) -> Option<PendingLogin> {
+        let before = ctx.pending_logins.fetch_add(1, Ordering::Relaxed);
+        let guard = PendingLogin(Arc::clone(ctx));
+        (before < max).then_some(guard)
     }
 }
 
@@ -57,15 +67,18 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        let Some(pending) = PendingLogin::begin(&ctx, ctx.config().general.max_pending_logins)
+        else {
+            refuse_over_cap(&ctx, tcp, peer);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = tls.load_full();
-        ctx.connections.fetch_add(1, Ordering::Relaxed);
-        let guard = ConnectionGuard(Arc::clone(&ctx));
         // The login and the session each run in a heap future of their own, and the login's is made here, outside
         // the task: the task that lives as long as the client then holds two pointers and the peer address, and
         // the session's future holds the session once, never the largest login step. (Binding the session to a
         // local of the task, even one moved from at once, kept 672 bytes per client in the task.)
-        let login = Box::pin(establish(Arc::clone(&ctx), tcp, peer, acceptor));
+        let login = Box::pin(establish(Arc::clone(&ctx), tcp, peer, acceptor, pending));
         tokio::spawn(async move {
             let running = login.await.map(Session::into_run);
             if let Some(running) = running {
@@ -73,54 +86,67 @@ pub async fn accept_loop(
                     tracing::info!(%peer, error = %e, "session ended with an error");
                 }
             }
-            drop(guard);
         });
     }
 }
 
+/// A connection beyond `max_pending_logins`: closed at once, never read and never waited on. The 53300 error is
+/// written only if the fresh socket's send buffer takes it right away (it always has room for it).
+fn refuse_over_cap(ctx: &Context, tcp: TcpStream, peer: SocketAddr) {
+    ctx.logins_over_cap.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%peer, "refused: max_pending_logins connections are already logging in");
+    let mut out = BytesMut::new();
+    ClientError::fatal(
+        sqlstate::TOO_MANY_CONNECTIONS,
+        "sorry, too many clients are logging in already",
+    )
+    .write(&mut out);
+    let _ = tcp.try_write(&out);
+}
+
 /// Handshake, login and login replies. Returns the session to run, or `None` when the connection was a cancel
-/// request, was refused, or was an admin console session (which has run to its end here).
+/// request, was refused, or was an admin console session (which has run to its end here). The handshake and the
+/// authentication share one deadline, `client_login_timeout` after accept; the connection counts in
+/// `pending_logins` until then and in `max_client_conn` from its successful login on.
 async fn establish(
     ctx: Arc<Context>,
     tcp: TcpStream,
     peer: SocketAddr,
     tls: Option<Arc<TlsAcceptor>>,
+    pending: PendingLogin,
 ) -> Option<Session> {
     let config = ctx.config();
     let require_tls = config
         .tls
         .as_ref()
         .is_some_and(|t| t.mode == crate::config::TlsMode::Require);
-    let login_timeout = config.general.client_login_timeout.0;
-    let started = tokio::time::timeout(login_timeout, async {
-        let hs = Box::pin(handshake(tcp, tls.as_deref(), require_tls)).await;
-        match hs {
-            Ok(Handshake::Cancel(key)) => {
-                if let Some(client) = ctx.client_by_cancel_key(&key) {
-                    if let Some((addr, server_key, _)) = client.server() {
-                        cancel_on_server(addr, server_key).await;
-                    }
-                }
-                None
-            }
-            Ok(Handshake::Startup(stream, params)) => Some((stream, params)),
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "handshake failed");
-                None
-            }
-        }
-    })
+    let deadline = tokio::time::Instant::now() + config.general.client_login_timeout.0;
+    let hs = tokio::time::timeout_at(
+        deadline,
+        Box::pin(handshake(tcp, tls.as_deref(), require_tls)),
+    )
     .await;
-    let Ok(Some((mut stream, params))) = started else {
-        return None;
+    let (mut stream, params) = match hs {
+        Ok(Ok(Handshake::Startup(stream, params))) => (stream, params),
+        Ok(Ok(Handshake::Cancel(key))) => {
+            if let Some(client) = ctx.client_by_cancel_key(&key) {
+                forward_cancel(&ctx, &client).await;
+            }
+            return None;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "handshake failed");
+            return None;
+        }
+        Err(_) => {
+            ctx.login_timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "no startup packet within client_login_timeout");
+            return None;
+        }
     };
 
-    if ctx.connections.load(Ordering::Relaxed) > config.general.max_client_conn {
-        let e = ClientError::fatal(
-            sqlstate::TOO_MANY_CONNECTIONS,
-            "sorry, too many clients already",
-        );
-        refuse(&mut stream, &e).await;
+    if ctx.connections.load(Ordering::Relaxed) >= config.general.max_client_conn {
+        refuse(&mut stream, &too_many_clients()).await;
         return None;
     }
     if ctx.is_shutting_down() {
@@ -131,29 +157,47 @@ async fn establish(
         refuse(&mut stream, &e).await;
         return None;
     }
-    let mut out = BytesMut::new();
-    let options = params.protocol_options();
-    if params.minor_version > 0 || !options.is_empty() {
-        negotiate_protocol_version(&mut out, &options);
-        let _ = stream.write_all(&out).await;
-        out.clear();
-    }
-    let logged_in =
-        match tokio::time::timeout(login_timeout, login(&ctx, &mut stream, &params)).await {
-            Ok(Ok(l)) => l,
-            Ok(Err(LoginError::Refused(e))) => {
-                tracing::info!(%peer, user = params.user(), error = %e.message, "login refused");
-                refuse(&mut stream, &e).await;
-                return None;
-            }
-            Ok(Err(LoginError::Io(_))) | Err(_) => return None,
-        };
+    let authenticated = tokio::time::timeout_at(deadline, async {
+        let options = params.protocol_options();
+        if params.minor_version > 0 || !options.is_empty() {
+            let mut out = BytesMut::new();
+            negotiate_protocol_version(&mut out, &options);
+            stream.write_all(&out).await?;
+        }
+        login(&ctx, &mut stream, &params).await
+    })
+    .await;
+    let logged_in = match authenticated {
+        Ok(Ok(l)) => l,
+        Ok(Err(LoginError::Refused(e))) => {
+            tracing::info!(%peer, user = params.user(), error = %e.message, "login refused");
+            refuse(&mut stream, &e).await;
+            return None;
+        }
+        Ok(Err(LoginError::Io(_))) => return None,
+        Err(_) => {
+            ctx.login_timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, user = params.user(), "login timed out");
+            let e = ClientError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                "client_login_timeout: authentication not completed in time",
+            );
+            refuse(&mut stream, &e).await;
+            return None;
+        }
+    };
+    drop(pending);
+    let Some(slot) = ctx.admit_client(config.general.max_client_conn) else {
+        refuse(&mut stream, &too_many_clients()).await;
+        return None;
+    };
     let app_name = params
         .params
         .get("application_name")
         .cloned()
         .unwrap_or_default();
     let registration = ctx.register_client(
+        slot,
         &logged_in.user.name,
         &logged_in.database,
         peer,
@@ -223,6 +267,13 @@ async fn establish(
     Some(session)
 }
 
+fn too_many_clients() -> ClientError {
+    ClientError::fatal(
+        sqlstate::TOO_MANY_CONNECTIONS,
+        "sorry, too many clients already",
+    )
+}
+
 async fn send_login_ok(
     stream: &mut ClientStream,
     params: &[(String, String)],
@@ -245,4 +296,20 @@ async fn refuse(stream: &mut ClientStream, e: &ClientError) {
     let _ = stream.write_all(&out).await;
     let _ = stream.flush().await;
     let _ = stream.shutdown().await;
+}
+
+/// Forwards a client's cancel to the server running its query, and only to it. The server is held back from other
+/// clients while the cancel is on its way (a released server waits for it before going back to the pool), and the
+/// cancel is not sent if the client no longer holds that server once the connection to its postmaster is open:
+/// otherwise a slow cancel could interrupt whatever the next client runs there.
+async fn forward_cancel(ctx: &Arc<Context>, client: &crate::context::ClientInfo) {
+    let Some((_, _, server_id)) = client.server() else {
+        return;
+    };
+    let _in_flight = ctx.begin_cancel(server_id);
+    let still_held = || client.server().filter(|s| s.2 == server_id);
+    let Some((addr, server_key, _)) = still_held() else {
+        return;
+    };
+    cancel_on_server(addr, server_key, || still_held().is_some()).await;
 }

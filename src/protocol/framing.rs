@@ -14,6 +14,10 @@ pub const HEADER_LEN: usize = 5;
 pub enum FrameError {
     #[error("invalid message length {len} for message type {tag:?}")]
     BadLength { tag: char, len: i64 },
+    #[error(
+        "message of type {tag:?} is {len} bytes long, over the limit of {max} (max_message_size)"
+    )]
+    TooLong { tag: char, len: usize, max: usize },
 }
 
 /// One complete message, tag included, as it travelled on the wire.
@@ -34,6 +38,13 @@ impl Frame {
 /// Peeks at the header at the start of `buf`: returns (tag, total frame length) once 5 bytes are there.
 #[inline]
 pub fn peek_header(buf: &[u8]) -> Result<Option<(u8, usize)>, FrameError> {
+    peek_header_within(buf, MAX_MESSAGE_LEN)
+}
+
+/// `peek_header` for a message whose length (as its length field counts it: itself and the body) may be at most
+/// `max`: a longer one is refused from its header, before any of its body is buffered.
+#[inline]
+pub fn peek_header_within(buf: &[u8], max: usize) -> Result<Option<(u8, usize)>, FrameError> {
     if buf.len() < HEADER_LEN {
         return Ok(None);
     }
@@ -45,13 +56,26 @@ pub fn peek_header(buf: &[u8]) -> Result<Option<(u8, usize)>, FrameError> {
             len: i64::from(len),
         });
     }
+    if len as usize > max {
+        return Err(FrameError::TooLong {
+            tag: tag as char,
+            len: len as usize,
+            max,
+        });
+    }
     Ok(Some((tag, len as usize + 1)))
 }
 
 /// Splits one complete frame off the front of `buf`, or returns `None` if more bytes are needed.
 #[inline]
 pub fn split_frame(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-    match peek_header(buf)? {
+    split_frame_within(buf, MAX_MESSAGE_LEN)
+}
+
+/// `split_frame` with a limit on the message's length (see `peek_header_within`): what client input goes through.
+#[inline]
+pub fn split_frame_within(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError> {
+    match peek_header_within(buf, max)? {
         Some((tag, total)) if buf.len() >= total => Ok(Some(Frame {
             tag,
             raw: buf.split_to(total).freeze(),
@@ -72,6 +96,21 @@ mod tests {
         assert_eq!(f.body(), b"SELECT 1\x00");
         assert_eq!(split_frame(&mut buf).unwrap(), None);
         assert_eq!(&buf[..], b"Z\x00\x00");
+    }
+
+    #[test]
+    fn a_limit_refuses_longer_messages_from_the_header_alone() {
+        let mut at_limit = BytesMut::from(&b"Q\x00\x00\x00\x0dSELECT 1\x00"[..]);
+        assert!(split_frame_within(&mut at_limit, 13).unwrap().is_some());
+        let mut header_only = BytesMut::from(&b"Q\x00\x00\x00\x0e"[..]);
+        assert_eq!(
+            split_frame_within(&mut header_only, 13),
+            Err(FrameError::TooLong {
+                tag: 'Q',
+                len: 14,
+                max: 13
+            })
+        );
     }
 
     #[test]

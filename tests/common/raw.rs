@@ -110,6 +110,11 @@ impl Raw {
         self.stream.write_all(&m).await.unwrap();
     }
 
+    /// Writes `bytes` as they are: a message cut short, or a header that lies about its length.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
     pub async fn send_query(&mut self, sql: &str) {
         let mut q = sql.as_bytes().to_vec();
         q.push(0);
@@ -250,5 +255,30 @@ impl Raw {
         self.send(b'd', data).await;
         self.send(b'f', b"client gave up\0").await;
         self.replies().await
+    }
+
+    /// Reads until the proxy closes the connection; returns the ErrorResponses seen on the way, rendered (rows and
+    /// other messages are read and dropped, so a large unread result does not pile up here).
+    pub async fn errors_until_closed(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        loop {
+            while self.buf.len() >= 5 {
+                let len = i32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() <= len {
+                    break;
+                }
+                let mut frame = self.buf.split_to(len + 1);
+                let tag = frame[0];
+                frame.advance(5);
+                if tag == b'E' {
+                    errors.push(render(tag, &frame));
+                }
+            }
+            self.buf.reserve(64 * 1024);
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return errors,
+                Ok(_) => {}
+            }
+        }
     }
 }

@@ -12,12 +12,12 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWrite;
 use tokio_util::io::poll_read_buf;
 
-use super::{protocol_violation, Flow, Session, SessionError};
+use super::{client_stalled, protocol_violation, Flow, Session, SessionError};
 use crate::error::{sqlstate, ClientError};
 use crate::frontend::relay::Expect;
 use crate::frontend::spin::{Attempt, Awaiting, Spin};
 use crate::protocol::backend::{parse_command_complete, parse_parameter_status, ErrorFields};
-use crate::protocol::framing::split_frame;
+use crate::protocol::framing::{split_frame, split_frame_within};
 use crate::protocol::{tag, TxStatus};
 
 /// Stop reading from one side while more than this is waiting to be written to the other.
@@ -30,6 +30,9 @@ struct PumpEvent {
     client_eof: bool,
     /// A spin on the server found nothing yet: yield, then pump again.
     spin_again: bool,
+    /// Bytes went to the client, or to the server (reported only when asked, while the client is being timed).
+    client_took: bool,
+    server_took: bool,
 }
 
 /// Where the spin for the server's reply stands in the current wait.
@@ -45,12 +48,22 @@ enum ServerSpin {
 impl Session {
     /// Runs until the server can be released (or the client leaves, or something breaks).
     pub(super) async fn run_attached(&mut self) -> Result<(), SessionError> {
-        let idle_tx_timeout = self.ctx.config().general.idle_transaction_timeout.enabled();
+        let (idle_tx_timeout, stall_timeout, max_message) = {
+            let config = self.ctx.config();
+            let g = &config.general;
+            (
+                g.idle_transaction_timeout.enabled(),
+                g.client_stall_timeout.enabled(),
+                g.max_message_size,
+            )
+        };
         let mut spin = ServerSpin::Ready;
+        // The last time the client read or sent something, or was not being waited on.
+        let mut client_progress = tokio::time::Instant::now();
         loop {
             // Messages that arrived in the same read as the one that started this transaction.
-            while let Some(frame) =
-                split_frame(&mut self.cin).map_err(|e| protocol_violation(e.to_string()))?
+            while let Some(frame) = split_frame_within(&mut self.cin, max_message)
+                .map_err(|e| protocol_violation(e.to_string()))?
             {
                 if self.on_client_frame(frame)? == Flow::ClientGone {
                     return Err(SessionError::ClientGone);
@@ -80,18 +93,39 @@ impl Session {
                 self.flush_client().await?;
             }
             let waiting_on_client = idle_in_transaction && self.cout.is_empty();
-            let event = match (idle_tx_timeout, waiting_on_client) {
-                (Some(t), true) => match tokio::time::timeout(t, self.pump(&mut spin)).await {
-                    Ok(r) => r?,
-                    Err(_) => {
-                        return Err(SessionError::Terminated(ClientError::fatal(
-                            sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
-                            "terminating connection due to idle-in-transaction timeout",
-                        )))
+            let stalls = stall_timeout.filter(|_| self.server_waits_on_client());
+            if stalls.is_some() && !self.sout.is_empty() && self.cout.is_empty() {
+                // The server has the client's input still to take: until it has, the wait is the server's.
+                client_progress = tokio::time::Instant::now();
+            }
+            let event = match (idle_tx_timeout, waiting_on_client, stalls) {
+                (Some(t), true, _) => {
+                    match tokio::time::timeout(t, self.pump(&mut spin, false)).await {
+                        Ok(r) => r?,
+                        Err(_) => {
+                            return Err(SessionError::Terminated(ClientError::fatal(
+                                sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                                "terminating connection due to idle-in-transaction timeout",
+                            )))
+                        }
                     }
-                },
-                _ => self.pump(&mut spin).await?,
+                }
+                (_, _, Some(limit)) => {
+                    match tokio::time::timeout_at(
+                        client_progress + limit,
+                        self.pump(&mut spin, true),
+                    )
+                    .await
+                    {
+                        Ok(r) => r?,
+                        Err(_) => return Err(client_stalled(limit)),
+                    }
+                }
+                _ => self.pump(&mut spin, false).await?,
             };
+            if stalls.is_none() || event.client_data || event.client_took || event.server_took {
+                client_progress = tokio::time::Instant::now();
+            }
             if event.spin_again {
                 tokio::task::yield_now().await;
                 continue;
@@ -109,8 +143,24 @@ impl Session {
         }
     }
 
-    /// One round of I/O: writes what is pending on both sides, reads whatever has arrived.
-    async fn pump(&mut self, spin: &mut ServerSpin) -> Result<PumpEvent, SessionError> {
+    /// Whether the server attached now waits on the client rather than the other way round: output is queued for
+    /// the client, the client stopped in the middle of a message, COPY FROM STDIN waits for its data, or its batch
+    /// has no Sync or Flush yet. (While the server has input still to take, `run_attached` does not count it.) (An answered batch or transaction waiting for the client's next statement is
+    /// idle_transaction_timeout's, not this.)
+    fn server_waits_on_client(&self) -> bool {
+        (!self.cout.is_empty() && !self.holding_acks())
+            || !self.cin.is_empty()
+            || self.relay.in_copy_in
+            || self.batch_open
+    }
+
+    /// One round of I/O: writes what is pending on both sides, reads whatever has arrived. With `report_writes`,
+    /// bytes taken by the client end the round too (the client's progress is being timed).
+    async fn pump(
+        &mut self,
+        spin: &mut ServerSpin,
+        report_writes: bool,
+    ) -> Result<PumpEvent, SessionError> {
         let hold = self.holding_acks();
         let budget = match spin {
             // Worth spinning only while the server owes replies; in COPY FROM STDIN it is the client that talks
@@ -133,12 +183,15 @@ impl Session {
         let (stream, sin) = (&mut server.stream, &mut server.rbuf);
         poll_fn(|cx| {
             let mut ev = PumpEvent::default();
+            let pending_in = sout.len();
             write_some(cx, Pin::new(&mut *stream), sout).map_err(SessionError::ServerIo)?;
+            ev.server_took = report_writes && sout.len() < pending_in;
             let before = cout.len();
             if !hold {
                 write_some(cx, Pin::new(&mut *client), cout).map_err(SessionError::ClientIo)?;
             }
             *to_client += (before - cout.len()) as u64;
+            ev.client_took = report_writes && cout.len() < before;
             if sout.len() < HIGH_WATER {
                 reserve(cin);
                 match poll_read_buf(Pin::new(&mut *client), cx, cin) {
@@ -197,7 +250,8 @@ impl Session {
                     Poll::Pending => {}
                 }
             }
-            if ev.client_data || ev.server_data || ev.client_eof {
+            if ev.client_data || ev.server_data || ev.client_eof || ev.client_took || ev.server_took
+            {
                 Poll::Ready(Ok(ev))
             } else {
                 Poll::Pending

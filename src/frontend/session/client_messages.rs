@@ -42,6 +42,11 @@ impl Session {
             }
         }
         self.log_batch(&frame);
+        self.batch_open = match frame.tag {
+            tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE | tag::EXECUTE => true,
+            tag::SYNC | tag::FLUSH | tag::QUERY => false,
+            _ => self.batch_open,
+        };
         match frame.tag {
             tag::QUERY => self.forward_query(frame)?,
             tag::PARSE => self.forward_parse(&frame)?,

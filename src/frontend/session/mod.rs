@@ -35,10 +35,28 @@ use crate::config::{PoolMode, SessionFeatures};
 use crate::context::{ClientRegistration, ClientState, Context};
 use crate::error::{sqlstate, ClientError};
 use crate::protocol::backend::ready_for_query;
-use crate::protocol::framing::split_frame;
+use crate::protocol::framing::split_frame_within;
 use crate::protocol::{tag, Frame, TxStatus};
 use crate::router::session_effects::{SessionEffect, Setting};
 use crate::router::Route;
+
+/// How long a terminated session tries to deliver its last ErrorResponse.
+const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The session's end when its client made no progress for `client_stall_timeout` while it was owed or owed work.
+pub(super) fn client_stalled(limit: std::time::Duration) -> SessionError {
+    tracing::info!(
+        ?limit,
+        "client stalled while holding a server; disconnecting it"
+    );
+    SessionError::Terminated(ClientError::fatal(
+        sqlstate::CONNECTION_FAILURE,
+        format!(
+            "terminating connection: the client neither read nor sent anything for {} while a server waited on it (client_stall_timeout)",
+            crate::config::ConfigDuration(limit)
+        ),
+    ))
+}
 
 /// A shard connection used outside the attached pump (fan-outs) failing.
 impl From<crate::backend::server::ServerIoError> for SessionError {
@@ -128,6 +146,8 @@ pub struct Session {
     replayed: bool,
     batch_truncated: bool,
     last_batch_whole: bool,
+    /// The client has sent extended-protocol messages since its last Sync or Flush: the server waits for the rest.
+    batch_open: bool,
     /// A Describe's ParameterDescription, held until its RowDescription/NoData arrives: if the Describe fails and is
     /// re-sent, the client must not receive the first half twice.
     held_parameter_description: Option<bytes::Bytes>,
@@ -205,6 +225,7 @@ impl Session {
             replayed: false,
             batch_truncated: false,
             last_batch_whole: false,
+            batch_open: false,
             held_parameter_description: None,
             xact_started: None,
             routing,
@@ -242,8 +263,10 @@ impl Session {
         match result {
             Err(SessionError::ClientGone) => Ok(()),
             Err(SessionError::Terminated(e)) => {
+                // After whatever is still queued (the rest of forwarded messages), so the framing holds. Bounded:
+                // a client that stopped reading gets no more time than the error is worth.
                 e.write(&mut self.cout);
-                let _ = self.flush_client().await;
+                let _ = tokio::time::timeout(FINAL_FLUSH, self.flush_client()).await;
                 Ok(())
             }
             other => other,
@@ -323,9 +346,13 @@ impl Session {
 
     /// Waits for the client's next whole message while no server is attached. `None` means the client left.
     async fn next_idle_frame(&mut self) -> Result<Option<Frame>, SessionError> {
-        let idle_timeout = self.ctx.config().general.client_idle_timeout.enabled();
+        let (idle_timeout, max_message) = {
+            let config = self.ctx.config();
+            let g = &config.general;
+            (g.client_idle_timeout.enabled(), g.max_message_size)
+        };
         loop {
-            match split_frame(&mut self.cin) {
+            match split_frame_within(&mut self.cin, max_message) {
                 Ok(Some(f)) => {
                     if self.wants_lookahead(&f) {
                         self.read_rest_of_batch().await?;
@@ -401,6 +428,17 @@ impl Session {
                 return Ok(None);
             }
             self.tally.bytes_in += n as u64;
+        }
+    }
+
+    /// The client's next message while servers wait for it (a sharded COPY's rows): a client silent for
+    /// `client_stall_timeout` is disconnected.
+    async fn next_frame_while_owed(&mut self) -> Result<Option<Frame>, SessionError> {
+        match self.ctx.config().general.client_stall_timeout.enabled() {
+            None => self.next_idle_frame().await,
+            Some(limit) => tokio::time::timeout(limit, self.next_idle_frame())
+                .await
+                .map_err(|_| client_stalled(limit))?,
         }
     }
 
@@ -513,6 +551,7 @@ impl Session {
             }
         }
         self.xact_started = Some(Instant::now());
+        self.batch_open = false;
         self.batch_failed = false;
         self.last_was_rollback = false;
         self.server = Some(server);
@@ -615,7 +654,7 @@ impl Session {
                 .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
         self.settle_stats();
-        self.pool.checkin(server);
+        checkin_after_cancels(&self.ctx, &self.pool, server);
         // The batch log exists to re-send a batch whose reply is still to come; after the transaction it only
         // pins the client's read buffer (its frames are slices of it) while the client sits idle.
         self.batch.clear();
@@ -657,7 +696,7 @@ impl Session {
         let busy = !self.relay.server_at_rest() || self.relay.in_copy_in || !self.sout.is_empty();
         let timeout = config.connect_timeout;
         if busy || server.broken {
-            cancel_on_server(server.addr, server.cancel_key).await;
+            cancel_on_server(server.addr, server.cancel_key, || true).await;
             // Hang up and wait (bounded) for the server to close its end: a backend has rolled back and released
             // its locks by then, so whoever gets the freed pool slot cannot find them still held. Whatever the
             // server still sends is read and discarded, so a backend blocked writing a result can get there.
@@ -683,18 +722,50 @@ impl Session {
             }
         }
         if server.status == TxStatus::Idle {
-            self.pool.checkin(server);
+            checkin_after_cancels(&self.ctx, &self.pool, server);
         }
     }
 
+    /// Writes everything queued for the client. A client that takes none of it for `client_stall_timeout` is
+    /// disconnected: whatever servers this session holds are waiting on it. The setting is read only once the
+    /// socket makes the session wait (the usual reply fits in the socket buffer at once).
     async fn flush_client(&mut self) -> Result<(), SessionError> {
         if self.cout.is_empty() {
             return Ok(());
         }
-        self.client
-            .write_all(&self.cout)
-            .await
+        let mut stall = None;
+        let mut written = 0;
+        while written < self.cout.len() {
+            let (client, rest) = (&mut self.client, &self.cout[written..]);
+            let now = poll_fn(|cx| {
+                Poll::Ready(tokio::io::AsyncWrite::poll_write(
+                    Pin::new(&mut *client),
+                    cx,
+                    rest,
+                ))
+            })
+            .await;
+            let n = match now {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    let limit = *stall.get_or_insert_with(|| {
+                        self.ctx.config().general.client_stall_timeout.enabled()
+                    });
+                    let write = self.client.write(&self.cout[written..]);
+                    match limit {
+                        None => write.await,
+                        Some(limit) => tokio::time::timeout(limit, write)
+                            .await
+                            .map_err(|_| client_stalled(limit))?,
+                    }
+                }
+            }
             .map_err(SessionError::ClientIo)?;
+            if n == 0 {
+                return Err(SessionError::ClientIo(std::io::ErrorKind::WriteZero.into()));
+            }
+            written += n;
+        }
         self.client.flush().await.map_err(SessionError::ClientIo)?;
         self.bytes_to_client += self.cout.len() as u64;
         self.cout.clear();
@@ -754,20 +825,47 @@ impl Drop for Session {
     }
 }
 
+/// Returns a server to its pool, after any cancel request still on its way to it has arrived (the caller has
+/// already cleared the client's server, so no new one can start): a cancel meant for the query that just ended
+/// must not reach the next client's.
+fn checkin_after_cancels(ctx: &Arc<Context>, pool: &Arc<Pool>, server: Box<ServerConn>) {
+    if !ctx.cancel_in_flight(server.id) {
+        pool.checkin(server);
+        return;
+    }
+    let (ctx, pool) = (Arc::clone(ctx), Arc::clone(pool));
+    tokio::spawn(async move {
+        ctx.cancels_delivered(server.id, CANCEL_WAIT).await;
+        pool.checkin(server);
+    });
+}
+
+/// Longest a released server waits for a cancel on its way to it: the cancel's own connect timeout, and a margin.
+const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(6);
+
 fn protocol_violation(msg: String) -> SessionError {
     SessionError::Terminated(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, msg))
 }
 
-/// Sends a CancelRequest for whatever `key`'s backend is running. Best effort: failures are only logged.
+/// Sends a CancelRequest for whatever `key`'s backend is running, if `still_wanted()` once connected (the connect
+/// may take a while, and the query may be over by then). Returns once the postmaster has closed the connection,
+/// i.e. has signalled the backend. Best effort: failures are only logged.
 pub async fn cancel_on_server(
     addr: std::net::SocketAddr,
     key: crate::protocol::startup::CancelKey,
+    still_wanted: impl Fn() -> bool,
 ) {
     let packet = crate::protocol::startup::encode_cancel(key);
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
+        if !still_wanted() {
+            return Ok(());
+        }
         s.write_all(&packet).await?;
-        s.shutdown().await
+        s.shutdown().await?;
+        let mut sink = [0u8; 64];
+        while s.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
     };
     match tokio::time::timeout(std::time::Duration::from_secs(5), attempt).await {
         Ok(Ok(())) => {}

@@ -210,7 +210,14 @@ impl Session {
         let mut batches = ShardBatches::new(lent.len(), DEFAULT_FLUSH_THRESHOLD, route);
         let mut client_failed = None;
         let outcome: Result<(), ClientError> = loop {
-            let Some(frame) = self.next_idle_frame().await? else {
+            let next = match self.next_frame_while_owed().await {
+                Err(e @ SessionError::Terminated(_)) => {
+                    abort_copies(lent, &in_copy, "client stalled").await?;
+                    return Err(e);
+                }
+                other => other?,
+            };
+            let Some(frame) = next else {
                 abort_copies(lent, &in_copy, "client disconnected").await?;
                 return Err(SessionError::ClientGone);
             };
