@@ -522,27 +522,6 @@ async fn a_pipeline_that_writes_runs_on_the_primary() {
             (vec![primary, primary], false),
             "{replies:?}"
         );
-        // Read then write in two batches sent together: both went to the same server, the primary.
-        raw.parse("", read).await;
-        raw.bind_execute("").await;
-        raw.sync().await;
-        raw.parse(
-            "",
-            &format!(
-                "INSERT INTO items VALUES ({}, 'p') RETURNING inet_server_port()",
-                6_000 + i
-            ),
-        )
-        .await;
-        raw.bind_execute("").await;
-        raw.sync().await;
-        let mut replies = raw.replies().await;
-        replies.extend(raw.replies().await);
-        assert_eq!(
-            ports_in(&replies),
-            (vec![primary, primary], false),
-            "{replies:?}"
-        );
     }
     // A write prepared earlier, executed by name after a read in the same batch.
     raw.parse(
