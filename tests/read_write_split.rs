@@ -139,7 +139,11 @@ async fn wait_until_lagging(proxy: &TestProxy, port: u16, ms: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistency_modes_against_real_replicas() {
     let cluster = Cluster::start(Some(Duration::from_secs(2))).await;
-    let proxy = cluster.proxy("consistency = \"read_your_writes\"").await;
+    // Reads wait up to 1 s for a replica (not 100 ms), for a loaded machine: the checks below are about where reads
+    // go, not how fast replicas are. Less than the delayed replica's 2 s, so it still never has a row in time.
+    let proxy = cluster
+        .proxy("consistency = \"read_your_writes\"\nread_your_writes_wait = \"1s\"")
+        .await;
     let primary = cluster.primary_port();
     let fast = cluster.fast.port();
     let slow = cluster.slow_port();
