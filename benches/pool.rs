@@ -50,6 +50,7 @@ fn checkout_release(c: &mut Criterion) {
             statement_capacity: 16,
         },
         Arc::new(PauseGate::default()),
+        &Arc::default(),
     );
     // Warm up: open all 20 connections.
     rt.block_on(async {

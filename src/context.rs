@@ -153,10 +153,34 @@ pub struct Context {
     pub started_at: SystemTime,
     verifiers: Mutex<HashMap<String, (String, crate::auth::scram::ScramVerifier)>>,
     config_path: Mutex<Option<std::path::PathBuf>>,
-    /// Hashes of statement texts some server has accepted in a Parse: such a Parse can be answered without a server.
-    known_statements: std::sync::RwLock<std::collections::HashSet<u64>>,
     /// TLS acceptor for clients, swapped on reload.
     pub tls: Arc<arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>>,
+    /// Background tasks (monitors, catalog followers, recorders, pool janitors), restarted when they fail.
+    pub tasks: Arc<crate::supervisor::Tasks>,
+    /// Cancel requests on their way to a server, by server connection id (see [`Context::begin_cancel`]).
+    cancels: Mutex<HashMap<u64, usize>>,
+    cancels_done: tokio::sync::Notify,
+}
+
+/// A cancel request on its way to one server connection: while it lives, that server is not handed to another
+/// client, so the cancel can only ever reach the query of the client that asked for it.
+pub struct CancelInFlight {
+    ctx: Arc<Context>,
+    server_id: u64,
+}
+
+impl Drop for CancelInFlight {
+    fn drop(&mut self) {
+        let mut cancels = self.ctx.cancels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = cancels.get_mut(&self.server_id) {
+            *n -= 1;
+            if *n == 0 {
+                cancels.remove(&self.server_id);
+            }
+        }
+        drop(cancels);
+        self.ctx.cancels_done.notify_waiters();
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,8 +216,10 @@ impl Context {
             started_at: SystemTime::now(),
             verifiers: Mutex::new(HashMap::new()),
             config_path: Mutex::new(None),
-            known_statements: std::sync::RwLock::new(std::collections::HashSet::new()),
             tls: Arc::new(arc_swap::ArcSwapOption::empty()),
+            tasks: Arc::default(),
+            cancels: Mutex::new(HashMap::new()),
+            cancels_done: tokio::sync::Notify::new(),
         })
     }
 
@@ -231,7 +257,7 @@ impl Context {
             &config.general,
             None,
         );
-        start_monitor(&config, database, &shard_db, &cluster);
+        start_monitor(&config, database, &shard_db, &cluster, &self.tasks);
         clusters.insert(key, Arc::clone(&cluster));
         Some(cluster)
     }
@@ -299,6 +325,7 @@ impl Context {
                         target,
                         pool_config(config, db, user),
                         Arc::clone(&self.pause),
+                        &self.tasks,
                     ),
                 }
             })
@@ -357,6 +384,7 @@ impl Context {
                         Some(u) => r.start_following(
                             u.server_user().to_owned(),
                             u.server_password().map(str::to_owned),
+                            &self.tasks,
                         ),
                         None => tracing::warn!(
                             database = %name,
@@ -407,7 +435,7 @@ impl Context {
                     &config.general,
                     previous,
                 );
-                start_monitor(&config, name, shard_db, &c);
+                start_monitor(&config, name, shard_db, &c, &self.tasks);
                 clusters.insert(key, c);
             }
         }
@@ -506,19 +534,42 @@ impl Context {
         v
     }
 
-    pub fn statement_is_known(&self, hash: u64) -> bool {
-        self.known_statements
-            .read()
+    /// Registers a cancel request for server connection `server_id`. Register first, then check that the client
+    /// still holds that server: a session releasing it clears the client's server before asking
+    /// [`Context::cancel_in_flight`], so one of the two always sees the other.
+    pub fn begin_cancel(self: &Arc<Self>, server_id: u64) -> CancelInFlight {
+        *self
+            .cancels
+            .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&hash)
+            .entry(server_id)
+            .or_default() += 1;
+        CancelInFlight {
+            ctx: Arc::clone(self),
+            server_id,
+        }
     }
 
-    pub fn remember_statement(&self, hash: u64) {
-        if !self.statement_is_known(hash) {
-            self.known_statements
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(hash);
+    pub fn cancel_in_flight(&self, server_id: u64) -> bool {
+        self.cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&server_id)
+    }
+
+    /// Waits until no cancel request is on its way to `server_id` (bounded: a cancel attempt gives up by then).
+    pub async fn cancels_delivered(&self, server_id: u64, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.cancels_done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.cancel_in_flight(server_id) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -614,7 +665,13 @@ fn shard_label(db: &DatabaseConfig, shard: u16) -> Option<u16> {
 
 /// Starts the replication monitor of a database that has replicas (one without needs none: every transaction goes
 /// to its primary).
-fn start_monitor(config: &Config, database: &str, db: &DatabaseConfig, cluster: &Arc<Cluster>) {
+fn start_monitor(
+    config: &Config,
+    database: &str,
+    db: &DatabaseConfig,
+    cluster: &Arc<Cluster>,
+    tasks: &Arc<crate::supervisor::Tasks>,
+) {
     if !cluster.has_replicas() {
         return;
     }
@@ -636,6 +693,7 @@ fn start_monitor(config: &Config, database: &str, db: &DatabaseConfig, cluster: 
             password: user.server_password().map(str::to_owned),
             connect_timeout: config.general.server_connect_timeout.0,
         },
+        tasks,
     );
 }
 

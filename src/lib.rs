@@ -19,3 +19,4 @@ pub mod protocol;
 pub mod router;
 pub mod sharding;
 pub mod sqlparse;
+pub mod supervisor;

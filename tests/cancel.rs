@@ -232,3 +232,78 @@ async fn cancel_of_an_idle_client_is_harmless() {
     })
     .await;
 }
+
+/// A TCP relay in front of `target` that forwards every connection at once, except CancelRequests, which it holds
+/// for `hold` first: a slow path for cancels only, as over a congested network.
+async fn cancel_delaying_relay(target: u16, hold: Duration) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 8];
+                if client.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                if head == [0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e] {
+                    tokio::time::sleep(hold).await;
+                }
+                let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)).await else {
+                    return;
+                };
+                if server.write_all(&head).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_cancel_never_reaches_the_next_clients_query() {
+    bounded(async {
+        let backend = Backend::start().await;
+        let relay = cancel_delaying_relay(backend.pg.port(), Duration::from_secs(1)).await;
+        let toml = backend.config_toml("pool_size = 1").replace(
+            &format!("port = {}", backend.pg.port()),
+            &format!("port = {relay}"),
+        );
+        let proxy = common::TestProxy::start(&toml).await;
+        let a = proxy.connect().await;
+        let b = proxy.connect().await;
+        assert_eq!(
+            a.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+            1
+        );
+
+        // A runs a short query and asks to cancel it; the cancel is held on its way, so the query ends first.
+        let cancel = a.cancel_token();
+        let a_query = tokio::spawn(async move { a.simple_query("SELECT pg_sleep(0.3)").await });
+        let direct = common::connect(&backend.direct_url()).await;
+        eventually(LIMIT, "A's query to run", || {
+            running(&direct, "pg_sleep(0.3)")
+        })
+        .await;
+        let cancelling = tokio::spawn(async move { cancel.cancel_query(NoTls).await });
+        // B queues for the single server meanwhile and runs a longer query on it once A is done.
+        let b_query = tokio::spawn(async move {
+            let started = Instant::now();
+            let r = b.simple_query("SELECT pg_sleep(1.5)").await;
+            (r, started.elapsed())
+        });
+        let a_result = a_query.await.unwrap();
+        cancelling.await.unwrap().unwrap();
+        let (b_result, _) = b_query.await.unwrap();
+        // B's query is B's: a cancel meant for A's finished query must not interrupt it.
+        if let Err(e) = &b_result {
+            panic!("B's query was interrupted: {} ({e})", sqlstate(e));
+        }
+        // A's own query either finished or was cancelled; either is right for A, nothing else is.
+        if let Err(e) = a_result {
+            assert_eq!(sqlstate(&e), "57014", "{e}");
+        }
+    })
+    .await;
+}

@@ -259,3 +259,197 @@ async fn a_client_silent_after_flush_meets_the_idle_transaction_timeout() {
     let c = common::connect(&proxy.app_url()).await;
     assert_eq!(first_value(&c, "SELECT count(*) FROM t").await, "0");
 }
+
+/// SHOW TASKS rows as (task, name) -> (state, failures, last_error).
+async fn task_rows(
+    proxy: &common::TestProxy,
+) -> std::collections::HashMap<(String, String), (String, u64, String)> {
+    proxy
+        .admin("SHOW TASKS")
+        .await
+        .into_iter()
+        .map(|r| {
+            (
+                (r["task"].clone(), r["name"].clone()),
+                (
+                    r["state"].clone(),
+                    r["failures"].parse().unwrap(),
+                    r["last_error"].clone(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_catalog_is_refused_and_shown_while_routing_goes_on() {
+    let (shards, proxy, _cfg) = start().await;
+    let catalog = &shards.backends[0];
+    let c = common::connect(&shop_url(&proxy)).await;
+
+    // Every background task is listed, running, with no failure.
+    let tasks = task_rows(&proxy).await;
+    for kind in [
+        "catalog follower",
+        "column reader",
+        "replica monitor",
+        "pool janitor",
+        "catalog reload",
+    ] {
+        assert!(
+            tasks.keys().any(|(k, _)| k == kind),
+            "{kind} missing from {tasks:?}"
+        );
+    }
+    assert!(
+        tasks.values().all(|(_, failures, _)| *failures == 0),
+        "{tasks:?}"
+    );
+
+    let expr = shardpool::sharding::hash::vshard_sql(
+        "aid",
+        shardpool::sharding::key::KeyType::Int,
+        common::shards::VSHARDS,
+    );
+    let vshard: u32 = catalog
+        .sql(&format!("SELECT {expr} FROM (SELECT 7::bigint AS aid) t"))
+        .trim()
+        .parse()
+        .unwrap();
+    let owner_of_7 = (0..shards.backends.len())
+        .find(|i| common::shards::owned(*i).contains(&vshard))
+        .unwrap();
+    let bump = |sql: &str| {
+        catalog.sql(&format!(
+            "{sql}; UPDATE shardpool.epoch SET epoch = epoch + 1; \
+             SELECT pg_notify('shardpool_catalog', (SELECT epoch FROM shardpool.epoch)::text)"
+        ))
+    };
+    // A negative vshard count (it once aborted the process) and a column of another type (it once panicked the
+    // follower): both refused, counted and shown, while keyed statements keep their shard.
+    for (corrupt, expect) in [
+        (
+            "ALTER TABLE shardpool.epoch DROP CONSTRAINT epoch_vshards_check; \
+             UPDATE shardpool.epoch SET vshards = -1",
+            "-1 vshards",
+        ),
+        (
+            "UPDATE shardpool.epoch SET vshards = 64; \
+             ALTER TABLE shardpool.placement DROP CONSTRAINT placement_shard_check; \
+             ALTER TABLE shardpool.placement ALTER COLUMN shard TYPE text",
+            "column shard",
+        ),
+    ] {
+        let before = task_rows(&proxy).await[&("catalog reload".to_owned(), "shop".to_owned())].1;
+        bump(corrupt);
+        common::eventually(Duration::from_secs(20), "the reload to fail", || {
+            let proxy = &proxy;
+            async move {
+                let rows = task_rows(proxy).await;
+                let (state, failures, error) =
+                    &rows[&("catalog reload".to_owned(), "shop".to_owned())];
+                state == "failing" && *failures > before && error.contains(expect)
+            }
+        })
+        .await;
+        c.batch_execute("INSERT INTO accounts (aid, owner, balance) VALUES (7, 'x', 1)")
+            .await
+            .unwrap();
+        let counts: Vec<i64> = shards
+            .backends
+            .iter()
+            .map(|b| common::shards::count(b, "SELECT count(*) FROM accounts WHERE aid = 7"))
+            .collect();
+        let mut expected = vec![0i64; shards.backends.len()];
+        expected[owner_of_7] = 1;
+        assert_eq!(counts, expected, "routed by the last good snapshot");
+        c.batch_execute("DELETE FROM accounts WHERE aid = 7")
+            .await
+            .unwrap();
+    }
+
+    // Repaired: the next reload succeeds and the state clears.
+    bump("ALTER TABLE shardpool.placement ALTER COLUMN shard TYPE integer USING shard::integer");
+    common::eventually(Duration::from_secs(20), "the reload to succeed", || {
+        let proxy = &proxy;
+        async move {
+            task_rows(proxy).await[&("catalog reload".to_owned(), "shop".to_owned())].0 == "ok"
+        }
+    })
+    .await;
+    // Nothing ever had to restart.
+    let tasks = task_rows(&proxy).await;
+    assert!(
+        tasks
+            .iter()
+            .filter(|((k, _), _)| k != "catalog reload")
+            .all(|(_, (_, failures, _))| *failures == 0),
+        "{tasks:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_known_to_one_user_are_not_taken_as_prepared_for_another() {
+    let b = Backend::start().await;
+    // Schema USAGE is checked when a statement is parsed (table privileges only when it runs).
+    b.sql(
+        "CREATE SCHEMA hidden AUTHORIZATION app; CREATE TABLE hidden.secret_t (v int); \
+         ALTER TABLE hidden.secret_t OWNER TO app",
+    );
+    let proxy = b.proxy("pool_size = 2").await;
+
+    // `app` may read the table: its Parse succeeds on a server and the text becomes known to app's pool.
+    let mut app = Raw::connect(proxy.port, "app", "secret", DB).await;
+    app.parse("s1", "SELECT v FROM hidden.secret_t").await;
+    app.sync().await;
+    assert_eq!(app.replies().await, ["1", "Z:I"]);
+    // A second Parse of the same text by app is answered without a server: known to its pool.
+    let mut app2 = Raw::connect(proxy.port, "app", "secret", DB).await;
+    app2.parse("mine", "SELECT v FROM hidden.secret_t").await;
+    app2.sync().await;
+    assert_eq!(app2.replies().await, ["1", "Z:I"]);
+
+    // `trustuser` may not: its Parse of the very same text must reach a server and fail there, as on Postgres.
+    let mut other = Raw::connect(proxy.port, "trustuser", "", DB).await;
+    other.parse("s1", "SELECT v FROM hidden.secret_t").await;
+    other.sync().await;
+    assert_eq!(other.replies().await, ["E:C42501", "Z:I"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_made_by_functions_select_into_and_do_never_reaches_another_client() {
+    let b = Backend::start().await;
+    let proxy = b.proxy("pool_size = 5").await;
+    let observer = proxy.connect().await;
+    // (statement that leaves session state, a probe answering "t" when the state is on the probing session)
+    let probes = [
+        (
+            "SELECT set_config('work_mem', '7MB', false)",
+            "SELECT current_setting('work_mem') = '7MB'",
+        ),
+        (
+            "SELECT 1 AS x INTO TEMP leak_t",
+            "SELECT to_regclass('pg_temp.leak_t') IS NOT NULL",
+        ),
+        (
+            "DO $$ BEGIN PERFORM pg_advisory_lock(42); END $$",
+            "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+        ),
+        (
+            "DO $$ BEGIN SET work_mem = '9MB'; END $$",
+            "SELECT current_setting('work_mem') = '9MB'",
+        ),
+    ];
+    let mut holders = Vec::new();
+    for (effect, probe) in probes {
+        let a = proxy.connect().await;
+        a.batch_execute(effect).await.unwrap();
+        // The client that made it keeps it (its server is kept for it) ...
+        assert_eq!(first_value(&a, probe).await, "t", "{effect}");
+        // ... and nobody else ever sees it, whichever server they get.
+        for _ in 0..5 {
+            assert_eq!(first_value(&observer, probe).await, "f", "{effect}");
+        }
+        holders.push(a);
+    }
+}

@@ -241,11 +241,22 @@ async fn waiters_are_served_first_come_first_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkout_timeout_fails_a_waiting_query_with_53300() {
     let backend = Backend::start().await;
-    let proxy = backend
-        .proxy("pool_size = 1\ncheckout_timeout = \"300ms\"")
-        .await;
+    let proxy = backend.proxy("pool_size = 1").await;
+    // Both log in (the first login connects to the server, which on a loaded machine can take longer than the
+    // short timeout under test), then the timeout is lowered by RELOAD.
     let holder = proxy.connect().await;
     let other = proxy.connect().await;
+    assert_eq!(scalar(&holder, "SELECT 1").await, "1");
+    std::fs::write(
+        &proxy.config_path,
+        backend.config_toml("pool_size = 1\ncheckout_timeout = \"300ms\""),
+    )
+    .unwrap();
+    common::connect(&proxy.admin_url())
+        .await
+        .simple_query("RELOAD")
+        .await
+        .unwrap();
     holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
 
     let started = Instant::now();

@@ -53,6 +53,7 @@ pub fn show(ctx: &Arc<Context>, what: &str) -> Result<Output, AdminError> {
         "SHARDS" => Ok(shards(ctx)),
         "VSHARDS" => Ok(vshards(ctx)),
         "SPIN" => Ok(spin(ctx)),
+        "TASKS" => Ok(tasks(ctx)),
         "LISTS" => Ok(lists(ctx)),
         "VERSION" => Ok(Output::table(
             vec!["version"],
@@ -60,6 +61,48 @@ pub fn show(ctx: &Arc<Context>, what: &str) -> Result<Output, AdminError> {
         )),
         other => Err(AdminError::Syntax(format!("unknown SHOW item {other:?}"))),
     }
+}
+
+/// Supervised background tasks: how many times each has run, failed, and why it last failed.
+/// Each sharded database's catalog reloads follow, as a task of their own: a catalog the follower cannot read
+/// fails reloads (routing goes on with the last good snapshot) without the follower's task failing.
+fn tasks(ctx: &Arc<Context>) -> Output {
+    let mut rows: Vec<Row> = ctx
+        .tasks
+        .snapshot()
+        .iter()
+        .map(|t| {
+            vec![
+                s(t.kind),
+                s(&t.name),
+                s(t.state().as_str()),
+                s(t.runs()),
+                s(t.failures()),
+                t.last_error(),
+            ]
+        })
+        .collect();
+    let config = ctx.config();
+    for name in config.databases.keys() {
+        let Some(stats) = ctx.shard_router(name).and_then(|r| r.follow_stats()) else {
+            continue;
+        };
+        let error = stats.last_error();
+        let reloads =
+            stats.notified.load(Ordering::Relaxed) + stats.checked.load(Ordering::Relaxed);
+        rows.push(vec![
+            s("catalog reload"),
+            s(name),
+            s(if error.is_some() { "failing" } else { "ok" }),
+            s(reloads),
+            s(stats.failed.load(Ordering::Relaxed)),
+            error,
+        ]);
+    }
+    Output::table(
+        vec!["task", "name", "state", "runs", "failures", "last_error"],
+        rows,
+    )
 }
 
 /// Counts of what the proxy holds, as PgBouncer's SHOW LISTS: `used_clients` are logged-in connections (what

@@ -160,6 +160,8 @@ pub struct Pool {
     params: Mutex<Option<Arc<BTreeMap<String, String>>>>,
     gate: Arc<PauseGate>,
     closed: AtomicBool,
+    /// Statement texts some server of this pool accepted: a client's Parse of one is answered without a server.
+    pub known_statements: super::statements::KnownStatements,
 }
 
 /// Gives a connection's place in the pool back when the connection is dropped, wherever that happens.
@@ -193,6 +195,7 @@ impl Pool {
         target: ServerTarget,
         config: PoolConfig,
         gate: Arc<PauseGate>,
+        tasks: &Arc<crate::supervisor::Tasks>,
     ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             database,
@@ -204,8 +207,9 @@ impl Pool {
             params: Mutex::new(None),
             gate,
             closed: AtomicBool::new(false),
+            known_statements: Default::default(),
         });
-        Pool::spawn_janitor(&pool);
+        Pool::spawn_janitor(&pool, tasks);
         pool
     }
 
@@ -540,20 +544,27 @@ impl Pool {
         }
     }
 
-    fn spawn_janitor(pool: &Arc<Pool>) {
+    /// Supervised: a janitor that died would leave expired servers open and the pool below its minimum for good.
+    fn spawn_janitor(pool: &Arc<Pool>, tasks: &Arc<crate::supervisor::Tasks>) {
         let weak = Arc::downgrade(pool);
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        rt.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tick.tick().await;
-                let Some(pool) = weak.upgrade() else { return };
-                if pool.is_closed() {
-                    return;
+        let name = format!(
+            "{}/{} {}:{}",
+            pool.database, pool.user, pool.target.host, pool.target.port
+        );
+        tasks.spawn("pool janitor", name, move || {
+            let weak = weak.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    tick.tick().await;
+                    let Some(pool) = weak.upgrade() else {
+                        return Ok(());
+                    };
+                    if pool.is_closed() {
+                        return Ok(());
+                    }
+                    pool.maintain();
                 }
-                pool.maintain();
             }
         });
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::{lsn, Cluster, Member, Recovery};
 use crate::backend::connect::connect;
 use crate::backend::{ServerConn, ServerTarget};
+use crate::supervisor::Tasks;
 
 /// One round's question. On a primary, the flush position: WAL that replicas can have (what staleness is measured
 /// against).
@@ -20,13 +21,21 @@ const POLL_SQL: &str = "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery(
 const VOLATILITY_SQL: &str = "SELECT n.nspname::text, p.proname::text, bool_or(p.provolatile = 'v') \
     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace GROUP BY 1, 2";
 
-/// Starts one monitor task per member. They stop when the cluster is retired (reload) or the runtime ends.
-pub fn spawn(cluster: &Arc<Cluster>, login: LoginFor) {
+/// Starts one supervised monitor task per member (a panicking poll restarts the task instead of leaving the
+/// replica's lag unmeasured for ever). They stop when the cluster is retired (reload) or the runtime ends.
+pub fn spawn(cluster: &Arc<Cluster>, login: LoginFor, tasks: &Arc<Tasks>) {
     for (i, member) in cluster.members.iter().enumerate() {
         let target = login.target(member);
-        let cluster = Arc::clone(cluster);
-        let member = Arc::clone(member);
-        tokio::spawn(async move { watch_member(cluster, i, member, target).await });
+        let name = format!("{} {}", cluster.database, member.addr_text());
+        let (cluster, member) = (Arc::clone(cluster), Arc::clone(member));
+        tasks.spawn("replica monitor", name, move || {
+            let (cluster, member, target) =
+                (Arc::clone(&cluster), Arc::clone(&member), target.clone());
+            async move {
+                watch_member(cluster, i, member, target).await;
+                Ok(())
+            }
+        });
     }
 }
 

@@ -130,9 +130,7 @@ async fn establish(
         Ok(Ok(Handshake::Startup(stream, params))) => (stream, params),
         Ok(Ok(Handshake::Cancel(key))) => {
             if let Some(client) = ctx.client_by_cancel_key(&key) {
-                if let Some((addr, server_key, _)) = client.server() {
-                    cancel_on_server(addr, server_key).await;
-                }
+                forward_cancel(&ctx, &client).await;
             }
             return None;
         }
@@ -283,4 +281,20 @@ async fn refuse(stream: &mut ClientStream, e: &ClientError) {
     let _ = stream.write_all(&out).await;
     let _ = stream.flush().await;
     let _ = stream.shutdown().await;
+}
+
+/// Forwards a client's cancel to the server running its query, and only to it. The server is held back from other
+/// clients while the cancel is on its way (a released server waits for it before going back to the pool), and the
+/// cancel is not sent if the client no longer holds that server once the connection to its postmaster is open:
+/// otherwise a slow cancel could interrupt whatever the next client runs there.
+async fn forward_cancel(ctx: &Arc<Context>, client: &crate::context::ClientInfo) {
+    let Some((_, _, server_id)) = client.server() else {
+        return;
+    };
+    let _in_flight = ctx.begin_cancel(server_id);
+    let still_held = || client.server().filter(|s| s.2 == server_id);
+    let Some((addr, server_key, _)) = still_held() else {
+        return;
+    };
+    cancel_on_server(addr, server_key, || still_held().is_some()).await;
 }

@@ -32,6 +32,14 @@ impl StatementDef {
     }
 }
 
+impl StatementDef {
+    /// Same text and parameter types (what a shared server-side statement must be), whatever the hashes say.
+    pub fn same_as(&self, other: &StatementDef) -> bool {
+        std::ptr::eq(self, other)
+            || (self.query == other.query && self.param_types == other.param_types)
+    }
+}
+
 /// One client's named statements.
 #[derive(Debug, Default)]
 pub struct ClientStatements {

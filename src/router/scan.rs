@@ -155,9 +155,15 @@ impl<'a> Iterator for Words<'a> {
 
 /// Case-insensitive search for an ASCII needle outside literals and comments.
 pub fn contains_word_ci(sql: &str, needle: &str) -> bool {
+    find_ci(sql, needle, 0).is_some()
+}
+
+/// The byte offset of the first `needle` (ASCII, case-insensitive) at or after `from`, outside literals and
+/// comments.
+pub fn find_ci(sql: &str, needle: &str, from: usize) -> Option<usize> {
     let b = sql.as_bytes();
     let n = needle.as_bytes();
-    let mut i = 0;
+    let mut i = from;
     while i < b.len() {
         match b[i] {
             b'\'' | b'"' | b'$' | b'-' | b'/' => {
@@ -170,11 +176,48 @@ pub fn contains_word_ci(sql: &str, needle: &str) -> bool {
             _ => {}
         }
         if b.len() - i >= n.len() && b[i..i + n.len()].eq_ignore_ascii_case(n) {
-            return true;
+            return Some(i);
         }
         i += 1;
     }
-    false
+    None
+}
+
+/// The arguments of a call whose name ends at `after_name` (blanks, then `(`): each argument's text, trimmed, split
+/// at top-level commas, literals and comments kept whole. `None` when no `(` follows or it is never closed.
+pub fn call_args(sql: &str, after_name: usize) -> Option<Vec<&str>> {
+    let b = sql.as_bytes();
+    let mut i = after_name;
+    while i < b.len() && b[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    if b.get(i) != Some(&b'(') {
+        return None;
+    }
+    let mut args = Vec::new();
+    let mut depth = 0usize;
+    let mut start = i + 1;
+    i += 1;
+    while i < b.len() {
+        match b[i] {
+            b'(' => depth += 1,
+            b')' if depth == 0 => {
+                args.push(sql.get(start..i)?.trim());
+                return Some(args);
+            }
+            b')' => depth -= 1,
+            b',' if depth == 0 => {
+                args.push(sql.get(start..i)?.trim());
+                start = i + 1;
+            }
+            _ => {
+                i = skip_token(b, i);
+                continue;
+            }
+        }
+        i += 1;
+    }
+    None
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! client gets), emulate it (DEALLOCATE of statements shardpool renamed), or keep the server (LISTEN, session
 //! advisory locks, WITH HOLD cursors, temporary tables, SQL-level PREPARE).
 
-use super::scan::{contains_word_ci, statements, Words};
+use super::scan::{call_args, contains_word_ci, find_ci, statements, Words};
 
 /// A session setting to carry to other servers: the statement that applies it and the one that undoes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,6 +120,37 @@ pub fn statement_effect(stmt: &str) -> Option<SessionEffect> {
     if kw(first, "DECLARE") && contains_word_ci(stmt, "WITH HOLD") {
         return Some(SessionEffect::NeedsSession("WITH HOLD cursors"));
     }
+    if kw(first, "DO") {
+        // The body is a string to the scanner: look inside it, conservatively (an UPDATE ... SET pins too).
+        let b = stmt.as_bytes();
+        let touches_session = [
+            &b"advisory_lock"[..],
+            b"temp",
+            b"set_config",
+            b"listen",
+            b"prepare",
+            b"set ",
+            b"with hold",
+        ]
+        .iter()
+        .any(|n| raw_contains_ci(b, n));
+        return touches_session
+            .then_some(SessionEffect::NeedsSession("DO blocks with session state"));
+    }
+    if kw(first, "SELECT") || kw(first, "WITH") {
+        // SELECT ... INTO TEMP[ORARY] creates a temporary table, as CREATE TEMP TABLE ... AS does.
+        let mut from = 0;
+        while let Some(at) = find_ci(stmt, "INTO", from) {
+            let mut after = Words::new(stmt.get(at + 4..).unwrap_or(""));
+            if after
+                .next()
+                .is_some_and(|w| kw(w, "TEMP") || kw(w, "TEMPORARY"))
+            {
+                return Some(SessionEffect::NeedsSession("temporary tables"));
+            }
+            from = at + 4;
+        }
+    }
     if kw(first, "CREATE") {
         let mut w = words.next()?;
         if kw(w, "GLOBAL") || kw(w, "LOCAL") {
@@ -137,6 +168,9 @@ pub fn statement_effect(stmt: &str) -> Option<SessionEffect> {
         .as_bytes()
         .iter()
         .fold(false, |seen, &b| seen | (b | 0x20 == b'v'));
+    if has_underscore(stmt) && sets_config_for_the_session(stmt) {
+        return Some(SessionEffect::NeedsSession("set_config(..., false)"));
+    }
     if has_v
         && raw_contains_ci(stmt.as_bytes(), b"advisory")
         && (contains_word_ci(stmt, "pg_advisory_lock")
@@ -145,6 +179,32 @@ pub fn statement_effect(stmt: &str) -> Option<SessionEffect> {
         return Some(SessionEffect::NeedsSession("session advisory locks"));
     }
     None
+}
+
+fn has_underscore(stmt: &str) -> bool {
+    stmt.as_bytes()
+        .iter()
+        .fold(false, |seen, &b| seen | (b == b'_'))
+}
+
+/// Whether a `set_config(name, value, is_local)` call of `stmt` may change a setting for the session: any whose
+/// third argument is not literally true. (Its effect cannot be carried to other servers like a SET: the name and
+/// value may be expressions.)
+fn sets_config_for_the_session(stmt: &str) -> bool {
+    let mut from = 0;
+    while let Some(at) = find_ci(stmt, "set_config", from) {
+        from = at + "set_config".len();
+        let local = call_args(stmt, from).is_some_and(|args| {
+            args.get(2).is_some_and(|a| {
+                let a = a.trim_matches('\'').to_ascii_lowercase();
+                matches!(a.as_str(), "true" | "t" | "on" | "yes" | "1")
+            })
+        });
+        if !local {
+            return true;
+        }
+    }
+    false
 }
 
 fn raw_contains_ci(hay: &[u8], needle: &[u8]) -> bool {
@@ -387,6 +447,34 @@ mod tests {
             Some(SessionEffect::NeedsSession(_))
         ));
         assert_eq!(statement_effect("select pg_advisory_xact_lock(1)"), None);
+        // State created through functions, SELECT INTO and DO blocks.
+        for sql in [
+            "SELECT set_config('work_mem', '7MB', false)",
+            "select SET_CONFIG('search_path', $1, $2)",
+            "SELECT set_config('a.b', (SELECT 'x, y'), false), 1",
+            "SELECT 1 AS x INTO TEMP leak_t",
+            "SELECT * INTO TEMPORARY TABLE t2 FROM t",
+            "WITH q AS (SELECT 1) SELECT * INTO temp t3 FROM q",
+            "DO $$ BEGIN PERFORM pg_advisory_lock(42); END $$",
+            "DO $$BEGIN CREATE TEMP TABLE x (a int); END$$",
+            "DO 'BEGIN PERFORM set_config(''work_mem'', ''8MB'', false); END'",
+            "DO $$BEGIN SET work_mem = '9MB'; END$$",
+        ] {
+            assert!(
+                matches!(statement_effect(sql), Some(SessionEffect::NeedsSession(_))),
+                "{sql}"
+            );
+        }
+        for sql in [
+            "SELECT set_config('work_mem', '7MB', true)",
+            "SELECT set_config('work_mem', '7MB', 'on')",
+            "SELECT 'set_config(x, y, false)'",
+            "SELECT a INTO b FROM t",
+            "SELECT a FROM into_temp",
+            "DO $$BEGIN PERFORM 1; END$$",
+        ] {
+            assert_eq!(statement_effect(sql), None, "{sql}");
+        }
         assert_eq!(statement_effect("CREATE TABLE t (a int)"), None);
         assert_eq!(statement_effect("SELECT 'SET x = 1'"), None);
     }

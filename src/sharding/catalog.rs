@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, GenericClient, IsolationLevel, Transaction};
 
-use crate::config::sharding::{CatalogTarget, MapConfig, ShardingConfig};
+use crate::config::sharding::{CatalogTarget, MapConfig, ShardingConfig, MAX_VSHARDS};
 use crate::config::Problem;
 use crate::sharding::key::{KeyType, KeyValue};
 
@@ -393,6 +393,24 @@ pub fn connect_config(
     pg
 }
 
+/// How long a background task's query may run (catalog reload, column read, directory write), and wait for a
+/// lock: a catalog table locked by a long DDL, or a hung server, must fail the query (the task retries and keeps
+/// its last good state) rather than leave the task waiting for ever.
+pub const BACKGROUND_STATEMENT_TIMEOUT: &str = "-c statement_timeout=10s -c lock_timeout=5s";
+
+/// [`connect_config`] for shardpool's own background tasks: their queries are short, so they run under
+/// [`BACKGROUND_STATEMENT_TIMEOUT`]. (shardctl's connections are not limited: a remap's copy may run for hours.)
+pub fn background_config(
+    target: &CatalogTarget,
+    role: &str,
+    password: Option<&str>,
+    application_name: &str,
+) -> tokio_postgres::Config {
+    let mut pg = connect_config(target, role, password, application_name);
+    pg.options(BACKGROUND_STATEMENT_TIMEOUT);
+    pg
+}
+
 /// Initial placement: contiguous blocks (see the module doc).
 pub fn initial_shard(vshard: u32, vshards: u32, shards: usize) -> u16 {
     let shard = u64::from(vshard) * shards as u64 / u64::from(vshards.max(1));
@@ -426,10 +444,12 @@ pub async fn init(client: &mut Client, cfg: &ShardingConfig) -> Result<InitOutco
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&INIT_LOCK])
         .await?;
-    let exists: bool = tx
-        .query_one("SELECT to_regclass('shardpool.epoch') IS NOT NULL", &[])
-        .await?
-        .get(0);
+    let exists: bool = column(
+        &tx.query_one("SELECT to_regclass('shardpool.epoch') IS NOT NULL", &[])
+            .await?,
+        0,
+        "to_regclass",
+    )?;
     let created = !exists;
     if created {
         tx.batch_execute(SCHEMA).await?;
@@ -448,14 +468,14 @@ pub async fn init(client: &mut Client, cfg: &ShardingConfig) -> Result<InitOutco
         )
         .await?;
     } else {
-        let catalog: i32 = tx
+        let row = tx
             .query_opt("SELECT vshards FROM shardpool.epoch", &[])
             .await?
-            .ok_or_else(|| CatalogError::Corrupt("shardpool.epoch has no row".into()))?
-            .get(0);
-        if catalog as u32 != cfg.vshards {
+            .ok_or_else(|| CatalogError::Corrupt("shardpool.epoch has no row".into()))?;
+        let catalog = vshard_count(column(&row, 0, "shardpool.epoch")?)?;
+        if catalog != cfg.vshards {
             return Err(CatalogError::VshardsMismatch {
-                catalog: catalog as u32,
+                catalog,
                 config: cfg.vshards,
             });
         }
@@ -471,9 +491,10 @@ pub async fn init(client: &mut Client, cfg: &ShardingConfig) -> Result<InitOutco
         notify(&tx, epoch).await?;
         epoch
     } else {
-        tx.query_one("SELECT epoch FROM shardpool.epoch", &[])
-            .await?
-            .get(0)
+        let row = tx
+            .query_one("SELECT epoch FROM shardpool.epoch", &[])
+            .await?;
+        column(&row, 0, "shardpool.epoch")?
     };
     tx.commit().await?;
     Ok(InitOutcome {
@@ -498,7 +519,8 @@ async fn add_map(
         )
         .await?
     {
-        let (kind, ty): (String, String) = (row.get(0), row.get(1));
+        let kind: String = column(&row, 0, "shardpool.maps")?;
+        let ty: String = column(&row, 1, "shardpool.maps")?;
         if kind != map.kind() || ty != key_type {
             return Err(CatalogError::MapMismatch {
                 map: name.into(),
@@ -542,7 +564,10 @@ async fn begin_change(tx: &Transaction<'_>) -> Result<(i64, u32), CatalogError> 
         .await
         .map_err(not_initialised)?
         .ok_or_else(|| CatalogError::Corrupt("shardpool.epoch has no row".into()))?;
-    Ok((row.get(0), row.get::<_, i32>(1) as u32))
+    Ok((
+        column(&row, 0, "shardpool.epoch")?,
+        vshard_count(column(&row, 1, "shardpool.epoch")?)?,
+    ))
 }
 
 /// Queues the notification; Postgres delivers it only if and when the transaction commits.
@@ -582,7 +607,8 @@ async fn checked_key(
         )
         .await?
         .ok_or_else(|| CatalogError::UnknownMap(map.into()))?;
-    let (actual, ty): (String, String) = (row.get(0), row.get(1));
+    let actual: String = column(&row, 0, "shardpool.maps")?;
+    let ty: String = column(&row, 1, "shardpool.maps")?;
     if actual != kind {
         return Err(CatalogError::WrongMapKind {
             map: map.into(),
@@ -642,15 +668,19 @@ pub async fn record_directory(
         )
         .await?;
     if inserted == 0 {
-        let existing: i32 = tx
+        let row = tx
             .query_one(
                 "SELECT vshard FROM shardpool.directory WHERE map = $1 AND key = $2",
                 &[&map, &text],
             )
-            .await?
-            .get(0);
+            .await?;
+        let existing = stored_vshard(
+            column(&row, 0, "shardpool.directory")?,
+            vshards,
+            "shardpool.directory",
+        )?;
         // Dropping the transaction rolls the epoch bump back: nothing changed.
-        return Ok((existing as u32, None));
+        return Ok((existing, None));
     }
     notify(&tx, epoch).await?;
     tx.commit().await?;
@@ -684,7 +714,45 @@ pub async fn epoch(client: &impl GenericClient) -> Result<i64, CatalogError> {
         .await
         .map_err(not_initialised)?
         .ok_or_else(|| CatalogError::Corrupt("shardpool.epoch has no row".into()))?;
-    Ok(row.get(0))
+    column(&row, 0, "shardpool.epoch")
+}
+
+/// Column `i` of a catalog row. Rows may have been written by hand or by another version, and the follower must
+/// keep routing with its last good snapshot rather than panic on a type it did not expect.
+fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a tokio_postgres::Row,
+    i: usize,
+    table: &str,
+) -> Result<T, CatalogError> {
+    row.try_get(i).map_err(|e| {
+        CatalogError::Corrupt(format!(
+            "{table}: column {} is not what shardpool reads: {e}",
+            row.columns().get(i).map_or("?", |c| c.name())
+        ))
+    })
+}
+
+/// The vshard count as stored: within what the catalog's own CHECK allows, or the catalog is refused (a negative
+/// count cast to u32 once asked for a 16 GiB allocation).
+fn vshard_count(stored: i32) -> Result<u32, CatalogError> {
+    match u32::try_from(stored) {
+        Ok(n @ 1..=MAX_VSHARDS) => Ok(n),
+        _ => Err(CatalogError::Corrupt(format!(
+            "shardpool.epoch says {stored} vshards (must be 1 to {MAX_VSHARDS})"
+        ))),
+    }
+}
+
+/// A vshard number read from a catalog table: below the vshard count.
+fn stored_vshard(stored: i32, vshards: u32, table: &str) -> Result<u32, CatalogError> {
+    u32::try_from(stored)
+        .ok()
+        .filter(|v| *v < vshards)
+        .ok_or_else(|| {
+            CatalogError::Corrupt(format!(
+                "{table} names vshard {stored}, outside 0..{vshards}"
+            ))
+        })
 }
 
 /// Reads the whole catalog in one repeatable-read snapshot, so the epoch matches the rows read with it.
@@ -700,8 +768,8 @@ pub async fn load(client: &mut Client) -> Result<Catalog, CatalogError> {
         .await
         .map_err(not_initialised)?
         .ok_or_else(|| CatalogError::Corrupt("shardpool.epoch has no row".into()))?;
-    let epoch: i64 = row.get(0);
-    let vshards = row.get::<_, i32>(1) as u32;
+    let epoch: i64 = column(&row, 0, "shardpool.epoch")?;
+    let vshards = vshard_count(column(&row, 1, "shardpool.epoch")?)?;
 
     let mut placement = Vec::with_capacity(vshards as usize);
     for row in tx
@@ -711,14 +779,18 @@ pub async fn load(client: &mut Client) -> Result<Catalog, CatalogError> {
         )
         .await?
     {
-        let (v, shard): (i32, i32) = (row.get(0), row.get(1));
-        if v as usize != placement.len() {
+        let v: i32 = column(&row, 0, "shardpool.placement")?;
+        let shard: i32 = column(&row, 1, "shardpool.placement")?;
+        if usize::try_from(v).ok() != Some(placement.len()) {
             return Err(CatalogError::Corrupt(format!(
                 "placement has no row for vshard {}",
                 placement.len()
             )));
         }
-        placement.push(shard as u16);
+        let shard = u16::try_from(shard).map_err(|_| {
+            CatalogError::Corrupt(format!("placement puts vshard {v} on shard {shard}"))
+        })?;
+        placement.push(shard);
     }
     if placement.len() != vshards as usize {
         return Err(CatalogError::Corrupt(format!(
@@ -733,15 +805,25 @@ pub async fn load(client: &mut Client) -> Result<Catalog, CatalogError> {
         .query("SELECT name, kind, key_type FROM shardpool.maps", &[])
         .await?
     {
-        let (name, kind, ty): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        let name: String = column(&row, 0, "shardpool.maps")?;
+        let kind: String = column(&row, 1, "shardpool.maps")?;
+        let ty: String = column(&row, 2, "shardpool.maps")?;
         let key_type = key_type_from_name(&ty)
             .ok_or_else(|| CatalogError::Corrupt(format!("map {name:?} has key type {ty:?}")))?;
-        if kind == "directory" {
-            let entries = load_directory(&tx, &name, key_type).await?;
-            directories.insert(name, Directory { key_type, entries });
-        } else {
-            let map = load_ranges(&tx, &name, key_type).await?;
-            ranges.insert(name, map);
+        match kind.as_str() {
+            "directory" => {
+                let entries = load_directory(&tx, &name, key_type, vshards).await?;
+                directories.insert(name, Directory { key_type, entries });
+            }
+            "range" => {
+                let map = load_ranges(&tx, &name, key_type, vshards).await?;
+                ranges.insert(name, map);
+            }
+            other => {
+                return Err(CatalogError::Corrupt(format!(
+                    "map {name:?} is of kind {other:?} (directory or range)"
+                )))
+            }
         }
     }
     tx.commit().await?;
@@ -759,6 +841,7 @@ async fn load_directory(
     tx: &Transaction<'_>,
     map: &str,
     key_type: KeyType,
+    vshards: u32,
 ) -> Result<HashMap<String, u32>, CatalogError> {
     let mut entries = HashMap::new();
     for row in tx
@@ -768,7 +851,12 @@ async fn load_directory(
         )
         .await?
     {
-        let (key, vshard): (String, i32) = (row.get(0), row.get(1));
+        let key: String = column(&row, 0, "shardpool.directory")?;
+        let vshard = stored_vshard(
+            column(&row, 1, "shardpool.directory")?,
+            vshards,
+            "shardpool.directory",
+        )?;
         let canonical = key_type
             .parse_text(&key)
             .ok()
@@ -779,7 +867,7 @@ async fn load_directory(
                     key_type.name()
                 ))
             })?;
-        entries.insert(canonical, vshard as u32);
+        entries.insert(canonical, vshard);
     }
     Ok(entries)
 }
@@ -788,6 +876,7 @@ async fn load_ranges(
     tx: &Transaction<'_>,
     map: &str,
     key_type: KeyType,
+    vshards: u32,
 ) -> Result<RangeMap, CatalogError> {
     let corrupt = |what: String| CatalogError::Corrupt(format!("range map {map:?}: {what}"));
     let mut first = None;
@@ -799,14 +888,19 @@ async fn load_ranges(
         )
         .await?
     {
-        let (lower, vshard): (Option<String>, i32) = (row.get(0), row.get(1));
+        let lower: Option<String> = column(&row, 0, "shardpool.ranges")?;
+        let vshard = stored_vshard(
+            column(&row, 1, "shardpool.ranges")?,
+            vshards,
+            "shardpool.ranges",
+        )?;
         match lower {
-            None => first = Some(vshard as u32),
+            None => first = Some(vshard),
             Some(text) => {
                 let key = key_type
                     .parse_text(&text)
                     .map_err(|e| corrupt(e.to_string()))?;
-                bounds.push((key, vshard as u32));
+                bounds.push((key, vshard));
             }
         }
     }

@@ -5,9 +5,12 @@
 //! refuses such INSERTs (0A000) while a table's order is unknown.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+
+use crate::supervisor::Tasks;
 use tokio_postgres::{Client, NoTls};
 
 use super::schema::{ShardedTable, TableColumns};
@@ -27,7 +30,10 @@ pub async fn load<'t>(
     let mut problems = Vec::new();
     for table in tables {
         let rows = client.query(COLUMNS_SQL, &[&quoted(&table.name)]).await?;
-        let columns: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let columns: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
         if columns.is_empty() {
             problems.push(format!(
                 "table {} not found on the default shard",
@@ -52,10 +58,21 @@ pub fn follow(
     pg: tokio_postgres::Config,
     tables: Vec<ShardedTable>,
     period: Duration,
-    mut epochs: watch::Receiver<i64>,
-    install: impl Fn(TableColumns) -> bool + Send + 'static,
+    epochs: watch::Receiver<i64>,
+    install: impl Fn(TableColumns) -> bool + Send + Sync + 'static,
+    tasks: &Arc<Tasks>,
+    database: &str,
 ) {
-    tokio::spawn(async move {
+    let install = Arc::new(install);
+    let tables = Arc::new(tables);
+    tasks.spawn("column reader", database, move || {
+        let (pg, tables, mut epochs, install) = (
+            pg.clone(),
+            Arc::clone(&tables),
+            epochs.clone(),
+            Arc::clone(&install),
+        );
+        async move {
         let mut client: Option<Client> = None;
         loop {
             if client.as_ref().is_none_or(Client::is_closed) {
@@ -77,16 +94,17 @@ pub fn follow(
                             tracing::warn!(problem = %p, "INSERT without a column list cannot be routed");
                         }
                         if !install(columns) {
-                            return;
+                            return Ok(());
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "reading column order failed"),
                 }
             }
             tokio::select! {
-                changed = epochs.changed() => if changed.is_err() { return },
+                changed = epochs.changed() => if changed.is_err() { return Ok(()) },
                 _ = tokio::time::sleep(period) => {}
             }
+        }
         }
     });
 }

@@ -57,6 +57,27 @@ pub struct FollowStats {
     pub checked: AtomicU64,
     /// Successful reconnects after the LISTEN connection was lost.
     pub reconnects: AtomicU64,
+    /// Reloads that failed with the server answering (a corrupt or unreadable catalog): routing went on with the
+    /// last good snapshot.
+    pub failed: AtomicU64,
+    /// Why the last reload failed; cleared by the next good one.
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl FollowStats {
+    fn set_error(&self, error: Option<String>) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = error;
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// A running follower. Dropping it stops the task too; `shutdown` also waits for it.
@@ -65,7 +86,8 @@ pub struct CatalogFollower {
     epochs: watch::Receiver<i64>,
     stats: Arc<FollowStats>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    /// `None` once a supervisor took it to learn how the task ends.
+    task: Option<JoinHandle<()>>,
 }
 
 impl CatalogFollower {
@@ -98,7 +120,7 @@ impl CatalogFollower {
             epochs,
             stats,
             stop,
-            task,
+            task: Some(task),
         })
     }
 
@@ -121,10 +143,23 @@ impl CatalogFollower {
         &self.stats
     }
 
+    /// The counters, shared, for the admin console.
+    pub fn shared_stats(&self) -> Arc<FollowStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The task itself, for a supervisor that must know whether it ended by a panic. After this, `shutdown`
+    /// still stops the task but cannot wait for it.
+    pub fn take_task(&mut self) -> Option<JoinHandle<()>> {
+        self.task.take()
+    }
+
     /// Stops following and waits for the task (and its connection) to end.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        if let Some(task) = self.task {
+            let _ = task.await;
+        }
     }
 }
 
@@ -240,6 +275,8 @@ impl Follow {
                     return End::Lost;
                 }
                 // The server answered but the catalog is unusable: keep routing with the last good snapshot.
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                self.stats.set_error(Some(e.to_string()));
                 tracing::error!(error = %e, "catalog reload failed; keeping epoch {}", self.current.load().epoch);
             }
         }
@@ -269,6 +306,7 @@ impl Follow {
         let fresh = catalog::load(client).await?;
         let epoch = fresh.epoch;
         cause.fetch_add(1, Ordering::Relaxed);
+        self.stats.set_error(None);
         self.current.store(Arc::new(fresh));
         self.epochs.send_replace(epoch);
         tracing::info!(epoch, "catalog reloaded");

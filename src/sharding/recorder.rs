@@ -50,12 +50,21 @@ pub struct DirectoryRecorder {
 }
 
 impl DirectoryRecorder {
-    /// Starts the background task; it connects to the catalog with `pg` when it first has work.
-    pub fn start(pg: tokio_postgres::Config) -> DirectoryRecorder {
+    /// Starts the background task (supervised: the queue outlives a failed run, which is restarted); it connects
+    /// to the catalog with `pg` when it first has work.
+    pub fn start(
+        pg: tokio_postgres::Config,
+        tasks: &Arc<crate::supervisor::Tasks>,
+        database: &str,
+    ) -> DirectoryRecorder {
         let (queue, rx) = mpsc::channel(QUEUE);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let pending = Arc::new(Mutex::new(HashSet::new()));
         let stats = Arc::new(RecorderStats::default());
-        tokio::spawn(run(pg, rx, Arc::clone(&pending), Arc::clone(&stats)));
+        let (p, st) = (Arc::clone(&pending), Arc::clone(&stats));
+        tasks.spawn("directory recorder", database, move || {
+            run(pg.clone(), Arc::clone(&rx), Arc::clone(&p), Arc::clone(&st))
+        });
         DirectoryRecorder {
             queue,
             pending,
@@ -87,12 +96,14 @@ impl DirectoryRecorder {
     }
 }
 
+/// One run: records queued keys until every sender is gone (the router was dropped).
 async fn run(
     pg: tokio_postgres::Config,
-    mut rx: mpsc::Receiver<Entry>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Entry>>>,
     pending: Arc<Mutex<HashSet<(String, String)>>>,
     stats: Arc<RecorderStats>,
-) {
+) -> crate::supervisor::RunResult {
+    let mut rx = rx.lock().await;
     let mut client: Option<Client> = None;
     while let Some(entry) = rx.recv().await {
         write(&pg, &mut client, &entry, &stats).await;
@@ -103,6 +114,7 @@ async fn run(
                 .remove(&(entry.map, text));
         }
     }
+    Ok(())
 }
 
 async fn write(

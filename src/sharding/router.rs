@@ -23,6 +23,7 @@ use super::schema::{ShardSchema, ShardedTable, TableColumns};
 use crate::config::sharding::{MapConfig, ShardingConfig, UnknownKeys};
 use crate::error::{sqlstate, ClientError};
 use crate::router::analysis_cache::{StripedCache, DEFAULT_MAX_BYTES};
+use crate::supervisor::Tasks;
 
 /// Where a statement runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,48 +111,90 @@ impl ShardRouter {
 
     /// Starts following the catalog in the background; until it has loaded once, keyed statements get an error
     /// saying so (an instance must never guess a placement).
-    pub fn start_following(self: &Arc<Self>, role: String, password: Option<String>) {
+    pub fn start_following(
+        self: &Arc<Self>,
+        role: String,
+        password: Option<String>,
+        tasks: &Arc<Tasks>,
+    ) {
         let Some(target) = self.config.catalog_target(&self.database) else {
             return;
         };
         let me = Arc::downgrade(self);
         let opts = FollowOptions::for_config(&self.config);
-        tokio::spawn(async move {
-            let mut pause = Duration::from_millis(200);
-            loop {
-                let pg = catalog::connect_config(
-                    &target,
-                    &role,
-                    password.as_deref(),
-                    "shardpool catalog follower",
-                );
-                let Some(router) = me.upgrade() else { return };
-                match CatalogFollower::start(pg, opts).await {
-                    Ok(f) => {
-                        let problems = f.current().check_against(&router.config);
-                        for p in problems {
-                            tracing::warn!(database = %router.database, problem = %p, "catalog and config disagree");
-                        }
-                        router.catalog.store(Some(f.shared()));
-                        let _ = router.recorder.set(DirectoryRecorder::start(pg_recorder(
-                            &target,
-                            &role,
-                            password.as_deref(),
-                        )));
-                        router.follow_columns(role, password, f.epochs());
-                        *router.follower.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
-                        tracing::info!(database = %router.database, "shard catalog loaded");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(database = %router.database, error = %e, "cannot load the shard catalog yet (run `shardctl init`?)");
-                    }
+        let tasks_for_runs = Arc::clone(tasks);
+        // Supervised: a run ends when the router is gone (Ok), and fails when its follower's task dies (a panic
+        // while reloading); the next run then starts a new follower, while routing goes on with the last snapshot.
+        tasks.spawn("catalog follower", self.database.clone(), move || {
+            let (target, role, password, me, tasks) = (
+                target.clone(),
+                role.clone(),
+                password.clone(),
+                me.clone(),
+                Arc::clone(&tasks_for_runs),
+            );
+            async move {
+                let Some(mut ended) =
+                    Self::follow_once(&me, &target, &role, password.as_deref(), opts, &tasks).await
+                else {
+                    return Ok(());
+                };
+                match (&mut ended).await {
+                    Err(e) if e.is_panic() => Err("the follower's task panicked".to_owned()),
+                    _ => Ok(()),
                 }
-                drop(router);
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
             }
         });
+    }
+
+    /// Starts a follower (retrying until the catalog loads) and installs it; returns its task, or `None` once the
+    /// router is gone. Holds no strong reference to the router while waiting, so dropping the router stops it.
+    async fn follow_once(
+        me: &std::sync::Weak<Self>,
+        target: &crate::config::sharding::CatalogTarget,
+        role: &str,
+        password: Option<&str>,
+        opts: FollowOptions,
+        tasks: &Arc<Tasks>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let pg =
+                catalog::background_config(target, role, password, "shardpool catalog follower");
+            let router = me.upgrade()?;
+            match CatalogFollower::start(pg, opts).await {
+                Ok(mut f) => {
+                    let problems = f.current().check_against(&router.config);
+                    for p in problems {
+                        tracing::warn!(database = %router.database, problem = %p, "catalog and config disagree");
+                    }
+                    router.catalog.store(Some(f.shared()));
+                    if router.recorder.get().is_none() {
+                        let _ = router.recorder.set(DirectoryRecorder::start(
+                            pg_recorder(target, role, password),
+                            tasks,
+                            &router.database,
+                        ));
+                    }
+                    router.follow_columns(
+                        role.to_owned(),
+                        password.map(str::to_owned),
+                        f.epochs(),
+                        tasks,
+                    );
+                    let task = f.take_task();
+                    *router.follower.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+                    tracing::info!(database = %router.database, "shard catalog loaded");
+                    return task;
+                }
+                Err(e) => {
+                    tracing::warn!(database = %router.database, error = %e, "cannot load the shard catalog yet (run `shardctl init`?)");
+                }
+            }
+            drop(router);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// Keeps the column order of sharded tables current: read from the default shard now, after every catalog
@@ -162,6 +205,7 @@ impl ShardRouter {
         role: String,
         password: Option<String>,
         epochs: tokio::sync::watch::Receiver<i64>,
+        tasks: &Arc<Tasks>,
     ) {
         let shard = &self.config.shards[usize::from(self.config.default_shard)];
         let target = crate::config::sharding::CatalogTarget {
@@ -169,7 +213,7 @@ impl ShardRouter {
             port: shard.port,
             database: shard.database(&self.database).to_owned(),
         };
-        let pg = catalog::connect_config(
+        let pg = catalog::background_config(
             &target,
             &role,
             password.as_deref(),
@@ -193,6 +237,8 @@ impl ShardRouter {
                 }
                 None => false,
             },
+            tasks,
+            &self.database,
         );
     }
 
@@ -228,6 +274,15 @@ impl ShardRouter {
     pub fn install_catalog(&self, catalog: Catalog) {
         self.catalog
             .store(Some(Arc::new(ArcSwap::from_pointee(catalog))));
+    }
+
+    /// The catalog follower's counters, once it has started.
+    pub fn follow_stats(&self) -> Option<Arc<super::follow::FollowStats>> {
+        self.follower
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(CatalogFollower::shared_stats)
     }
 
     pub fn catalog(&self) -> Option<Arc<Catalog>> {
@@ -690,7 +745,7 @@ fn pg_recorder(
     role: &str,
     password: Option<&str>,
 ) -> tokio_postgres::Config {
-    catalog::connect_config(target, role, password, "shardpool directory recorder")
+    catalog::background_config(target, role, password, "shardpool directory recorder")
 }
 
 pub fn list(shards: &[u16]) -> String {

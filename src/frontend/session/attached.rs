@@ -354,9 +354,8 @@ impl Session {
             for h in &outcome.failed_statements {
                 server.statements.remove(*h);
             }
-            if let Some(h) = outcome.prepared {
-                self.ctx.remember_statement(h);
-                server.statements.confirm(h);
+            if let Some(def) = outcome.prepared.and_then(|h| server.statements.confirm(h)) {
+                self.home.known_statements.remember(def);
             }
             let mut forward = outcome.forward;
             match frame.tag {

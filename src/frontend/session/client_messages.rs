@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::{protocol_violation, Flow, Session, SessionError};
+use crate::backend::statements::Lookup;
 use crate::backend::ServerConn;
 use crate::config::SessionFeatures;
 use crate::error::{sqlstate, ClientError};
@@ -237,7 +238,11 @@ impl Session {
             self.statement_effects.insert(def.hash, found);
         }
         let server = self.server_mut()?;
-        if !server.statements.touch(def.hash) {
+        let lookup = server.statements.touch(&def);
+        if lookup != Lookup::Hit {
+            if lookup == Lookup::Taken {
+                server.stale.insert(def.hash);
+            }
             self.prepare_on_server(&def, true)?;
         } else if server.statements.is_confirmed(def.hash) && self.relay.status() == TxStatus::Idle
         {
@@ -266,20 +271,31 @@ impl Session {
 
     /// Makes sure the attached server has `def` prepared, injecting a Parse whose reply the client never sees.
     fn ensure_prepared(&mut self, def: &Arc<StatementDef>) -> Result<(), SessionError> {
-        if !self.server_mut()?.statements.touch(def.hash) {
-            self.prepare_on_server(def, false)?;
+        let server = self.server_mut()?;
+        match server.statements.touch(def) {
+            Lookup::Hit => {}
+            Lookup::Miss => self.prepare_on_server(def, false)?,
+            Lookup::Taken => {
+                // Another text holds this name here: close it before preparing ours.
+                server.stale.insert(def.hash);
+                self.prepare_on_server(def, false)?;
+            }
         }
         Ok(())
     }
 
-    fn prepare_on_server(&mut self, def: &StatementDef, forward: bool) -> Result<(), SessionError> {
+    fn prepare_on_server(
+        &mut self,
+        def: &Arc<StatementDef>,
+        forward: bool,
+    ) -> Result<(), SessionError> {
         let server = self.server_mut()?;
         if server.stale.remove(&def.hash) {
             // Closing a statement that is not there is not an error, so this is safe whatever the server has.
             write_target(&mut self.sout, tag::CLOSE, b'S', &def.server_name);
             self.relay.push(Expect::Close { forward: false });
         }
-        let evicted = self.server_mut()?.statements.insert(def.hash);
+        let evicted = self.server_mut()?.statements.insert(def);
         if let Some(old) = evicted {
             write_target(
                 &mut self.sout,
@@ -368,7 +384,7 @@ impl Session {
             return Ok(false);
         }
         let probe = StatementDef::new(view.query, view.param_types);
-        if !self.ctx.statement_is_known(probe.hash) {
+        if !self.home.known_statements.knows(&probe) {
             return Ok(false);
         }
         let sql = sql_text(view.query);

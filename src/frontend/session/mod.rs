@@ -643,7 +643,7 @@ impl Session {
                 .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
         self.settle_stats();
-        self.pool.checkin(server);
+        checkin_after_cancels(&self.ctx, &self.pool, server);
         // The batch log exists to re-send a batch whose reply is still to come; after the transaction it only
         // pins the client's read buffer (its frames are slices of it) while the client sits idle.
         self.batch.clear();
@@ -685,7 +685,7 @@ impl Session {
         let busy = !self.relay.server_at_rest() || self.relay.in_copy_in || !self.sout.is_empty();
         let timeout = config.connect_timeout;
         if busy || server.broken {
-            cancel_on_server(server.addr, server.cancel_key).await;
+            cancel_on_server(server.addr, server.cancel_key, || true).await;
             // Hang up and wait (bounded) for the server to close its end: a backend has rolled back and released
             // its locks by then, so whoever gets the freed pool slot cannot find them still held. Whatever the
             // server still sends is read and discarded, so a backend blocked writing a result can get there.
@@ -711,7 +711,7 @@ impl Session {
             }
         }
         if server.status == TxStatus::Idle {
-            self.pool.checkin(server);
+            checkin_after_cancels(&self.ctx, &self.pool, server);
         }
     }
 
@@ -814,20 +814,47 @@ impl Drop for Session {
     }
 }
 
+/// Returns a server to its pool, after any cancel request still on its way to it has arrived (the caller has
+/// already cleared the client's server, so no new one can start): a cancel meant for the query that just ended
+/// must not reach the next client's.
+fn checkin_after_cancels(ctx: &Arc<Context>, pool: &Arc<Pool>, server: Box<ServerConn>) {
+    if !ctx.cancel_in_flight(server.id) {
+        pool.checkin(server);
+        return;
+    }
+    let (ctx, pool) = (Arc::clone(ctx), Arc::clone(pool));
+    tokio::spawn(async move {
+        ctx.cancels_delivered(server.id, CANCEL_WAIT).await;
+        pool.checkin(server);
+    });
+}
+
+/// Longest a released server waits for a cancel on its way to it: the cancel's own connect timeout, and a margin.
+const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(6);
+
 fn protocol_violation(msg: String) -> SessionError {
     SessionError::Terminated(ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, msg))
 }
 
-/// Sends a CancelRequest for whatever `key`'s backend is running. Best effort: failures are only logged.
+/// Sends a CancelRequest for whatever `key`'s backend is running, if `still_wanted()` once connected (the connect
+/// may take a while, and the query may be over by then). Returns once the postmaster has closed the connection,
+/// i.e. has signalled the backend. Best effort: failures are only logged.
 pub async fn cancel_on_server(
     addr: std::net::SocketAddr,
     key: crate::protocol::startup::CancelKey,
+    still_wanted: impl Fn() -> bool,
 ) {
     let packet = crate::protocol::startup::encode_cancel(key);
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
+        if !still_wanted() {
+            return Ok(());
+        }
         s.write_all(&packet).await?;
-        s.shutdown().await
+        s.shutdown().await?;
+        let mut sink = [0u8; 64];
+        while s.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
     };
     match tokio::time::timeout(std::time::Duration::from_secs(5), attempt).await {
         Ok(Ok(())) => {}
