@@ -327,6 +327,7 @@ async fn a_client_silent_mid_batch_without_sync_loses_its_server_at_client_stall
     );
     let errors = timeout(STEP, stalled.errors_until_closed()).await.unwrap();
     assert_eq!(errors, ["E:C08006"], "the stalled client is told why");
+    assert_eq!(lists(&proxy).await["client_stall_timeouts_total"], 1);
     // The server the next client got was clean: its insert commits normally.
     let client = proxy.connect().await;
     client

@@ -115,7 +115,7 @@ impl Session {
                     let since = *stalled_since.get_or_insert_with(tokio::time::Instant::now);
                     match tokio::time::timeout_at(since + limit, self.pump(&mut spin, true)).await {
                         Ok(r) => r?,
-                        Err(_) => return Err(client_stalled(limit)),
+                        Err(_) => return Err(client_stalled(&self.ctx, limit)),
                     }
                 }
                 _ => self.pump(&mut spin, false).await?,
