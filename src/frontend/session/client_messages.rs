@@ -217,6 +217,8 @@ impl Session {
             .ok_or_else(|| protocol_violation("malformed Parse message".into()))?;
         let sql = sql_text(view.query);
         let found = effects(&sql);
+        // What accept_effects adds to the pending effects starts here (it adds no entry for a feature that pins).
+        let pending_before = self.pending_effects.len();
         if !found.is_empty() && !self.accept_effects(&found, tag::PARSE)? {
             return Ok(());
         }
@@ -233,8 +235,7 @@ impl Session {
             .define(view.name, view.query, view.param_types);
         if !found.is_empty() {
             // Effects of a named statement take hold each time it runs, not when it is prepared.
-            self.pending_effects
-                .truncate(self.pending_effects.len() - found.len());
+            self.pending_effects.truncate(pending_before);
             self.statement_effects.insert(def.hash, found);
         }
         let server = self.server_mut()?;
