@@ -59,6 +59,8 @@ fn routing_decision(c: &mut Criterion) {
         placement: (0..4096).map(|v| initial_shard(v, 4096, 2)).collect(),
         directories: Default::default(),
         ranges: Default::default(),
+        freeze: Default::default(),
+        remaps: Default::default(),
     });
     let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213";
     let mut g = c.benchmark_group("shard_routing");

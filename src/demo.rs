@@ -10,7 +10,7 @@ use shardpool::pgcluster::{AuthMethod, PgServer, ServerOptions};
 
 /// Tables of the sharded demo database, on each shard.
 const SHOP_SCHEMA: &str = "CREATE TABLE accounts (aid bigint PRIMARY KEY, owner text NOT NULL, balance numeric NOT NULL);
-     CREATE TABLE orders (aid bigint NOT NULL, id serial, amount numeric NOT NULL);
+     CREATE TABLE orders (aid bigint NOT NULL, id serial, amount numeric NOT NULL, PRIMARY KEY (aid, id));
      CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL);
      ALTER TABLE accounts OWNER TO app; ALTER TABLE orders OWNER TO app; ALTER TABLE countries OWNER TO app;";
 
@@ -89,7 +89,7 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
         Ok((primary, replica, delayed, shard1))
     })
     .await??;
-    let config = Config::from_toml(&format!(
+    let toml = format!(
         r#"
         [general]
         listen = "127.0.0.1:{port}"
@@ -108,7 +108,7 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
         host = "127.0.0.1"
         port = {primary_port}
         replicas = [{{ port = {replica_port} }}, {{ port = {delayed_port} }}]
-        consistency = "read_your_writes"
+        consistency = "read_proxy_writes"
 
         [databases.shop.sharding]
         vshards = 256
@@ -136,7 +136,12 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
         replica_port = replica.port(),
         delayed_port = delayed.port(),
         shard1_port = shard1.port(),
-    ))?;
+    );
+    let config = Config::from_toml(&toml)?;
+    // Written out for `shardctl`, which reads the sharding section from a file; removed with the demo.
+    let dir = tempfile::tempdir().context("creating a directory for the demo's config")?;
+    let config_path = dir.path().join("shardpool.toml");
+    std::fs::write(&config_path, &toml).context("writing the demo's config")?;
     if let Some(sharding) = config
         .databases
         .get("shop")
@@ -176,7 +181,7 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
     println!();
     println!("  Reads go to replicas, writes to the primary; inet_server_port() shows who answered. Try:");
     println!("    INSERT INTO accounts (owner) VALUES ('me');");
-    println!("    SELECT owner, inet_server_port() FROM accounts WHERE owner = 'me';  -- read-your-writes: never the delayed one");
+    println!("    SELECT owner, inet_server_port() FROM accounts WHERE owner = 'me';  -- never the delayed one while it lacks your row");
     println!("    SET shardpool.consistency = eventual;  -- now the delayed replica may answer, without your row");
     println!("    SHOW shardpool.route SELECT * FROM accounts FOR UPDATE;");
     println!("  and in the console: SHOW REPLICAS;");
@@ -193,7 +198,14 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
     );
     println!("    INSERT INTO accounts (aid, owner, balance) VALUES (1001, 'new', 5);");
     println!("    BEGIN; UPDATE accounts SET balance = 0 WHERE aid = 1; UPDATE accounts SET balance = 0 WHERE aid = 2; -- one shard per transaction");
-    println!("  and in the console: SHOW SHARDS; SHOW VSHARDS;");
+    println!("  and in the console: SHOW SHARDS; SHOW VSHARDS; SHOW REMAPS;");
+    println!(
+        "  move a quarter of the vshards to shard 1 while you keep writing (add --dry-run to see the plan first):"
+    );
+    println!(
+        "    shardctl remap --config {} --database shop --user app --shard-user postgres --vshards 0-63 --to 1",
+        config_path.display()
+    );
     println!(
         "  console:  psql postgres://admin:admin@127.0.0.1:{}/shardpool -c 'SHOW POOLS'",
         proxy.addr.port()

@@ -173,6 +173,25 @@ async fn demo_serves_the_sample_data_and_cleans_up_on_sigint() {
     assert_eq!(accounts, 100);
     drop(client);
 
+    // The first case, as a user tries it: DDL in one psql, a read of it in the next one. The default mode
+    // (read_proxy_writes) keeps the read off replicas that have not replayed the DDL yet (one is 2 s behind).
+    let psql = |sql: &str| {
+        let out = Command::new(common::bin("psql"))
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", &url, "-c", sql])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "psql -c {sql:?}: {err}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    tokio::task::block_in_place(|| {
+        assert_eq!(psql("SHOW shardpool.consistency"), "read_proxy_writes");
+        for i in 0..3 {
+            psql(&format!("CREATE TABLE demo_t{i} (id int)"));
+            assert_eq!(psql(&format!("SELECT count(*) FROM demo_t{i}")), "0");
+        }
+    });
+
     // The sharded database: its 1,000 seeded accounts, merged from both shards, and a keyed read.
     let shop = common::connect(&format!("postgres://app:app@127.0.0.1:{port}/shop")).await;
     let rows = shop

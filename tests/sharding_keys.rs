@@ -369,6 +369,8 @@ fn offline_router() -> Arc<ShardRouter> {
             },
         )]
         .into(),
+        freeze: Default::default(),
+        remaps: Default::default(),
     });
     router
 }

@@ -52,6 +52,7 @@ pub fn show(ctx: &Arc<Context>, what: &str) -> Result<Output, AdminError> {
         "REPLICAS" => Ok(replicas(ctx)),
         "SHARDS" => Ok(shards(ctx)),
         "VSHARDS" => Ok(vshards(ctx)),
+        "REMAPS" => Ok(remaps(ctx)),
         "SPIN" => Ok(spin(ctx)),
         "TASKS" => Ok(tasks(ctx)),
         "LISTS" => Ok(lists(ctx)),
@@ -242,6 +243,58 @@ fn vshards(ctx: &Arc<Context>) -> Output {
     )
 }
 
+/// The active remap and recent ones of every sharded database, as of this instance's catalog snapshot, with the
+/// writes this instance held for cutovers (`held`, `held_max_ms`).
+fn remaps(ctx: &Arc<Context>) -> Output {
+    let config = ctx.config();
+    let mut rows: Vec<Row> = Vec::new();
+    for name in config.databases.keys() {
+        let Some(router) = ctx.shard_router(name) else {
+            continue;
+        };
+        let Some(catalog) = router.catalog() else {
+            continue;
+        };
+        let held = router.holds.held.load(Ordering::Relaxed);
+        let held_max_ms = router.holds.max_us.load(Ordering::Relaxed) as f64 / 1000.0;
+        for r in &catalog.remaps {
+            rows.push(vec![
+                s(name),
+                s(r.id),
+                s(r.phase.as_str()),
+                s(crate::sharding::remap::plan::format_vshards(&r.vshards)),
+                s(r.source),
+                s(r.target),
+                s(if r.frozen { "t" } else { "f" }),
+                s(r.rows_copied),
+                s(r.lag_bytes),
+                s(r.pause_ms),
+                s(held),
+                s(format!("{held_max_ms:.1}")),
+                r.error.clone(),
+            ]);
+        }
+    }
+    Output::table(
+        vec![
+            "database",
+            "remap",
+            "phase",
+            "vshards",
+            "source",
+            "target",
+            "frozen",
+            "rows_copied",
+            "lag_bytes",
+            "pause_ms",
+            "held",
+            "held_max_ms",
+            "error",
+        ],
+        rows,
+    )
+}
+
 /// Every server of every database in use, with its role and replication state as the monitor last saw it.
 fn replicas(ctx: &Arc<Context>) -> Output {
     let mut rows: Vec<Row> = Vec::new();
@@ -277,6 +330,18 @@ fn replicas(ctx: &Arc<Context>) -> Output {
                 s(m.outstanding.load(Ordering::Relaxed)),
                 s(m.polls_failed.load(Ordering::Relaxed)),
                 m.last_error(),
+                (writer == Some(i)).then(|| {
+                    c.primary_position
+                        .queries
+                        .load(Ordering::Relaxed)
+                        .to_string()
+                }),
+                (writer == Some(i)).then(|| {
+                    c.primary_position
+                        .errors
+                        .load(Ordering::Relaxed)
+                        .to_string()
+                }),
             ]);
         }
     }
@@ -300,6 +365,8 @@ fn replicas(ctx: &Arc<Context>) -> Output {
             "outstanding",
             "polls_failed",
             "last_error",
+            "position_queries",
+            "position_errors",
         ],
         rows,
     )

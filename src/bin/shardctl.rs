@@ -2,7 +2,8 @@
 //!
 //! Two kinds of verbs: `show`, `reload`, `pause` and `resume` talk to a running shardpool's admin console (`--url`);
 //! `init`, `map` and `directory` work on a sharded database's catalog directly (`--config`, `--database`), because
-//! the catalog must be creatable before any shardpool runs and is shared by all of them.
+//! the catalog must be creatable before any shardpool runs and is shared by all of them. `remap` drives an online
+//! move of vshards between shards (`sharding::remap`), also against the catalog and the shards directly.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,6 +55,70 @@ enum Command {
         #[command(subcommand)]
         action: DirectoryAction,
     },
+    /// Move vshards to another shard under live traffic (see docs/remap.md), or act on the remap in progress.
+    Remap(RemapArgs),
+    /// Measure rows or bytes per vshard on the shards and propose (or, without --dry-run, run) the fewest remaps
+    /// that even the shards out.
+    Rebalance(RebalanceArgs),
+}
+
+#[derive(Args)]
+struct RebalanceArgs {
+    /// What to even out.
+    #[arg(long, value_enum, default_value = "rows")]
+    by: shardpool::sharding::remap::rebalance::Measure,
+    /// Print the proposal, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long, default_value = "2s")]
+    max_pause: String,
+    #[arg(long, env = "SHARDCTL_SHARD_USER")]
+    shard_user: Option<String>,
+    #[command(flatten)]
+    target: CatalogArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RemapAction {
+    /// Plan, check, copy, catch up, cut over, verify and clean up; resumes the remap in progress when it is the same.
+    Start,
+    /// The remap in progress and recent ones.
+    Status,
+    /// Undo the remap in progress (any phase before the vshards moved): nothing is left behind.
+    Abort,
+    /// Compare the moving rows on source and target now.
+    Verify,
+    /// Drop the replication objects and delete the moved rows on the source (after a verified remap).
+    Cleanup,
+    /// After the cutover and before cleanup: move the vshards back (a remap of its own, from the target).
+    Rollback,
+}
+
+#[derive(Args)]
+struct RemapArgs {
+    #[arg(value_enum, default_value = "start")]
+    action: RemapAction,
+    /// Vshards to move: numbers and ranges, e.g. 0-15,40 (start only).
+    #[arg(long)]
+    vshards: Option<String>,
+    /// The shard they move to (start only).
+    #[arg(long)]
+    to: Option<u16>,
+    /// Print the plan and the preflight checks, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Longest pause of writes to the moving vshards at cutover, e.g. 2s or 500ms; beyond it the cutover is undone
+    /// and retried.
+    #[arg(long, default_value = "2s")]
+    max_pause: String,
+    /// Role on the shards (a superuser: PostgreSQL 15 needs one for CREATE SUBSCRIPTION); default: the catalog's.
+    #[arg(long, env = "SHARDCTL_SHARD_USER")]
+    shard_user: Option<String>,
+    /// cleanup: also after a verification that found differences (once you have checked them).
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    target: CatalogArgs,
 }
 
 #[derive(Subcommand)]
@@ -107,6 +172,8 @@ async fn main() -> anyhow::Result<()> {
                     target,
                 },
         } => directory_set(&target, &map, &key, vshard).await,
+        Command::Remap(args) => remap(&args).await,
+        Command::Rebalance(args) => rebalance(&args).await,
     }
 }
 
@@ -381,5 +448,189 @@ async fn directory_set(
     let epoch = catalog::set_directory(&mut t.client, map, &value, vshard).await?;
     let canonical = key_text(&value).unwrap_or_default();
     println!("{map}: {canonical} → vshard {vshard}, epoch {epoch}");
+    Ok(())
+}
+
+/// `2s`, `500ms` or a number of milliseconds.
+fn parse_duration(text: &str) -> anyhow::Result<std::time::Duration> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "ms"),
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("invalid duration {text:?} (use e.g. 2s or 500ms)"))?;
+    Ok(match unit.trim() {
+        "ms" => std::time::Duration::from_millis(n),
+        "s" => std::time::Duration::from_secs(n),
+        _ => bail!("invalid duration {text:?} (use e.g. 2s or 500ms)"),
+    })
+}
+
+/// A libpq connection-string value, quoted.
+fn conninfo_value(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A remap driver for the database `target` names, reaching the shards as `shard_user` (default: the catalog's
+/// role and password; `SHARDCTL_SHARD_PASSWORD` for another role).
+async fn remapper(
+    target: &CatalogArgs,
+    shard_user: Option<&str>,
+    max_pause: &str,
+) -> anyhow::Result<shardpool::sharding::remap::Remapper> {
+    use shardpool::sharding::remap::{RemapOptions, Remapper, ShardAccess};
+    let (cfg, users) = read_config(&target.config, &target.database)?;
+    let user = pick_user(&users, target.user.as_deref())?;
+    let t = connect(target).await?;
+    let (role, password) = match shard_user {
+        Some(u) => (u.to_owned(), std::env::var("SHARDCTL_SHARD_PASSWORD").ok()),
+        None => (
+            user.server_user().to_owned(),
+            user.server_password().map(str::to_owned),
+        ),
+    };
+    let shards = cfg
+        .shards
+        .iter()
+        .map(|s| {
+            let db = s.database(&target.database);
+            let mut pg = tokio_postgres::Config::new();
+            pg.host(&s.host)
+                .port(s.port)
+                .dbname(db)
+                .user(&role)
+                .application_name("shardctl remap");
+            let mut conninfo = format!(
+                "host={} port={} dbname={} user={}",
+                conninfo_value(&s.host),
+                s.port,
+                conninfo_value(db),
+                conninfo_value(&role)
+            );
+            if let Some(pw) = &password {
+                pg.password(pw);
+                conninfo.push_str(&format!(" password={}", conninfo_value(pw)));
+            }
+            ShardAccess { pg, conninfo }
+        })
+        .collect();
+    let opts = RemapOptions {
+        max_pause: parse_duration(max_pause)?,
+        ..RemapOptions::default()
+    };
+    Ok(Remapper {
+        cfg,
+        catalog: t.client,
+        shards,
+        opts,
+        log: Box::new(|line: &str| println!("{line}")),
+    })
+}
+
+async fn rebalance(args: &RebalanceArgs) -> anyhow::Result<()> {
+    use shardpool::sharding::remap::plan::format_vshards;
+    let mut r = remapper(&args.target, args.shard_user.as_deref(), &args.max_pause).await?;
+    let p = r.rebalance(args.by).await?;
+    let unit = match args.by {
+        shardpool::sharding::remap::rebalance::Measure::Rows => "rows",
+        shardpool::sharding::remap::rebalance::Measure::Bytes => "bytes",
+    };
+    println!("per shard ({unit}): now -> after the moves");
+    for (i, (b, a)) in p.before.iter().zip(&p.after).enumerate() {
+        println!("  shard {i}: {b} -> {a}");
+    }
+    if p.moves.is_empty() {
+        println!("balanced: no move narrows the gap between the fullest and the emptiest shard");
+        return Ok(());
+    }
+    println!("moves:");
+    for m in &p.moves {
+        println!(
+            "  shardctl remap --database {} --vshards {} --to {}   # from shard {}, {} {unit}",
+            args.target.database,
+            format_vshards(&m.vshards),
+            m.target,
+            m.source,
+            m.amount
+        );
+    }
+    if args.dry_run {
+        return Ok(());
+    }
+    for m in &p.moves {
+        let row = r.start(&m.vshards, m.target).await?;
+        println!("remap {}: {}", row.id, row.phase);
+    }
+    Ok(())
+}
+
+async fn remap(args: &RemapArgs) -> anyhow::Result<()> {
+    use shardpool::sharding::remap::plan;
+    let cfg = read_config(&args.target.config, &args.target.database)?.0;
+    let mut r = remapper(&args.target, args.shard_user.as_deref(), &args.max_pause).await?;
+    match args.action {
+        RemapAction::Start => {
+            let (Some(list), Some(to)) = (&args.vshards, args.to) else {
+                bail!("remap needs --vshards and --to (e.g. --vshards 0-15,40 --to 1)");
+            };
+            let vshards = plan::parse_vshards(list, cfg.vshards)?;
+            if args.dry_run {
+                let (p, report) = r.plan(&vshards, to).await?;
+                print!("{}{}", p.describe(None), report.render());
+                return Ok(());
+            }
+            let row = r.start(&vshards, to).await?;
+            println!("remap {}: {}", row.id, row.phase);
+        }
+        RemapAction::Status => {
+            let rows = r.status().await?;
+            if rows.is_empty() {
+                println!("no remaps");
+            }
+            for row in rows {
+                println!(
+                    "remap {}: {} vshards {} shard {} -> {}{} rows_copied={} lag_bytes={} pause_ms={}{}",
+                    row.id,
+                    row.phase,
+                    plan::format_vshards(&row.vshards),
+                    row.source,
+                    row.target,
+                    if row.frozen { " (writes held)" } else { "" },
+                    row.rows_copied,
+                    row.lag_bytes,
+                    row.pause_ms,
+                    row.error.map(|e| format!(" error: {e}")).unwrap_or_default()
+                );
+            }
+        }
+        RemapAction::Abort => {
+            let row = r.abort().await?;
+            println!("remap {} aborted; nothing left on the shards", row.id);
+        }
+        RemapAction::Verify => {
+            let problems = r.verify().await?;
+            if problems.is_empty() {
+                println!("verify: source and target agree");
+            } else {
+                for p in &problems {
+                    println!("{p}");
+                }
+                bail!("verify: {} differences", problems.len());
+            }
+        }
+        RemapAction::Rollback => {
+            let row = r.rollback().await?;
+            println!(
+                "rolled back: remap {} moved the vshards back ({})",
+                row.id, row.phase
+            );
+        }
+        RemapAction::Cleanup => {
+            let row = r.cleanup(args.force).await?;
+            println!("remap {}: {}", row.id, row.phase);
+        }
+    }
     Ok(())
 }

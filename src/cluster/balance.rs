@@ -15,6 +15,25 @@ pub enum Freshness {
     AtLeast(u64),
     /// Is at most this many milliseconds behind the primary.
     WithinMs(u64),
+    /// Has replayed what the primary holds when the read starts (`read_all_writes`): the session asks the primary's
+    /// position first and turns this into `AtLeast`; as such, no replica qualifies.
+    CaughtUpWithPrimary,
+}
+
+/// What a read routed to the replicas needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadNeed {
+    pub freshness: Freshness,
+    /// Monotonic reads: the session must not read older data than it already read (every mode but `eventual`).
+    pub monotonic: bool,
+}
+
+/// Monotonic reads: what a replica must have replayed, besides its mode's need, to serve a session's next read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Floor {
+    pub lsn: u64,
+    /// A member exempt from `lsn`: the one the session last read from, whose replay cannot have gone back.
+    pub except: Option<usize>,
 }
 
 impl Cluster {
@@ -27,12 +46,26 @@ impl Cluster {
         self.members.iter().position(|m| m.writable())
     }
 
-    fn eligible(&self, i: usize, m: &Member, need: Freshness, writer: Option<usize>) -> bool {
+    fn eligible(
+        &self,
+        i: usize,
+        m: &Member,
+        need: Freshness,
+        floor: Floor,
+        writer: Option<usize>,
+    ) -> bool {
         if Some(i) == writer {
             // The writer is always fresh; it serves reads in the balance only when configured to.
             return self.settings.read_from_primary && m.weight.load(Ordering::Relaxed) > 0;
         }
         if !m.is_replica() || self.is_banned(m) || m.weight.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let known = m.recovery() != super::Recovery::Unknown;
+        if floor.except != Some(i)
+            && floor.lsn > 0
+            && !(known && m.lsn.load(Ordering::Relaxed) >= floor.lsn)
+        {
             return false;
         }
         match need {
@@ -41,16 +74,20 @@ impl Cluster {
                 m.recovery() != super::Recovery::Unknown && m.lsn.load(Ordering::Relaxed) >= lsn
             }
             Freshness::WithinMs(max) => self.staleness_ms(m).is_some_and(|s| s <= max),
+            Freshness::CaughtUpWithPrimary => false,
         }
     }
 
     /// A member for a read, or `None` when no replica (nor the primary, if it takes reads) qualifies.
-    pub fn pick_reader(&self, need: Freshness, exclude: &[usize]) -> Option<usize> {
+    pub fn pick_reader(&self, need: Freshness, floor: Floor, exclude: &[usize]) -> Option<usize> {
         let writer = self.writer();
         let mut candidates = [0usize; 32];
         let mut n = 0;
         for (i, m) in self.members.iter().enumerate() {
-            if n < candidates.len() && !exclude.contains(&i) && self.eligible(i, m, need, writer) {
+            if n < candidates.len()
+                && !exclude.contains(&i)
+                && self.eligible(i, m, need, floor, writer)
+            {
                 candidates[n] = i;
                 n += 1;
             }
@@ -135,7 +172,7 @@ mod tests {
     fn shares(c: &Cluster, need: Freshness, n: usize) -> [usize; 3] {
         let mut out = [0; 3];
         for _ in 0..n {
-            out[c.pick_reader(need, &[]).unwrap()] += 1;
+            out[c.pick_reader(need, Floor::default(), &[]).unwrap()] += 1;
         }
         out
     }
@@ -158,11 +195,51 @@ mod tests {
         c.members[1].lsn.store(100, Ordering::Relaxed);
         c.members[2].lsn.store(50, Ordering::Relaxed);
         assert_eq!(shares(&c, Freshness::AtLeast(80), 10), [0, 10, 0]);
-        assert_eq!(c.pick_reader(Freshness::AtLeast(101), &[]), None);
+        assert_eq!(
+            c.pick_reader(Freshness::AtLeast(101), Floor::default(), &[]),
+            None
+        );
         // Excluded (it just failed this read) or banned: not chosen.
-        assert_eq!(c.pick_reader(Freshness::AtLeast(80), &[1]), None);
+        assert_eq!(
+            c.pick_reader(Freshness::AtLeast(80), Floor::default(), &[1]),
+            None
+        );
         c.ban(&c.members[1], "test");
-        assert_eq!(c.pick_reader(Freshness::AtLeast(80), &[]), None);
+        assert_eq!(
+            c.pick_reader(Freshness::AtLeast(80), Floor::default(), &[]),
+            None
+        );
+    }
+
+    #[test]
+    fn monotonic_reads_need_the_floor_except_on_the_last_replica_read() {
+        let c = cluster("");
+        c.members[1].lsn.store(100, Ordering::Relaxed);
+        c.members[2].lsn.store(50, Ordering::Relaxed);
+        let floor = Floor {
+            lsn: 80,
+            except: None,
+        };
+        assert_eq!(c.pick_reader(Freshness::Any, floor, &[]), Some(1));
+        // Not known yet how far the last read's replica (2) had got: only it qualifies.
+        let floor = Floor {
+            lsn: u64::MAX,
+            except: Some(2),
+        };
+        assert_eq!(shares_with(&c, Freshness::Any, floor, 10), [0, 0, 10]);
+        // The primary's position is asked first; as such nothing qualifies.
+        assert_eq!(
+            c.pick_reader(Freshness::CaughtUpWithPrimary, Floor::default(), &[]),
+            None
+        );
+    }
+
+    fn shares_with(c: &Cluster, need: Freshness, floor: Floor, n: usize) -> [usize; 3] {
+        let mut out = [0; 3];
+        for _ in 0..n {
+            out[c.pick_reader(need, floor, &[]).unwrap()] += 1;
+        }
+        out
     }
 
     #[test]
@@ -175,7 +252,10 @@ mod tests {
         assert_eq!(shares(&c, Freshness::WithinMs(500), 10), [0, 10, 0]);
         // Never polled: unknown staleness is not within any bound.
         c.members[1].fresh_as_of_ms.store(0, Ordering::Relaxed);
-        assert_eq!(c.pick_reader(Freshness::WithinMs(500), &[]), None);
+        assert_eq!(
+            c.pick_reader(Freshness::WithinMs(500), Floor::default(), &[]),
+            None
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod balance;
 pub mod lsn;
 pub mod monitor;
+pub mod primary_position;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,10 @@ pub struct Member {
     recovery: AtomicU8,
     /// Replayed WAL position (replica) or current insert position (primary), as last polled.
     pub lsn: AtomicU64,
+    /// Polls begun, and the number of the latest poll whose answer `lsn` includes: once a poll begun after a read
+    /// ended has answered, `lsn` is at least what that read saw (monotonic reads).
+    pub polls_started: AtomicU64,
+    pub lsn_poll: AtomicU64,
     /// Bytes of WAL the primary has that this replica has not replayed, as of the last poll.
     pub lag_bytes: AtomicU64,
     /// Milliseconds since the cluster clock's origin up to which this server is known to hold everything the primary
@@ -58,6 +63,8 @@ impl Member {
             weight: AtomicU64::new(weight as u64),
             recovery: AtomicU8::new(Recovery::Unknown as u8),
             lsn: AtomicU64::new(0),
+            polls_started: AtomicU64::new(0),
+            lsn_poll: AtomicU64::new(0),
             lag_bytes: AtomicU64::new(0),
             fresh_as_of_ms: AtomicU64::new(0),
             banned_until_ms: AtomicU64::new(0),
@@ -157,9 +164,25 @@ pub struct Cluster {
     pub(crate) kicks: AtomicU64,
     pub(crate) rr: AtomicU64,
     retired: AtomicBool,
+    /// The highest position any write through this shardpool instance reached (`read_proxy_writes`); kept across
+    /// reloads.
+    pub proxy_writes: Arc<ProxyWrites>,
+    /// The primary's current position, asked on demand and shared by concurrent reads (`read_all_writes`).
+    pub primary_position: primary_position::PrimaryPosition,
     /// Functions whose calls make a statement a write, loaded from the primary by the monitor.
     pub functions: arc_swap::ArcSwap<crate::router::classify::FunctionVolatility>,
     pub function_overrides: (Vec<String>, Vec<String>),
+}
+
+/// What `read_proxy_writes` reads must see: every write transaction that committed through this instance.
+#[derive(Debug, Default)]
+pub struct ProxyWrites {
+    /// The highest WAL position captured after a write transaction (see the session's `capture_position`); only
+    /// moves forward.
+    pub lsn: AtomicU64,
+    /// Until then (cluster clock ms) these reads use the primary: a write's position could not be read, so no
+    /// replica can be shown to hold it.
+    pub unknown_until_ms: AtomicU64,
 }
 
 /// Milliseconds since a fixed origin, cheap to read and to store in atomics.
@@ -213,7 +236,7 @@ impl Cluster {
         let default_consistency = if db.replicas.is_empty() {
             Consistency::Strong
         } else {
-            Consistency::ReadYourWrites
+            Consistency::ReadProxyWrites
         };
         let settings = ClusterSettings {
             load_balance: db.load_balance,
@@ -231,12 +254,13 @@ impl Cluster {
         // Until the monitor has read pg_proc (again, after a reload), unknown functions count as writes.
         let functions = crate::router::classify::FunctionVolatility::unknown()
             .with_overrides(&overrides.0, &overrides.1);
-        let (clock, history) = match previous {
-            Some(p) => (Arc::clone(&p.clock), Arc::clone(&p.history)),
-            None => (
-                Arc::new(Clock::default()),
-                Arc::new(lsn::History::default()),
+        let (clock, history, proxy_writes) = match previous {
+            Some(p) => (
+                Arc::clone(&p.clock),
+                Arc::clone(&p.history),
+                Arc::clone(&p.proxy_writes),
             ),
+            None => Default::default(),
         };
         Arc::new(Cluster {
             database: database.to_owned(),
@@ -245,6 +269,8 @@ impl Cluster {
             settings,
             clock,
             history,
+            proxy_writes,
+            primary_position: Default::default(),
             round: watch::channel(0).0,
             kick: Notify::new(),
             kicks: AtomicU64::new(0),

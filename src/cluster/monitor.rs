@@ -37,6 +37,16 @@ pub fn spawn(cluster: &Arc<Cluster>, login: LoginFor, tasks: &Arc<Tasks>) {
             }
         });
     }
+    // The question read_all_writes reads ask the primary: supervised like the monitors (a panic restarts it).
+    let name = format!("{} primary position", cluster.database);
+    let cluster = Arc::clone(cluster);
+    tasks.spawn("primary position", name, move || {
+        let (cluster, login) = (Arc::clone(&cluster), login.clone());
+        async move {
+            super::primary_position::serve(cluster, login).await;
+            Ok(())
+        }
+    });
 }
 
 /// The credentials and database the monitor logs in with.
@@ -49,7 +59,7 @@ pub struct LoginFor {
 }
 
 impl LoginFor {
-    fn target(&self, m: &Member) -> ServerTarget {
+    pub(super) fn target(&self, m: &Member) -> ServerTarget {
         ServerTarget {
             host: m.host.clone(),
             port: m.port,
@@ -132,6 +142,7 @@ async fn poll_once(
     let Some(c) = conn.as_mut() else {
         return Err("no monitor connection".into());
     };
+    let poll = member.polls_started.fetch_add(1, Ordering::SeqCst) + 1;
     let rows = tokio::time::timeout(timeout, c.query_rows(POLL_SQL))
         .await
         .map_err(|_| "monitor poll timed out".to_string())?
@@ -159,7 +170,8 @@ async fn poll_once(
         );
     }
     if let Some(p) = position {
-        member.lsn.fetch_max(p, Ordering::Relaxed);
+        member.lsn.fetch_max(p, Ordering::SeqCst);
+        member.lsn_poll.fetch_max(poll, Ordering::SeqCst);
     }
     if in_recovery {
         let replayed = member.lsn.load(Ordering::Relaxed);

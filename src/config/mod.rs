@@ -306,11 +306,11 @@ pub struct DatabaseConfig {
     pub primary_weight: u32,
     #[serde(default)]
     pub load_balance: LoadBalance,
-    /// Default read consistency for this database; `read_your_writes` when it has replicas.
+    /// Default read consistency for this database; `read_proxy_writes` when it has replicas.
     #[serde(default)]
     pub consistency: Option<crate::router::consistency::Consistency>,
-    /// In `read_your_writes`, how long a read waits for a replica to replay the client's last write before it goes
-    /// to the primary instead.
+    /// In `read_your_writes`, `read_proxy_writes` and `read_all_writes`, how long a read waits for a replica to replay
+    /// the position it needs before it goes to the primary instead.
     #[serde(default = "default_ryw_wait")]
     pub read_your_writes_wait: ConfigDuration,
     /// Functions to treat as writes (sent to the primary) whatever `pg_proc` says.

@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use super::handshake::{handshake, Handshake};
 use super::login::{login, LoginError};
 use super::session::{cancel_on_server, Session};
-use super::startup_params::{initial_status, startup_settings};
+use super::startup_params::{initial_status, proxy_settings, startup_settings};
 use super::stream::ClientStream;
 use crate::context::Context;
 use crate::error::{sqlstate, ClientError, ReportableError};
@@ -227,6 +227,15 @@ async fn establish(
             return None;
         }
     };
+    let proxy_values = match proxy_settings(&params) {
+        Ok(v) => v,
+        Err(e) => {
+            let e = ClientError::fatal(e.sqlstate(), e.to_string());
+            tracing::info!(%peer, user = params.user(), error = %e.message, "login refused");
+            refuse(&mut stream, &e).await;
+            return None;
+        }
+    };
     let mut told = initial_status(&params, &baseline);
     told.share_own(|own| ctx.share_told(own));
     let settings = ctx.share_startup_settings(Arc::new(startup_settings(
@@ -234,13 +243,13 @@ async fn establish(
         &config.general.ignore_startup_parameters,
         &baseline,
     )));
-    send_login_ok(&mut stream, &told.all(), key).await;
+    let told_all = told.all();
     let mode = config
         .databases
         .get(&logged_in.database)
         .map(|db| config.pool_settings(db, &logged_in.user).mode)
         .unwrap_or_default();
-    let session = Session::new(
+    let mut session = Session::new(
         Arc::clone(&ctx),
         stream,
         registration,
@@ -249,6 +258,12 @@ async fn establish(
         settings,
         told,
     );
+    if let Err(e) = session.apply_startup_settings(proxy_values) {
+        tracing::info!(%peer, error = %e.message, "login refused");
+        refuse(session.client_mut(), &e).await;
+        return None;
+    }
+    send_login_ok(session.client_mut(), &told_all, key).await;
     Some(session)
 }
 

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::protocol::startup::StartupParams;
+use crate::router::proxy_commands::{startup_value, ProxyCommandError, ProxyValue, PREFIX};
 use crate::router::session_effects::{startup_options, Setting};
 
 /// Parameters that are not settings.
@@ -38,7 +39,7 @@ pub fn startup_settings(
 ) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut add = |name: &str, value: &str| {
-        if ignore.iter().any(|i| i.eq_ignore_ascii_case(name)) {
+        if ignore.iter().any(|i| i.eq_ignore_ascii_case(name)) || is_proxy_setting(name) {
             return;
         }
         if let Some((_, base)) = baseline_value(baseline, name) {
@@ -60,6 +61,31 @@ pub fn startup_settings(
         }
     }
     out
+}
+
+/// Whether `name` is one of shardpool's own settings, which the session keeps and never forwards.
+fn is_proxy_setting(name: &str) -> bool {
+    name.get(..PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX))
+}
+
+/// The `shardpool.*` settings a client asked for at startup (in `options` as `-c shardpool.x=v` or
+/// `--shardpool.x=v`, or as parameters of their own), in order; a later one overrides an earlier one, as for
+/// Postgres' own `-c`. An unknown name or a bad value refuses the login, as Postgres refuses a bad `-c`.
+pub fn proxy_settings(params: &StartupParams) -> Result<Vec<ProxyValue>, ProxyCommandError> {
+    let mut out = Vec::new();
+    let from_options = params
+        .params
+        .get("options")
+        .map(|o| startup_options(o))
+        .unwrap_or_default();
+    let own = params.params.iter().map(|(k, v)| (k.clone(), v.clone()));
+    for (name, value) in from_options.into_iter().chain(own) {
+        if let Some(v) = startup_value(&name, &value)? {
+            out.push(v);
+        }
+    }
+    Ok(out)
 }
 
 /// What a client has been told in ParameterStatus messages: the pool's baseline (shared by every client of the
@@ -152,6 +178,32 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn shardpool_settings_are_kept_not_forwarded() {
+        use crate::router::consistency::Consistency;
+        let p = params(&[
+            ("user", "u"),
+            (
+                "options",
+                r"-c shardpool.consistency=eventual --work-mem=7MB",
+            ),
+            ("shardpool.causal_token", "0/10"),
+        ]);
+        let s = startup_settings(&p, &[], &BTreeMap::new());
+        assert_eq!(s.keys().collect::<Vec<_>>(), ["work_mem"]);
+        assert_eq!(
+            proxy_settings(&p).unwrap(),
+            [
+                ProxyValue::Consistency(Consistency::Eventual),
+                ProxyValue::CausalToken("0/10".into())
+            ]
+        );
+        let bad = params(&[("options", "-c shardpool.consistency=maybe")]);
+        assert_eq!(proxy_settings(&bad).unwrap_err().sqlstate(), "22023");
+        let unknown = params(&[("options", "-c SHARDPOOL.Nope=1")]);
+        assert_eq!(proxy_settings(&unknown).unwrap_err().sqlstate(), "42704");
     }
 
     #[test]

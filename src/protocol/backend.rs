@@ -179,16 +179,17 @@ pub fn row_description_text(buf: &mut BytesMut, columns: &[&str]) {
 /// DataRow of text values; `None` is SQL NULL.
 /// Splits a DataRow body into its column values (`None` for NULL); `None` if the body is malformed.
 pub fn parse_data_row(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
-    let count = i16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+    // A negative count is malformed, not "no columns"; so is a negative length other than -1 (NULL).
+    let count = usize::try_from(i16::from_be_bytes(body.get(..2)?.try_into().ok()?)).ok()?;
     let mut rest = &body[2..];
-    let mut out = Vec::with_capacity(count.max(0) as usize);
+    let mut out = Vec::with_capacity(count);
     for _ in 0..count {
         let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
         rest = &rest[4..];
-        if len < 0 {
+        if len == -1 {
             out.push(None);
         } else {
-            let len = len as usize;
+            let len = usize::try_from(len).ok()?;
             out.push(Some(rest.get(..len)?));
             rest = &rest[len..];
         }

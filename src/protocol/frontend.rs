@@ -69,26 +69,28 @@ pub fn parse_bind(body: &[u8]) -> Option<BindView<'_>> {
 pub type BindParams<'a> = (Vec<i16>, Vec<Option<&'a [u8]>>);
 
 /// The parameter format codes and values of a Bind (the part after the statement name); `None` if malformed.
+/// As in Postgres' `exec_bind_message`, a negative count is malformed (not "none"), and so is a negative value
+/// length other than -1 (NULL).
 pub fn parse_bind_params(rest: &[u8]) -> Option<BindParams<'_>> {
     let read_i16 =
         |b: &[u8], at: usize| b.get(at..at + 2).map(|x| i16::from_be_bytes([x[0], x[1]]));
-    let nformats = read_i16(rest, 0)?;
+    let nformats = usize::try_from(read_i16(rest, 0)?).ok()?;
     let mut pos = 2;
-    let mut formats = Vec::with_capacity(nformats.max(0) as usize);
+    let mut formats = Vec::with_capacity(nformats);
     for _ in 0..nformats {
         formats.push(read_i16(rest, pos)?);
         pos += 2;
     }
-    let nparams = read_i16(rest, pos)?;
+    let nparams = usize::try_from(read_i16(rest, pos)?).ok()?;
     pos += 2;
-    let mut values = Vec::with_capacity(nparams.max(0) as usize);
+    let mut values = Vec::with_capacity(nparams);
     for _ in 0..nparams {
         let len = i32::from_be_bytes(rest.get(pos..pos + 4)?.try_into().ok()?);
         pos += 4;
-        if len < 0 {
+        if len == -1 {
             values.push(None);
         } else {
-            let len = len as usize;
+            let len = usize::try_from(len).ok()?;
             values.push(Some(rest.get(pos..pos + len)?));
             pos += len;
         }
@@ -268,6 +270,21 @@ mod tests {
         assert_eq!(
             parse_sasl_initial(b"SCRAM-SHA-256\x00\x00\x00\x00\x03abc"),
             Some((&b"SCRAM-SHA-256"[..], &b"abc"[..]))
+        );
+    }
+
+    #[test]
+    fn bind_params_with_negative_counts_or_lengths_are_malformed() {
+        // Found by fuzz/fuzz_targets/frontend_messages.rs: -1 parameters read as none, -2 as a NULL value, so the
+        // key of a Bind the server refuses was looked up as if the Bind were valid.
+        assert_eq!(parse_bind_params(b"\xff\xff\x00\x00"), None);
+        assert_eq!(parse_bind_params(b"\x00\x00\xff\xff"), None);
+        assert_eq!(parse_bind_params(b"\x00\x00\x00\x01\xff\xff\xff\xfe"), None);
+        assert_eq!(
+            parse_bind_params(
+                b"\x00\x01\x00\x01\x00\x02\xff\xff\xff\xff\x00\x00\x00\x01\x07\x00\x00"
+            ),
+            Some((vec![1], vec![None, Some(&b"\x07"[..])]))
         );
     }
 

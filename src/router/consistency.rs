@@ -13,6 +13,14 @@ pub enum Consistency {
     Strong,
     /// Reads see the client's own committed writes (replicas whose replay passed the client's last commit).
     ReadYourWrites,
+    /// Reads see every write that committed through this shardpool instance before they started, from any
+    /// connection: what a web application needs when request 1 writes on one pooled connection and request 2 reads
+    /// on another.
+    ReadProxyWrites,
+    /// Reads see every write that committed anywhere before they started (through other shardpool instances, or
+    /// straight on the primary): the primary's position is asked before the read, one question shared by all
+    /// concurrent reads.
+    ReadAllWrites,
     /// Reads from replicas lagging less than this; otherwise the primary. Whole milliseconds.
     BoundedStaleness(Duration),
     /// Any healthy replica.
@@ -22,7 +30,7 @@ pub enum Consistency {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConsistencyError {
     #[error(
-        "unknown consistency \"{0}\" (expected strong, read_your_writes, bounded_staleness(<duration>) or eventual)"
+        "unknown consistency \"{0}\" (expected strong, read_all_writes, read_proxy_writes, read_your_writes, bounded_staleness(<duration>) or eventual)"
     )]
     Unknown(String),
     #[error("invalid duration \"{0}\" (expected a whole number of ms, s or min, e.g. 500ms)")]
@@ -40,6 +48,12 @@ impl FromStr for Consistency {
         }
         if word_is("read_your_writes") {
             return Ok(Consistency::ReadYourWrites);
+        }
+        if word_is("read_proxy_writes") {
+            return Ok(Consistency::ReadProxyWrites);
+        }
+        if word_is("read_all_writes") {
+            return Ok(Consistency::ReadAllWrites);
         }
         if word_is("eventual") {
             return Ok(Consistency::Eventual);
@@ -98,6 +112,8 @@ impl fmt::Display for Consistency {
         match self {
             Consistency::Strong => f.write_str("strong"),
             Consistency::ReadYourWrites => f.write_str("read_your_writes"),
+            Consistency::ReadProxyWrites => f.write_str("read_proxy_writes"),
+            Consistency::ReadAllWrites => f.write_str("read_all_writes"),
             Consistency::Eventual => f.write_str("eventual"),
             Consistency::BoundedStaleness(d) => {
                 f.write_str("bounded_staleness(")?;
@@ -175,6 +191,8 @@ mod tests {
         for (c, text) in [
             (Consistency::Strong, "strong"),
             (Consistency::ReadYourWrites, "read_your_writes"),
+            (Consistency::ReadProxyWrites, "read_proxy_writes"),
+            (Consistency::ReadAllWrites, "read_all_writes"),
             (Consistency::Eventual, "eventual"),
             (ms(500), "bounded_staleness(500ms)"),
             (ms(2_000), "bounded_staleness(2s)"),

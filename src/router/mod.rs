@@ -16,5 +16,5 @@ pub enum Route {
     /// goes back (read-your-writes).
     Primary { capture: bool },
     /// A replica meeting the freshness need, else the primary.
-    Replica(crate::cluster::balance::Freshness),
+    Replica(crate::cluster::balance::ReadNeed),
 }

@@ -35,7 +35,7 @@ impl ProxyParam {
             ProxyParam::Shard,
         ]
         .into_iter()
-        .find(|p| p.name()["shardpool.".len()..].eq_ignore_ascii_case(suffix))
+        .find(|p| p.name()[PREFIX.len()..].eq_ignore_ascii_case(suffix))
     }
 }
 
@@ -188,7 +188,29 @@ fn set(param: ProxyParam, rest: &str) -> Result<ProxyCommand, ProxyCommandError>
         return Ok(ProxyCommand::Reset(param));
     }
     let text = unquote(value).ok_or_else(|| invalid(param, value, Some("one value expected")))?;
-    let parsed = match param {
+    typed_value(param, text).map(ProxyCommand::Set)
+}
+
+/// A `shardpool.*` setting given at connection start (`options=-c shardpool.consistency=strong`, so from a URL or
+/// `PGOPTIONS`, or as a startup parameter of its own): `Ok(None)` if `name` is not ours. The value is taken verbatim,
+/// as Postgres takes `-c name=value`, and checked as `SET` would check it.
+pub fn startup_value(name: &str, value: &str) -> Result<Option<ProxyValue>, ProxyCommandError> {
+    let Some(suffix) = name
+        .get(..PREFIX.len())
+        .filter(|p| p.eq_ignore_ascii_case(PREFIX))
+        .map(|_| &name[PREFIX.len()..])
+    else {
+        return Ok(None);
+    };
+    let param = ProxyParam::from_suffix(suffix)
+        .ok_or_else(|| ProxyCommandError::UnknownParameter(name.to_ascii_lowercase()))?;
+    let text = value.trim().to_owned();
+    typed_value(param, text).map(Some)
+}
+
+/// A parameter's value as its type wants it; the same checks for SET and for startup options.
+fn typed_value(param: ProxyParam, text: String) -> Result<ProxyValue, ProxyCommandError> {
+    Ok(match param {
         ProxyParam::Consistency => text.parse().map(ProxyValue::Consistency).map_err(
             |e: super::consistency::ConsistencyError| invalid(param, &text, Some(&e.to_string())),
         )?,
@@ -198,9 +220,11 @@ fn set(param: ProxyParam, rest: &str) -> Result<ProxyCommand, ProxyCommandError>
             .parse()
             .map(ProxyValue::Shard)
             .map_err(|_| invalid(param, &text, Some("a shard number is expected")))?,
-    };
-    Ok(ProxyCommand::Set(parsed))
+    })
 }
+
+/// How every shardpool parameter's name begins.
+pub const PREFIX: &str = "shardpool.";
 
 fn strip_to(s: &str) -> Option<&str> {
     let head = s.get(..2)?;

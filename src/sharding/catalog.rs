@@ -19,6 +19,7 @@ use tokio_postgres::{Client, GenericClient, IsolationLevel, Transaction};
 use crate::config::sharding::{CatalogTarget, MapConfig, ShardingConfig, MAX_VSHARDS};
 use crate::config::Problem;
 use crate::sharding::key::{KeyType, KeyValue};
+use crate::sharding::remap::state::{self as remap_state, Freeze, RemapRow};
 
 /// LISTEN/NOTIFY channel; the payload is the new epoch in decimal.
 pub const CHANNEL: &str = "shardpool_catalog";
@@ -122,6 +123,10 @@ pub struct Catalog {
     pub placement: Vec<u16>,
     pub directories: HashMap<String, Directory>,
     pub ranges: HashMap<String, RangeMap>,
+    /// Vshards whose writes instances hold while a remap cuts over.
+    pub freeze: Freeze,
+    /// The active remap and the latest finished ones (for `SHOW REMAPS`).
+    pub remaps: Vec<RemapRow>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -453,6 +458,7 @@ pub async fn init(client: &mut Client, cfg: &ShardingConfig) -> Result<InitOutco
     let created = !exists;
     if created {
         tx.batch_execute(SCHEMA).await?;
+        tx.batch_execute(remap_state::SCHEMA).await?;
         tx.execute(
             "INSERT INTO shardpool.epoch (epoch, vshards) VALUES (0, $1)",
             &[&(cfg.vshards as i32)],
@@ -479,6 +485,10 @@ pub async fn init(client: &mut Client, cfg: &ShardingConfig) -> Result<InitOutco
                 config: cfg.vshards,
             });
         }
+    }
+    if !created {
+        // Catalogs made before remaps existed get their tables now.
+        tx.batch_execute(remap_state::SCHEMA).await?;
     }
     let mut added_maps = Vec::new();
     for (name, map) in &cfg.maps {
@@ -555,7 +565,7 @@ async fn add_map(
 
 /// Starts a change: bumps the epoch, which also takes the epoch row's lock until commit (see the module doc).
 /// Returns the new epoch and the vshard count.
-async fn begin_change(tx: &Transaction<'_>) -> Result<(i64, u32), CatalogError> {
+pub(crate) async fn begin_change(tx: &Transaction<'_>) -> Result<(i64, u32), CatalogError> {
     let row = tx
         .query_opt(
             "UPDATE shardpool.epoch SET epoch = epoch + 1 RETURNING epoch, vshards",
@@ -571,7 +581,7 @@ async fn begin_change(tx: &Transaction<'_>) -> Result<(i64, u32), CatalogError> 
 }
 
 /// Queues the notification; Postgres delivers it only if and when the transaction commits.
-async fn notify(tx: &Transaction<'_>, epoch: i64) -> Result<(), CatalogError> {
+pub(crate) async fn notify(tx: &Transaction<'_>, epoch: i64) -> Result<(), CatalogError> {
     tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &epoch.to_string()])
         .await?;
     Ok(())
@@ -826,6 +836,7 @@ pub async fn load(client: &mut Client) -> Result<Catalog, CatalogError> {
             }
         }
     }
+    let (freeze, remaps) = remap_state::load(&tx).await?;
     tx.commit().await?;
     Ok(Catalog {
         epoch,
@@ -833,6 +844,8 @@ pub async fn load(client: &mut Client) -> Result<Catalog, CatalogError> {
         placement,
         directories,
         ranges,
+        freeze,
+        remaps,
     })
 }
 
@@ -970,6 +983,8 @@ mod tests {
                     },
                 ),
             ]),
+            freeze: Freeze::default(),
+            remaps: Vec::new(),
         }
     }
 

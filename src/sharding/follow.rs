@@ -5,6 +5,10 @@
 //! the epoch (one-row query) and reloads when it differs, and after a reconnect (with exponential backoff) it
 //! compares epochs right away. A reload builds a complete new snapshot and swaps it in one atomic store: a router
 //! holding the previous `Arc<Catalog>` keeps a consistent, if stale, view until its next `current()`.
+//!
+//! After every load and every periodic check the follower also writes the epoch it routes by into
+//! `shardpool.instances` under its own id, with a lease of three check intervals: a remap's cutover waits for every
+//! instance whose lease is alive to acknowledge the epoch that froze or moved vshards, and ignores dead ones.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::catalog::{self, Catalog, CatalogError, CHANNEL};
+use super::remap::state;
 use crate::config::sharding::ShardingConfig;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +62,8 @@ pub struct FollowStats {
     pub checked: AtomicU64,
     /// Successful reconnects after the LISTEN connection was lost.
     pub reconnects: AtomicU64,
+    /// Acknowledgements (epoch heartbeats) that could not be written.
+    pub heartbeat_failures: AtomicU64,
     /// Reloads that failed with the server answering (a corrupt or unreadable catalog): routing went on with the
     /// last good snapshot.
     pub failed: AtomicU64,
@@ -82,6 +89,7 @@ impl FollowStats {
 
 /// A running follower. Dropping it stops the task too; `shutdown` also waits for it.
 pub struct CatalogFollower {
+    instance: String,
     current: Arc<ArcSwap<Catalog>>,
     epochs: watch::Receiver<i64>,
     stats: Arc<FollowStats>,
@@ -102,11 +110,18 @@ impl CatalogFollower {
         }
         let mut listener = Listener::connect(&pg).await?;
         let first = catalog::load(&mut listener.client).await?;
+        let instance = instance_id();
+        let stats = Arc::new(FollowStats::default());
+        let lease = lease_ms(&opts);
+        if let Err(e) = state::heartbeat(&listener.client, &instance, first.epoch, lease).await {
+            stats.heartbeat_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "cannot acknowledge the catalog epoch (remaps will wait for this instance's lease)");
+        }
         let (epoch_tx, epochs) = watch::channel(first.epoch);
         let current = Arc::new(ArcSwap::from_pointee(first));
         let (stop, stopped) = watch::channel(false);
-        let stats = Arc::new(FollowStats::default());
         let task = Follow {
+            instance: instance.clone(),
             pg,
             opts,
             current: current.clone(),
@@ -116,6 +131,7 @@ impl CatalogFollower {
         };
         let task = tokio::spawn(task.run(listener));
         Ok(CatalogFollower {
+            instance,
             current,
             epochs,
             stats,
@@ -141,6 +157,11 @@ impl CatalogFollower {
 
     pub fn stats(&self) -> &FollowStats {
         &self.stats
+    }
+
+    /// The id this instance acknowledges catalog epochs under (`shardpool.instances.id`).
+    pub fn instance_id(&self) -> &str {
+        &self.instance
     }
 
     /// The counters, shared, for the admin console.
@@ -212,6 +233,7 @@ impl Drop for Listener {
 }
 
 struct Follow {
+    instance: String,
     pg: tokio_postgres::Config,
     opts: FollowOptions,
     current: Arc<ArcSwap<Catalog>>,
@@ -296,8 +318,22 @@ impl Follow {
     async fn check(&self, client: &mut Client) -> Result<(), CatalogError> {
         if catalog::epoch(client).await? != self.current.load().epoch {
             self.reload(client, &self.stats.checked).await?;
+        } else {
+            self.acknowledge(client).await;
         }
         Ok(())
+    }
+
+    /// Tells remaps which epoch this instance routes by; a failure only delays them (they wait for the lease).
+    async fn acknowledge(&self, client: &Client) {
+        let epoch = self.current.load().epoch;
+        if let Err(e) = state::heartbeat(client, &self.instance, epoch, lease_ms(&self.opts)).await
+        {
+            self.stats
+                .heartbeat_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, epoch, "cannot acknowledge the catalog epoch");
+        }
     }
 
     /// Loads and swaps in a new snapshot, counting it under `cause` first so that whoever wakes on the epoch
@@ -310,6 +346,7 @@ impl Follow {
         self.current.store(Arc::new(fresh));
         self.epochs.send_replace(epoch);
         tracing::info!(epoch, "catalog reloaded");
+        self.acknowledge(client).await;
         Ok(())
     }
 
@@ -330,4 +367,23 @@ impl Follow {
             }
         }
     }
+}
+
+/// An instance's acknowledgement lasts three check intervals: long enough that a live instance always renews it,
+/// short enough that a remap does not wait long for a dead one.
+fn lease_ms(opts: &FollowOptions) -> u32 {
+    u32::try_from(opts.check_interval.as_millis().saturating_mul(3)).unwrap_or(u32::MAX)
+}
+
+/// A name unique to this follower: host process, start time and a counter (several routers share a process).
+fn instance_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!(
+        "pid{}-{started}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }

@@ -162,19 +162,22 @@ impl KeyValue {
 /// need it. The parentheses matter: Postgres gives `%` higher precedence than `&`. For text keys the column must
 /// have a deterministic collation, or the server hashes a sort key instead of the bytes.
 pub fn vshard_sql(key_column: &str, key_type: KeyType, vshards: u32) -> String {
+    vshard_expr(&quote_ident(key_column), key_type, vshards)
+}
+
+/// [`vshard_sql`] over any SQL expression of the key's type (`NEW.aid` in a trigger, say); `expr` is inserted as
+/// is, so it must already be quoted.
+pub fn vshard_expr(expr: &str, key_type: KeyType, vshards: u32) -> String {
     let function = match key_type {
         KeyType::Int => "hashint8extended",
         KeyType::Text => "hashtextextended",
         KeyType::Uuid => "uuid_hash_extended",
     };
-    format!(
-        "(({function}({}, {SHARD_SEED}) & 9223372036854775807) % {vshards})",
-        quote_ident(key_column)
-    )
+    format!("(({function}({expr}, {SHARD_SEED}) & 9223372036854775807) % {vshards})")
 }
 
 /// Quotes an identifier unless it is a plain lowercase name that is not a keyword, like Postgres' `quote_ident`.
-fn quote_ident(name: &str) -> String {
+pub fn quote_ident(name: &str) -> String {
     let mut chars = name.chars();
     let plain = chars
         .next()

@@ -11,6 +11,7 @@ pub mod hash;
 pub mod key;
 pub mod keys;
 pub mod recorder;
+pub mod remap;
 pub mod router;
 pub mod scatter;
 pub mod schema;

@@ -7,7 +7,7 @@
 use std::cmp::Ordering as KeyOrder;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
@@ -71,7 +71,45 @@ pub struct ShardRouter {
     pub vshard_writes: Box<[AtomicU64]>,
     pub shard_queries: Box<[AtomicU64]>,
     pub scatters: AtomicU64,
+    /// Writes held while a remap froze their vshards (see [`ShardRouter::place_or_hold`]).
+    pub holds: HoldStats,
+    /// The freeze being honoured (remap id) and when this instance first saw it: holding ends a little after
+    /// that plus the remap's `max_pause`, whatever the catalog says, so a remap that died cannot hold writes forever.
+    freeze_seen: Mutex<(i64, Instant)>,
 }
+
+/// How long writes waited for a remap's cutover on this instance.
+#[derive(Debug, Default)]
+pub struct HoldStats {
+    pub held: AtomicU64,
+    pub total_us: AtomicU64,
+    pub max_us: AtomicU64,
+    /// Holds that ended because their time ran out rather than because the freeze was lifted.
+    pub expired: AtomicU64,
+}
+
+impl HoldStats {
+    /// Records one hold that lasted `waited`.
+    pub fn record(&self, waited: Duration, expired: bool) {
+        let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        self.total_us.fetch_add(us, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+        if expired {
+            self.expired.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A write whose vshard a remap has frozen: wait for a catalog change (or `until`), then route it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// The catalog epoch it was held under.
+    pub epoch: i64,
+    pub until: Instant,
+}
+
+/// Slack beyond the remap's `max_pause` before an instance stops holding on its own (the remap gives up first).
+const HOLD_SLACK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -105,6 +143,8 @@ impl ShardRouter {
             vshard_writes: counters(config.vshards as usize),
             shard_queries: counters(config.shards.len()),
             scatters: AtomicU64::new(0),
+            holds: HoldStats::default(),
+            freeze_seen: Mutex::new((0, Instant::now())),
             config: config.clone(),
         }))
     }
@@ -365,6 +405,60 @@ impl ShardRouter {
         stmt: &StatementShards,
         params: Option<Params<'_>>,
     ) -> Result<Placement, ClientError> {
+        self.place_body(stmt, params, None)
+    }
+
+    /// [`ShardRouter::place`], except that a write (anything but a read) routed by key to a vshard that a remap has
+    /// frozen is not placed but held: the caller waits for the catalog to change and routes it again.
+    pub fn place_or_hold(
+        &self,
+        stmt: &StatementShards,
+        params: Option<Params<'_>>,
+    ) -> Result<Result<Placement, Held>, ClientError> {
+        let mut held = None;
+        let placement = self.place_body(stmt, params, Some(&mut held))?;
+        Ok(match held {
+            Some(h) => Err(h),
+            None => Ok(placement),
+        })
+    }
+
+    /// Until when writes to `freeze`'s vshards are held here.
+    fn hold_until(&self, freeze: &super::remap::state::Freeze) -> Instant {
+        let mut seen = self.freeze_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.0 != freeze.remap {
+            *seen = (freeze.remap, Instant::now());
+        }
+        seen.1 + Duration::from_millis(u64::from(freeze.max_pause_ms)) + HOLD_SLACK
+    }
+
+    /// A hold for a write to any of `vshards` while a remap freezes them, unless this instance has held them long
+    /// enough already (then the write goes where the catalog says, and the source's fence answers it).
+    fn frozen(&self, catalog: &Catalog, stmt: &StatementShards, vshards: &[u32]) -> Option<Held> {
+        let freeze = &catalog.freeze;
+        if freeze.vshards.is_empty()
+            || stmt.kind == StatementKind::Read
+            || !vshards.iter().any(|v| freeze.contains(*v))
+        {
+            return None;
+        }
+        let until = self.hold_until(freeze);
+        if Instant::now() >= until {
+            return None;
+        }
+        self.holds.held.fetch_add(1, Ordering::Relaxed);
+        Some(Held {
+            epoch: catalog.epoch,
+            until,
+        })
+    }
+
+    fn place_body(
+        &self,
+        stmt: &StatementShards,
+        params: Option<Params<'_>>,
+        hold: Option<&mut Option<Held>>,
+    ) -> Result<Placement, ClientError> {
         let default = Placement::One {
             shard: self.config.default_shard,
             keyed: false,
@@ -473,6 +567,12 @@ impl ShardRouter {
             }
         }
         shards.sort_unstable();
+        if let Some(out) = hold {
+            if let Some(h) = self.frozen(&catalog, stmt, &vshards) {
+                *out = Some(h);
+                return Ok(default);
+            }
+        }
         for v in &vshards {
             if let Some(c) = self.vshard_queries.get(*v as usize) {
                 c.fetch_add(1, Ordering::Relaxed);

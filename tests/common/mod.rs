@@ -262,4 +262,6 @@ pub fn pgbench(port: u16, args: &[&str]) -> String {
     assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
     text
 }
+pub mod python;
+pub mod replicas;
 pub mod shards;

@@ -73,8 +73,8 @@ impl Session {
             self.relay.emit_fabricated(&mut self.cout);
             if self.can_release() {
                 if self.wants_capture() {
-                    // The client gets its reply first; the position is read while it processes it.
-                    self.flush_client().await?;
+                    // Before the client hears of the commit: a read that it, or anyone it tells, starts next must
+                    // find the write's position recorded (read_proxy_writes).
                     self.capture_position().await;
                 }
                 self.release();

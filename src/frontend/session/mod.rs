@@ -6,6 +6,8 @@
 
 mod attached;
 mod client_messages;
+mod held;
+mod pipeline;
 mod routing;
 mod sharded;
 mod sharded_batch;
@@ -236,6 +238,11 @@ impl Session {
         }
     }
 
+    /// The client's stream, for the login reply (sent once the session has accepted the client's startup settings).
+    pub fn client_mut(&mut self) -> &mut ClientStream {
+        &mut self.client
+    }
+
     /// The session's whole run as one heap future. The block owns the session and `run` borrows it, so the
     /// future holds it once.
     pub fn into_run(mut self) -> Pin<Box<impl Future<Output = Result<(), SessionError>> + Send>> {
@@ -349,7 +356,12 @@ impl Session {
         };
         loop {
             match split_frame_within(&mut self.cin, max_message) {
-                Ok(Some(f)) => return Ok(Some(f)),
+                Ok(Some(f)) => {
+                    if self.wants_lookahead(&f) {
+                        self.read_rest_of_batch().await?;
+                    }
+                    return Ok(Some(f));
+                }
                 Ok(None) => {}
                 Err(e) => return Err(protocol_violation(e.to_string())),
             }

@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{Session, SessionError};
-use crate::cluster::balance::Freshness;
-use crate::cluster::{lsn, Cluster};
+use crate::cluster::balance::{Floor, Freshness, ReadNeed};
+use crate::cluster::{lsn, Cluster, Member};
 use crate::error::{sqlstate, ClientError};
 use crate::protocol::backend::{command_complete, ready_for_query};
 use crate::protocol::frontend::{parse_bind, parse_parse, query_text};
@@ -24,6 +24,9 @@ use crate::router::Route;
 const CAPTURE_SQL: &str = "SELECT CASE WHEN current_setting('synchronous_commit') = 'off' \
     THEN pg_current_wal_insert_lsn() ELSE pg_current_wal_flush_lsn() END";
 
+/// How long a `read_all_writes` read waits for the primary's position before it reads from the primary itself.
+const POSITION_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Client frames of a replica transaction kept for a re-send elsewhere; a longer one is not retried.
 const MAX_RETAINED: usize = 64;
 
@@ -31,10 +34,19 @@ const MAX_RETAINED: usize = 64;
 pub(super) struct RoutingState {
     /// `SET shardpool.consistency`: beats the user's and the database's default.
     pub consistency: Option<Consistency>,
+    /// `-c shardpool.consistency=...` at startup: beats the defaults, and is what RESET returns to.
+    pub startup_consistency: Option<Consistency>,
     /// WAL position the client's reads must see: its last write's, or a causal token it was given.
     pub causal_lsn: u64,
     /// Reads go to the primary until then (cluster clock ms): a write's position could not be read.
     pub primary_until_ms: u64,
+    /// Monotonic reads: a position every later read must see (what an earlier read or write is known to have seen).
+    pub floor_lsn: u64,
+    /// The member the last transaction ran on and how many polls it had begun when it ended: once a later poll
+    /// answers, that member's position bounds what the transaction saw and moves `floor_lsn`.
+    pub read_mark: Option<(Arc<Member>, u64)>,
+    /// The position of the transaction that just ended was captured (it is in `floor_lsn`): no mark needed.
+    pub captured: bool,
     /// A bare BEGIN answered locally; sent ahead of the transaction's first real statement, once that statement
     /// has shown where the transaction should run.
     pub deferred_begin: Option<Frame>,
@@ -79,7 +91,11 @@ impl Session {
 
     /// The consistency in force: session setting, else the user's, else the database's.
     fn consistency(&self) -> Consistency {
-        if let Some(c) = self.routing.as_ref().and_then(|r| r.consistency) {
+        if let Some(c) = self
+            .routing
+            .as_ref()
+            .and_then(|r| r.consistency.or(r.startup_consistency))
+        {
             return c;
         }
         let config = self.ctx.config();
@@ -111,7 +127,7 @@ impl Session {
                     self.use_shard(shard);
                 }
                 Ok(None) => {
-                    if deferred {
+                    if deferred && !self.is_held() {
                         self.routing_state().fanout = None;
                         let e = ClientError::error(
                             sqlstate::FEATURE_NOT_SUPPORTED,
@@ -173,20 +189,26 @@ impl Session {
             ready_for_query(&mut self.cout, TxStatus::InTransaction);
             return None;
         }
-        Some(self.route_analysis(&analysis, false))
+        let route = self.route_analysis(&analysis, false);
+        Some(self.route_with_what_follows(frame, route))
     }
 
-    fn write_route(&self, _deferred: bool, reason: &'static str) -> Route {
-        let capture =
-            self.consistency() == Consistency::ReadYourWrites && self.pools.cluster.has_replicas();
+    pub(super) fn write_route(&self, _deferred: bool, reason: &'static str) -> Route {
+        // Every write is captured, whatever this session's mode: read_proxy_writes sessions must see it too.
+        let capture = self.pools.cluster.has_replicas();
         tracing::debug!(client = self.registration.info.id, reason, "route: primary");
         Route::Primary { capture }
     }
 
-    fn route_analysis(&mut self, a: &Analysis, in_read_only_tx: bool) -> Route {
+    pub(super) fn route_analysis(&self, a: &Analysis, in_read_only_tx: bool) -> Route {
         match a.hints.route {
             Some(RouteHint::Primary) => return self.write_route(false, "hint route=primary"),
-            Some(RouteHint::Replica) => return Route::Replica(Freshness::Any),
+            Some(RouteHint::Replica) => {
+                return Route::Replica(ReadNeed {
+                    freshness: Freshness::Any,
+                    monotonic: false,
+                })
+            }
             None => {}
         }
         let read_only_tx = in_read_only_tx
@@ -205,7 +227,11 @@ impl Session {
         }
         let consistency = a.hints.consistency.unwrap_or_else(|| self.consistency());
         match self.freshness(consistency) {
-            Some(need) => {
+            Some(freshness) => {
+                let need = ReadNeed {
+                    freshness,
+                    monotonic: consistency != Consistency::Eventual,
+                };
                 tracing::debug!(
                     client = self.registration.info.id,
                     reason = a.reason,
@@ -224,21 +250,54 @@ impl Session {
 
     /// What a replica must satisfy to serve this client's read; `None` means only the primary will do.
     fn freshness(&self, consistency: Consistency) -> Option<Freshness> {
+        let cluster = &self.pools.cluster;
+        let now = cluster.clock.now_ms();
+        let r = self.routing.as_ref();
+        let causal = r.map_or(0, |r| r.causal_lsn);
+        let at_least = |lsn: u64| match lsn {
+            0 => Freshness::Any,
+            lsn => Freshness::AtLeast(lsn),
+        };
         match consistency {
             Consistency::Strong => None,
             Consistency::Eventual => Some(Freshness::Any),
             Consistency::BoundedStaleness(d) => Some(Freshness::WithinMs(d.as_millis() as u64)),
-            Consistency::ReadYourWrites => {
-                let r = self.routing.as_ref();
-                let until = r.map_or(0, |r| r.primary_until_ms);
-                if until > self.pools.cluster.clock.now_ms() {
+            _ if r.map_or(0, |r| r.primary_until_ms) > now => None,
+            Consistency::ReadYourWrites => Some(at_least(causal)),
+            Consistency::ReadProxyWrites => {
+                let writes = &cluster.proxy_writes;
+                if writes.unknown_until_ms.load(Ordering::Relaxed) > now {
                     return None;
                 }
-                match r.map_or(0, |r| r.causal_lsn) {
-                    0 => Some(Freshness::Any),
-                    lsn => Some(Freshness::AtLeast(lsn)),
-                }
+                Some(at_least(causal.max(writes.lsn.load(Ordering::SeqCst))))
             }
+            // The primary's position then covers this session's own writes too.
+            Consistency::ReadAllWrites => Some(Freshness::CaughtUpWithPrimary),
+        }
+    }
+
+    /// Monotonic reads: the floor a replica must meet for this session's next read. While the position the last
+    /// transaction saw is not known yet (no poll of its server has answered since it ended), only that server (or
+    /// the primary) will do.
+    fn monotonic_floor(&mut self, cluster: &Cluster) -> Floor {
+        let Some(r) = self.routing.as_mut() else {
+            return Floor::default();
+        };
+        if let Some((m, polls)) = &r.read_mark {
+            if m.lsn_poll.load(Ordering::SeqCst) > *polls {
+                r.floor_lsn = r.floor_lsn.max(m.lsn.load(Ordering::SeqCst));
+                r.read_mark = None;
+            }
+        }
+        match &r.read_mark {
+            None => Floor {
+                lsn: r.floor_lsn,
+                except: None,
+            },
+            Some((m, _)) => Floor {
+                lsn: u64::MAX,
+                except: cluster.members.iter().position(|x| Arc::ptr_eq(x, m)),
+            },
         }
     }
 
@@ -316,11 +375,26 @@ impl Session {
             .as_ref()
             .map(|r| r.excluded.clone())
             .unwrap_or_default();
-        if let Some(i) = cluster.pick_reader(need, &excluded) {
+        let freshness = match need.freshness {
+            Freshness::CaughtUpWithPrimary => {
+                match cluster.primary_position.current(POSITION_WAIT).await {
+                    Some(p) => Freshness::AtLeast(p),
+                    None => return cluster.writer().ok_or_else(no_writer),
+                }
+            }
+            f => f,
+        };
+        let mut floor = if need.monotonic {
+            self.monotonic_floor(&cluster)
+        } else {
+            Floor::default()
+        };
+        if let Some(i) = cluster.pick_reader(freshness, floor, &excluded) {
             return Ok(i);
         }
         let wait = cluster.settings.ryw_wait;
-        if matches!(need, Freshness::AtLeast(_)) && !wait.is_zero() {
+        let unresolved = floor.lsn == u64::MAX;
+        if (matches!(freshness, Freshness::AtLeast(_)) || unresolved) && !wait.is_zero() {
             // Ask for fresh positions now, and again (backing off) while none is far enough: a replica on the same
             // network replays a commit within a millisecond or two, far sooner than the next regular poll.
             let deadline = tokio::time::Instant::now() + wait;
@@ -329,7 +403,10 @@ impl Session {
             let mut next_kick = tokio::time::Instant::now() + pause;
             loop {
                 let _ = tokio::time::timeout_at(deadline.min(next_kick), rounds.changed()).await;
-                if let Some(i) = cluster.pick_reader(need, &excluded) {
+                if need.monotonic {
+                    floor = self.monotonic_floor(&cluster);
+                }
+                if let Some(i) = cluster.pick_reader(freshness, floor, &excluded) {
                     return Ok(i);
                 }
                 let now = tokio::time::Instant::now();
@@ -402,9 +479,18 @@ impl Session {
         }
         let cluster = match self.routing.as_mut() {
             Some(r) => {
-                r.route = None;
+                let ran = r.route.take().is_some() && r.executed;
                 r.retained.clear();
-                r.cluster.take().zip(r.member.take())
+                let at = r.cluster.take().zip(r.member.take());
+                // Monotonic reads: what this transaction saw is bounded by its server's next answer to the monitor
+                // (unless its position was captured, exactly, after its commit).
+                if let (Some((c, m)), true, false) = (&at, ran, std::mem::take(&mut r.captured)) {
+                    if let Some(member) = c.members.get(*m) {
+                        let polls = member.polls_started.load(Ordering::SeqCst);
+                        r.read_mark = Some((Arc::clone(member), polls));
+                    }
+                }
+                at
             }
             None => Some((Arc::clone(&self.pools.cluster), 0)),
         };
@@ -585,18 +671,28 @@ impl Session {
         let cluster = Arc::clone(&self.pools.cluster);
         let state = self.routing_state();
         match position {
-            Some(p) => state.causal_lsn = state.causal_lsn.max(p),
+            Some(p) => {
+                state.causal_lsn = state.causal_lsn.max(p);
+                state.floor_lsn = state.floor_lsn.max(p);
+                state.captured = true;
+                cluster.proxy_writes.lsn.fetch_max(p, Ordering::SeqCst);
+            }
             None => {
-                tracing::warn!("could not read the write position; this client reads from the primary for a while");
-                state.primary_until_ms =
+                tracing::warn!("could not read the write position; reads that must see it use the primary for a while");
+                let until =
                     cluster.clock.now_ms() + cluster.settings.ban_time.as_millis().max(1000) as u64;
+                state.primary_until_ms = until;
+                cluster
+                    .proxy_writes
+                    .unknown_until_ms
+                    .fetch_max(until, Ordering::Relaxed);
             }
         }
     }
 
     /// Answers `SET/SHOW/RESET shardpool.*` commands. Returns true if `sql` was one.
     fn answer_proxy_command(&mut self, sql: &str) -> bool {
-        use crate::router::proxy_commands::{parse, ProxyCommand, ProxyParam, ProxyValue};
+        use crate::router::proxy_commands::{parse, ProxyCommand, ProxyParam};
         let cmd = match parse(sql) {
             Ok(Some(cmd)) => cmd,
             Ok(None) => return false,
@@ -607,28 +703,13 @@ impl Session {
         };
         let status = self.idle_status();
         match cmd {
-            ProxyCommand::Set(ProxyValue::Consistency(c)) => {
-                self.routing_state().consistency = Some(c);
-                command_complete(&mut self.cout, "SET");
-            }
-            ProxyCommand::Set(ProxyValue::CausalToken(token)) => match parse_token(&token) {
-                Some(p) => {
-                    // A token only ever moves the session's position forward.
-                    let state = self.routing_state();
-                    state.causal_lsn = state.causal_lsn.max(p);
-                    command_complete(&mut self.cout, "SET");
-                }
-                None => {
-                    self.proxy_error(
-                        sqlstate::INVALID_PARAMETER_VALUE,
-                        format!(
-                            "invalid value for parameter \"shardpool.causal_token\": \"{token}\" \
-                             (expected a WAL position such as 0/3000148)"
-                        ),
-                    );
+            ProxyCommand::Set(value) => {
+                if let Err(e) = self.set_proxy_value(value) {
+                    self.proxy_error(e.code, e.message);
                     return true;
                 }
-            },
+                command_complete(&mut self.cout, "SET");
+            }
             ProxyCommand::Reset(ProxyParam::Consistency) => {
                 self.routing_state().consistency = None;
                 command_complete(&mut self.cout, "RESET");
@@ -647,22 +728,6 @@ impl Session {
                 self.show_value("shardpool.causal_token", &lsn::format(p));
             }
             ProxyCommand::ShowRoute(sql) => self.show_route(&sql),
-            ProxyCommand::Set(ProxyValue::ShardKey(k)) if self.shard_router().is_some() => {
-                self.routing_state().shard_key = Some(k);
-                command_complete(&mut self.cout, "SET");
-            }
-            ProxyCommand::Set(ProxyValue::Shard(n)) if self.shard_router().is_some() => {
-                match self.check_shard_number(n) {
-                    Ok(shard) => {
-                        self.routing_state().forced_shard = Some(shard);
-                        command_complete(&mut self.cout, "SET");
-                    }
-                    Err(e) => {
-                        self.proxy_error(e.code, e.message);
-                        return true;
-                    }
-                }
-            }
             ProxyCommand::Reset(ProxyParam::ShardKey) if self.shard_router().is_some() => {
                 self.routing_state().shard_key = None;
                 command_complete(&mut self.cout, "RESET");
@@ -688,8 +753,7 @@ impl Session {
                     .unwrap_or_default();
                 self.show_value("shardpool.shard", &n);
             }
-            ProxyCommand::Set(ProxyValue::ShardKey(_) | ProxyValue::Shard(_))
-            | ProxyCommand::Reset(ProxyParam::ShardKey | ProxyParam::Shard)
+            ProxyCommand::Reset(ProxyParam::ShardKey | ProxyParam::Shard)
             | ProxyCommand::Show(ProxyParam::ShardKey | ProxyParam::Shard) => {
                 self.proxy_error(
                     sqlstate::FEATURE_NOT_SUPPORTED,
@@ -700,6 +764,62 @@ impl Session {
         }
         ready_for_query(&mut self.cout, status);
         true
+    }
+
+    /// Takes a `shardpool.*` value given with SET or at startup.
+    fn set_proxy_value(
+        &mut self,
+        value: crate::router::proxy_commands::ProxyValue,
+    ) -> Result<(), ClientError> {
+        use crate::router::proxy_commands::ProxyValue;
+        let sharded = self.shard_router().is_some();
+        match value {
+            ProxyValue::Consistency(c) => self.routing_state().consistency = Some(c),
+            ProxyValue::CausalToken(token) => {
+                let p = parse_token(&token).ok_or_else(|| {
+                    ClientError::error(
+                        sqlstate::INVALID_PARAMETER_VALUE,
+                        format!(
+                            "invalid value for parameter \"shardpool.causal_token\": \"{token}\" \
+                             (expected a WAL position such as 0/3000148)"
+                        ),
+                    )
+                })?;
+                // A token only ever moves the session's position forward.
+                let state = self.routing_state();
+                state.causal_lsn = state.causal_lsn.max(p);
+            }
+            ProxyValue::ShardKey(k) if sharded => self.routing_state().shard_key = Some(k),
+            ProxyValue::Shard(n) if sharded => {
+                let shard = self.check_shard_number(n)?;
+                self.routing_state().forced_shard = Some(shard);
+            }
+            ProxyValue::ShardKey(_) | ProxyValue::Shard(_) => {
+                return Err(ClientError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("database \"{}\" is not sharded", self.pools.database),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the `shardpool.*` settings the client gave at startup; they are what RESET returns to for the
+    /// consistency. An error refuses the login (FATAL), as Postgres refuses a bad `-c` option.
+    pub fn apply_startup_settings(
+        &mut self,
+        values: Vec<crate::router::proxy_commands::ProxyValue>,
+    ) -> Result<(), ClientError> {
+        for v in values {
+            self.set_proxy_value(v).map_err(|mut e| {
+                e.severity = crate::protocol::backend::Severity::Fatal;
+                e
+            })?;
+        }
+        if let Some(r) = self.routing.as_mut() {
+            r.startup_consistency = r.consistency.take();
+        }
+        Ok(())
     }
 
     fn proxy_error(&mut self, code: &'static str, message: String) {
@@ -730,9 +850,21 @@ impl Session {
                 "primary",
                 cluster.writer().map(|i| cluster.members[i].addr_text()),
             ),
+            Route::Replica(ReadNeed {
+                freshness: Freshness::CaughtUpWithPrimary,
+                ..
+            }) => (
+                "replica that has the primary's position when the read runs, else primary",
+                None,
+            ),
             Route::Replica(need) => {
+                let floor = if need.monotonic {
+                    self.monotonic_floor(&cluster)
+                } else {
+                    Floor::default()
+                };
                 let server = cluster
-                    .pick_reader(need, &[])
+                    .pick_reader(need.freshness, floor, &[])
                     .map(|i| cluster.members[i].addr_text());
                 match server {
                     Some(s) => ("replica", Some(s)),

@@ -55,6 +55,8 @@ pub(super) enum FanoutKind {
     /// An extended-protocol batch whose end has not arrived yet: read more input, then route this first message
     /// again.
     AwaitBatch(Frame, BatchUse),
+    /// A write held while a remap moves its vshard: wait (`held`), then route this first message again.
+    AwaitUnfreeze(Frame, crate::sharding::router::Held),
 }
 
 impl Session {
@@ -173,10 +175,15 @@ impl Session {
             })?),
             None => None,
         };
-        let placement = router.place(
-            stmt,
-            decoded.as_ref().map(|(f, v)| (v.as_slice(), f.as_slice())),
-        )?;
+        let params = decoded.as_ref().map(|(f, v)| (v.as_slice(), f.as_slice()));
+        let placement = if in_transaction {
+            router.place(stmt, params)?
+        } else {
+            match router.place_or_hold(stmt, params)? {
+                Ok(p) => p,
+                Err(held) => return Ok(self.hold(frame, held)),
+            }
+        };
         match placement {
             Placement::One { shard, keyed } => {
                 if !keyed {
@@ -358,6 +365,9 @@ impl Session {
         if let FanoutKind::AwaitBatch(first, usage) = &f.kind {
             return self.await_batch_input(first, *usage).await;
         }
+        if let FanoutKind::AwaitUnfreeze(first, held) = &f.kind {
+            return self.await_unfreeze(first, *held).await;
+        }
         if let Some(b) = &f.batch {
             bytes::Buf::advance(&mut self.cin, b.consumed);
         }
@@ -431,7 +441,7 @@ impl Session {
                 (FanoutKind::CopyOut { header }, _) => {
                     copied = Box::pin(self.copy_out(&f.sql, *header, &mut lent)).await?
                 }
-                (FanoutKind::AwaitBatch(..), _) => {}
+                (FanoutKind::AwaitBatch(..) | FanoutKind::AwaitUnfreeze(..), _) => {}
             }
         }
         for (pool, server) in lent {

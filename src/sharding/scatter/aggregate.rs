@@ -13,8 +13,8 @@ use sqlparser::ast::{Expr, Ident, OrderByExpr, Query, SelectItem, SetExpr};
 
 use super::items::{classify, fold, AggFunc, Aggregate, ExprKind, Item};
 use super::plan::{
-    append_hidden, direction, position, push_hidden, ColumnRef, MergedColumn, Plan, PlanKind,
-    SortKey, Window,
+    append_hidden, direction, position, push_hidden, render, ColumnRef, MergedColumn, Plan,
+    PlanKind, SortKey, Window,
 };
 use super::ScatterError;
 
@@ -71,7 +71,7 @@ pub(super) fn plan(
         || query.order_by.is_some()
         || query.limit_clause.is_some()
         || query.fetch.is_some();
-    let rewritten = changed.then(|| {
+    let rewritten = if changed {
         let mut q = query.clone();
         q.order_by = None;
         q.limit_clause = None;
@@ -89,8 +89,10 @@ pub(super) fn plan(
             }
         }
         append_hidden(&mut q, &b.hidden_exprs);
-        q.to_string()
-    });
+        Some(render(&q)?)
+    } else {
+        None
+    };
     let visible = items.len();
     let mut columns = b.columns;
     columns.extend(b.hidden_columns.into_iter().map(|(_, c)| c));

@@ -20,6 +20,8 @@ use sqlparser::ast::{
     Select, SelectItem, SetExpr, Statement, Value,
 };
 
+use sqlparser::tokenizer::{Token, Whitespace};
+
 use super::items::{classify, fold, ExprKind, Item};
 use super::scan;
 use super::ScatterError;
@@ -434,6 +436,35 @@ fn set_shard_limit_params(query: &mut Query) -> Result<(), ScatterError> {
     Ok(())
 }
 
+/// The text of a rewritten shard statement, refused unless it reads back as exactly `query`. sqlparser prints
+/// nested prefix operators without a space: `- -x` comes out as `--x`, a comment that cuts off the rest of the
+/// one-line statement, so the shards got a syntax error for valid SQL, or worse, for `SELECT - -a FROM t OFFSET 1`,
+/// the valid statement `SELECT`: one empty row per shard. `~ ~x` comes out as the operator `~~`. Found by
+/// fuzz/fuzz_targets/scatter_plan.rs.
+pub(super) fn render(query: &Query) -> Result<String, ScatterError> {
+    let sql = query.to_string();
+    let faithful = crate::sqlparse::tokenize(&sql).is_ok_and(|tokens| {
+        let comment = tokens.iter().any(|t| {
+            matches!(
+                t.token,
+                Token::Whitespace(
+                    Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_)
+                )
+            )
+        });
+        !comment
+            && matches!(crate::sqlparse::parse_tokens(tokens).as_deref(),
+                Ok([Statement::Query(again)]) if **again == *query)
+    });
+    if faithful {
+        Ok(sql)
+    } else {
+        Err(ScatterError::unsupported(
+            "an expression shardpool cannot print back unchanged for the shards (such as `- -x`; write `-(-x)`)",
+        ))
+    }
+}
+
 /// Appends hidden columns to the shard query's select list.
 pub(super) fn append_hidden(query: &mut Query, hidden: &[Expr]) {
     if let SetExpr::Select(select) = &mut *query.body {
@@ -484,7 +515,7 @@ fn rows_plan(
         } else if window.offset > 0 {
             set_shard_limit_params(&mut q)?;
         }
-        Some(q.to_string())
+        Some(render(&q)?)
     };
     let kind = if keys.is_empty() {
         PlanKind::Concat { window }
@@ -707,6 +738,29 @@ mod tests {
         };
         assert_eq!(keys[0].column, ColumnRef::Hidden(0));
         assert_eq!(keys[1].column, ColumnRef::Output(0));
+    }
+
+    #[test]
+    fn a_rewrite_sqlparser_cannot_print_back_is_refused_not_sent() {
+        // Found by fuzz/fuzz_targets/scatter_plan.rs: `- -1` printed as `--1` commented out the rest of the shards'
+        // statement.
+        for sql in [
+            "SELECT a FROM t WHERE a > - -1 ORDER BY b LIMIT 5",
+            "SELECT a FROM t ORDER BY ~ ~ a OFFSET 2",
+            "SELECT count(*) FROM t WHERE a = - -1 GROUP BY b",
+            "SELECT - -a FROM t OFFSET 1",
+        ] {
+            assert!(refused(sql).contains("print back unchanged"), "{sql}");
+        }
+        // Written with parentheses, the same statements plan, and what the shards get reads back as the statement.
+        for sql in [
+            "SELECT a FROM t WHERE a > -(-1) ORDER BY b LIMIT 5",
+            "SELECT count(*) FROM t WHERE a = -(-1) GROUP BY b",
+        ] {
+            let p = plan(sql);
+            assert!(p.is_rewritten(), "{sql}");
+            assert!(!p.shard_sql(sql).contains("--"), "{}", p.shard_sql(sql));
+        }
     }
 
     #[test]

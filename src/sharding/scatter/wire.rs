@@ -60,8 +60,9 @@ pub fn parse_row_description(frame: &Frame) -> Result<Vec<Field>, WireError> {
         pos: 0,
         what: WHAT,
     };
-    let n = r.i16()?;
-    let mut fields = Vec::with_capacity(n.max(0) as usize);
+    // A negative count is malformed, not "no columns" (Postgres never sends one).
+    let n = usize::try_from(r.i16()?).map_err(|_| WireError(WHAT))?;
+    let mut fields = Vec::with_capacity(n);
     for _ in 0..n {
         let (name, next) = read_cstr(body, r.pos).ok_or(WireError(WHAT))?;
         let start = r.pos;
@@ -112,15 +113,16 @@ fn for_each_value(body: &[u8], mut f: impl FnMut(usize, Option<usize>)) -> Resul
         pos: 0,
         what: WHAT,
     };
-    let n = r.i16()?;
+    let n = usize::try_from(r.i16()?).map_err(|_| WireError(WHAT))?;
     for _ in 0..n {
         let len = r.i32()?;
-        if len < 0 {
+        if len == -1 {
             f(r.pos, None);
         } else {
+            let len = usize::try_from(len).map_err(|_| WireError(WHAT))?;
             let start = r.pos;
-            r.take(len as usize)?;
-            f(start, Some(len as usize));
+            r.take(len)?;
+            f(start, Some(len));
         }
     }
     if r.pos != body.len() {
@@ -177,6 +179,28 @@ mod tests {
 
     fn frame(buf: &mut BytesMut) -> Frame {
         split_frame(buf).unwrap().unwrap()
+    }
+
+    #[test]
+    fn negative_column_counts_are_malformed() {
+        // Found by fuzz/fuzz_targets/backend_messages.rs: a count of -14592 was read as no columns.
+        for tag in [tag::ROW_DESCRIPTION, tag::DATA_ROW] {
+            let mut buf = BytesMut::new();
+            put_message(&mut buf, tag, |b| b.put_i16(-1));
+            let f = frame(&mut buf);
+            assert!(parse_row_description(&f).is_err());
+            assert!(data_row_values(&f).is_err());
+            assert_eq!(crate::protocol::backend::parse_data_row(f.body()), None);
+        }
+        // And a value length below -1 is not NULL.
+        let mut buf = BytesMut::new();
+        put_message(&mut buf, tag::DATA_ROW, |b| {
+            b.put_i16(1);
+            b.put_i32(-2);
+        });
+        let f = frame(&mut buf);
+        assert!(data_row_values(&f).is_err());
+        assert_eq!(crate::protocol::backend::parse_data_row(f.body()), None);
     }
 
     #[test]

@@ -1,0 +1,151 @@
+//! Pipelines and read/write splitting: a transaction's server is chosen at its first message, but a client in
+//! pipeline mode sends several extended-protocol statements (Parse/Bind/Execute ...) before its Sync, and a later one
+//! may write. So before a batch that starts with a Parse or Bind is routed, the session waits until the client has
+//! sent the batch's end (a Sync or Flush: a client can expect no reply before one, so the wait cannot deadlock), and
+//! a batch with a write anywhere in what the client has sent goes to the primary as a whole.
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+
+use super::{Session, SessionError};
+use crate::protocol::framing::{peek_header, HEADER_LEN};
+use crate::protocol::frontend::{parse_bind, parse_parse, query_text};
+use crate::protocol::{tag, Frame};
+use crate::router::Route;
+
+/// Bytes of a batch read ahead at most; a longer batch without its Sync is routed without seeing its end (to the
+/// primary, as it may write).
+const LOOKAHEAD_LIMIT: usize = 1024 * 1024;
+
+/// What the client has sent after the message being routed.
+#[derive(Debug, PartialEq, Eq)]
+enum Ahead {
+    /// Only reads (or nothing that runs SQL), through the batch's end.
+    Reads,
+    /// A statement that needs the primary.
+    Write,
+    /// The batch's end is not in (too long, or the client left): unknown.
+    Unknown,
+}
+
+impl Session {
+    /// Whether routing `first` must wait to see the rest of its batch.
+    pub(super) fn wants_lookahead(&self, first: &Frame) -> bool {
+        matches!(first.tag, tag::PARSE | tag::BIND)
+            && self.pools.cluster.has_replicas()
+            && self.mode == crate::config::PoolMode::Transaction
+            && self.shard_router().is_none()
+            && self.server.is_none()
+    }
+
+    /// Reads from the client until the buffered messages include the end of the batch (Sync or Flush), the batch is
+    /// longer than `LOOKAHEAD_LIMIT`, or the client closes (which the session notices at its next read).
+    pub(super) async fn read_rest_of_batch(&mut self) -> Result<(), SessionError> {
+        while !batch_end_buffered(&self.cin) && self.cin.len() < LOOKAHEAD_LIMIT {
+            self.cin.reserve(8 * 1024);
+            let n = self
+                .client
+                .read_buf(&mut self.cin)
+                .await
+                .map_err(SessionError::ClientIo)?;
+            if n == 0 {
+                break;
+            }
+            self.tally.bytes_in += n as u64;
+        }
+        Ok(())
+    }
+
+    /// A read about to go to a replica: the primary instead if a later statement the client already sent needs it
+    /// (or, for a batch that starts with Parse/Bind, if its end could not be seen).
+    pub(super) fn route_with_what_follows(&mut self, first: &Frame, route: Route) -> Route {
+        if !matches!(route, Route::Replica(_)) {
+            return route;
+        }
+        match self.ahead() {
+            Ahead::Write => self.write_route(false, "a later statement of the pipeline writes"),
+            Ahead::Unknown if self.wants_lookahead(first) => {
+                self.write_route(false, "the pipeline's end was not seen")
+            }
+            _ => route,
+        }
+    }
+
+    /// Judges every whole message buffered after the one being routed: all of them go to the server it gets.
+    fn ahead(&self) -> Ahead {
+        let buffered = &self.cin[..];
+        let mut at = 0;
+        let mut end_seen = false;
+        while let Ok(Some((t, total))) = peek_header(&buffered[at..]) {
+            if buffered.len() < at + total {
+                break;
+            }
+            let body = &buffered[at + HEADER_LEN..at + total];
+            at += total;
+            let text = match t {
+                tag::SYNC | tag::FLUSH => {
+                    end_seen = true;
+                    continue;
+                }
+                tag::QUERY => query_text(body),
+                tag::PARSE => parse_parse(body).map(|p| p.query),
+                // A Bind of a statement parsed earlier in this batch is not known yet: its Parse is judged.
+                tag::BIND => match parse_bind(body).map(|b| self.statements.get(b.statement)) {
+                    Some(Some(def)) => Some(&def.query[..]),
+                    Some(None) => continue,
+                    None => None,
+                },
+                // Execute of a portal bound above, Describe, Close: nothing new to judge.
+                _ => continue,
+            };
+            if !text
+                .and_then(|t| std::str::from_utf8(t).ok())
+                .is_some_and(|sql| self.reads_only(sql))
+            {
+                return Ahead::Write;
+            }
+        }
+        if end_seen {
+            Ahead::Reads
+        } else {
+            Ahead::Unknown
+        }
+    }
+
+    fn reads_only(&self, sql: &str) -> bool {
+        let analysis = self.ctx.analysis(sql, &self.pools.cluster);
+        matches!(self.route_analysis(&analysis, false), Route::Replica(_))
+    }
+}
+
+/// Whether `buf` holds a whole Sync or Flush message after whole messages.
+fn batch_end_buffered(buf: &BytesMut) -> bool {
+    let mut at = 0;
+    while let Ok(Some((t, total))) = peek_header(&buf[at..]) {
+        if buf.len() < at + total {
+            return false;
+        }
+        if matches!(t, tag::SYNC | tag::FLUSH) {
+            return true;
+        }
+        at += total;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_end_of_a_batch_only_when_whole() {
+        let mut b = BytesMut::new();
+        crate::protocol::frontend::write_parse(&mut b, b"", b"SELECT 1", &[]);
+        assert!(!batch_end_buffered(&b));
+        crate::protocol::frontend::write_sync(&mut b);
+        assert!(batch_end_buffered(&b));
+        let cut = b.len() - 1;
+        assert!(!batch_end_buffered(&BytesMut::from(&b[..cut])));
+        assert!(!batch_end_buffered(&BytesMut::from(&b"garbage"[..])));
+    }
+}
