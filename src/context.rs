@@ -139,6 +139,8 @@ pub struct Context {
     pub logins_over_cap: AtomicU64,
     /// Connections closed because they had not logged in within `client_login_timeout` (since start).
     pub login_timeouts: AtomicU64,
+    /// Clients disconnected at client_stall_timeout (since start).
+    pub client_stalls: AtomicU64,
     pub pause: Arc<PauseGate>,
     /// Which sessions have a transaction in flight, for the lone-client spin.
     pub spin: crate::frontend::spin::SpinGate,
@@ -207,6 +209,7 @@ impl Context {
             pending_logins: AtomicUsize::new(0),
             logins_over_cap: AtomicU64::new(0),
             login_timeouts: AtomicU64::new(0),
+            client_stalls: AtomicU64::new(0),
             pause: Arc::new(PauseGate::default()),
             spin: Default::default(),
             shutdown: watch::channel(false).0,

@@ -746,3 +746,20 @@ async fn session_features_error_mode_refuses_with_0a000() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_parse_of_a_statement_that_pins_is_served() {
+    // A named statement whose effect pins the server (LISTEN) adds no pending effect of its own: the session
+    // must not assume it did (it once subtracted past zero and panicked).
+    let backend = common::Backend::start().await;
+    let proxy = backend.proxy("").await;
+    let mut c = common::raw::Raw::connect(proxy.port, "app", "secret", common::DB).await;
+    c.parse("listener", "LISTEN shardpool_named").await;
+    c.bind_execute("listener").await;
+    c.sync().await;
+    let replies = tokio::time::timeout(std::time::Duration::from_secs(10), c.replies())
+        .await
+        .expect("no reply");
+    assert_eq!(replies, ["1", "2", "C:LISTEN", "Z:I"]);
+    assert_eq!(c.query("SELECT 1").await, ["1"]);
+}

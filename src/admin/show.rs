@@ -108,8 +108,9 @@ fn tasks(ctx: &Arc<Context>) -> Output {
 
 /// Counts of what the proxy holds, as PgBouncer's SHOW LISTS: `used_clients` are logged-in connections (what
 /// max_client_conn bounds), `login_clients` are connections still in the handshake or authentication (what
-/// max_pending_logins bounds). Two counters since start follow: connections closed at accept because
-/// max_pending_logins were pending, and connections closed at client_login_timeout.
+/// max_pending_logins bounds). Counters since start follow: connections closed at accept because
+/// max_pending_logins were pending, connections closed at client_login_timeout, and clients disconnected at
+/// client_stall_timeout.
 fn lists(ctx: &Arc<Context>) -> Output {
     let config = ctx.config();
     let pools = ctx.pools();
@@ -141,6 +142,10 @@ fn lists(ctx: &Arc<Context>) -> Output {
         (
             "login_timeouts_total",
             ctx.login_timeouts.load(Ordering::Relaxed),
+        ),
+        (
+            "client_stall_timeouts_total",
+            ctx.client_stalls.load(Ordering::Relaxed),
         ),
     ]
     .into_iter()

@@ -58,8 +58,9 @@ impl Session {
             )
         };
         let mut spin = ServerSpin::Ready;
-        // The last time the client read or sent something, or was not being waited on.
-        let mut client_progress = tokio::time::Instant::now();
+        // Since when the server has been waiting on a client that makes no progress (the clock is read only while
+        // that is the case).
+        let mut stalled_since: Option<tokio::time::Instant> = None;
         loop {
             // Messages that arrived in the same read as the one that started this transaction.
             while let Some(frame) = split_frame_within(&mut self.cin, max_message)
@@ -94,9 +95,9 @@ impl Session {
             }
             let waiting_on_client = idle_in_transaction && self.cout.is_empty();
             let stalls = stall_timeout.filter(|_| self.server_waits_on_client());
-            if stalls.is_some() && !self.sout.is_empty() && self.cout.is_empty() {
-                // The server has the client's input still to take: until it has, the wait is the server's.
-                client_progress = tokio::time::Instant::now();
+            if stalls.is_none() || (!self.sout.is_empty() && self.cout.is_empty()) {
+                // Nobody waits on the client, or the server has its input still to take: not the client's wait.
+                stalled_since = None;
             }
             let event = match (idle_tx_timeout, waiting_on_client, stalls) {
                 (Some(t), true, _) => {
@@ -111,20 +112,16 @@ impl Session {
                     }
                 }
                 (_, _, Some(limit)) => {
-                    match tokio::time::timeout_at(
-                        client_progress + limit,
-                        self.pump(&mut spin, true),
-                    )
-                    .await
-                    {
+                    let since = *stalled_since.get_or_insert_with(tokio::time::Instant::now);
+                    match tokio::time::timeout_at(since + limit, self.pump(&mut spin, true)).await {
                         Ok(r) => r?,
-                        Err(_) => return Err(client_stalled(limit)),
+                        Err(_) => return Err(client_stalled(&self.ctx, limit)),
                     }
                 }
                 _ => self.pump(&mut spin, false).await?,
             };
-            if stalls.is_none() || event.client_data || event.client_took || event.server_took {
-                client_progress = tokio::time::Instant::now();
+            if event.client_data || event.client_took || event.server_took {
+                stalled_since = None;
             }
             if event.spin_again {
                 tokio::task::yield_now().await;

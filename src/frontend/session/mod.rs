@@ -44,8 +44,10 @@ use crate::router::Route;
 /// How long a terminated session tries to deliver its last ErrorResponse.
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The session's end when its client made no progress for `client_stall_timeout` while it was owed or owed work.
-pub(super) fn client_stalled(limit: std::time::Duration) -> SessionError {
+/// The session's end when its client made no progress for `client_stall_timeout` while a server waited on it;
+/// counted for SHOW LISTS.
+pub(super) fn client_stalled(ctx: &Context, limit: std::time::Duration) -> SessionError {
+    ctx.client_stalls.fetch_add(1, Ordering::Relaxed);
     tracing::info!(
         ?limit,
         "client stalled while holding a server; disconnecting it"
@@ -439,7 +441,7 @@ impl Session {
             None => self.next_idle_frame().await,
             Some(limit) => tokio::time::timeout(limit, self.next_idle_frame())
                 .await
-                .map_err(|_| client_stalled(limit))?,
+                .map_err(|_| client_stalled(&self.ctx, limit))?,
         }
     }
 
@@ -757,7 +759,7 @@ impl Session {
                         None => write.await,
                         Some(limit) => tokio::time::timeout(limit, write)
                             .await
-                            .map_err(|_| client_stalled(limit))?,
+                            .map_err(|_| client_stalled(&self.ctx, limit))?,
                     }
                 }
             }
