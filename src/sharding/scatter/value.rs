@@ -368,9 +368,9 @@ mod tests {
 
     #[test]
     fn out_of_range_datetimes_are_refused_not_overflowed() {
-        // Found by fuzz/fuzz_targets/backend_messages.rs: the year 20200000000000000004 overflowed the day count
+        // Found by fuzz/fuzz_targets/backend_messages.rs: the year 202000000000000004 overflowed the day count
         // (a panic in debug builds, a wrong sort key in release builds).
-        assert_eq!(parse_datetime(b"20200000000000000004-02-29 23:59:59"), None);
+        assert_eq!(parse_datetime(b"202000000000000004-02-29 23:59:590"), None);
         assert_eq!(parse_datetime(b"5874898-01-01"), None);
         assert_eq!(
             parse_datetime(b"2024-01-01 9223372036854775807:00:00"),
