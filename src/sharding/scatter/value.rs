@@ -275,7 +275,8 @@ pub fn parse_datetime(text: &[u8]) -> Option<i128> {
     let year: i64 = digits(parts.next()?)?;
     let month: i64 = digits(parts.next()?)?;
     let day: i64 = digits(parts.next()?)?;
-    if year < 1 || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+    // Postgres prints no year beyond date's 5874897 AD; larger ones would overflow the day count.
+    if !(1..=MAX_YEAR).contains(&year) || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
         return None;
     }
     // Astronomical numbering: 1 BC is year 0.
@@ -294,6 +295,9 @@ pub fn parse_datetime(text: &[u8]) -> Option<i128> {
     }
     Some(micros)
 }
+
+/// The last year of Postgres' `date` range (4713 BC to 5874897 AD).
+const MAX_YEAR: i64 = 5_874_897;
 
 fn digits(s: &str) -> Option<i64> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -317,7 +321,14 @@ fn parse_time_of_day(s: &str) -> Option<i64> {
     }
     let mut f = frac.to_owned();
     f.extend(std::iter::repeat_n('0', 6 - frac.len()));
-    Some(((h * 60 + m) * 60 + sec) * 1_000_000 + f.parse::<i64>().ok()?)
+    // Checked: a server's text is not trusted to keep to 24 hours (found by fuzz/fuzz_targets/backend_messages.rs).
+    let secs = h
+        .checked_mul(60)?
+        .checked_add(m)?
+        .checked_mul(60)?
+        .checked_add(sec)?;
+    secs.checked_mul(1_000_000)?
+        .checked_add(f.parse::<i64>().ok()?)
 }
 
 /// +HH[:MM[:SS]] -> seconds east of UTC.
@@ -333,7 +344,7 @@ fn parse_offset(s: &str) -> Option<i64> {
         if unit == 0 {
             return None;
         }
-        secs += digits(part)? * unit;
+        secs = digits(part)?.checked_mul(unit)?.checked_add(secs)?;
         unit /= 60;
     }
     Some(sign * secs)
@@ -354,6 +365,28 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn out_of_range_datetimes_are_refused_not_overflowed() {
+        // Found by fuzz/fuzz_targets/backend_messages.rs: the year 202000000000000004 overflowed the day count
+        // (a panic in debug builds, a wrong sort key in release builds).
+        assert_eq!(parse_datetime(b"202000000000000004-02-29 23:59:590"), None);
+        assert_eq!(parse_datetime(b"5874898-01-01"), None);
+        assert_eq!(
+            parse_datetime(b"2024-01-01 9223372036854775807:00:00"),
+            None
+        );
+        assert_eq!(parse_datetime(b"99999999999:00:00"), None);
+        assert_eq!(
+            parse_datetime(b"2024-01-01 00:00:00+9223372036854775807"),
+            None
+        );
+        assert!(parse_datetime(b"5874897-12-31").is_some());
+        assert_eq!(
+            parse_datetime(b"1970-01-02 00:00:01.5+01"),
+            Some((86_400 + 1 - 3_600) * 1_000_000 + 500_000)
+        );
+    }
 
     fn sv(class: TypeClass, s: &str) -> SortValue {
         SortValue::decode(class, Some(&Bytes::copy_from_slice(s.as_bytes()))).unwrap()
