@@ -614,3 +614,29 @@ async fn python_pools_read_writes_made_on_other_connections() {
     // The asyncpg connection that chose read_all_writes in its startup parameters asked the primary's position.
     assert!(asked(replica_rows(&proxy).await) > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_a_client_that_keeps_its_server_are_read_from_other_connections() {
+    let cluster = Replicated::start(
+        Some(Duration::from_secs(2)),
+        "CREATE TABLE kept (id int); GRANT ALL ON kept TO app",
+    )
+    .await;
+    let proxy = cluster.proxy(PATIENT).await;
+    // LISTEN pins the client to its server: its transactions never release it to the pool.
+    let writer = proxy.connect().await;
+    writer.batch_execute("LISTEN somewhere").await.unwrap();
+    for i in 1..=10i64 {
+        writer
+            .batch_execute(&format!("INSERT INTO kept VALUES ({i})"))
+            .await
+            .unwrap();
+        // A new connection, with no history of its own, must see every write committed through this proxy.
+        let reader = proxy.connect().await;
+        assert_eq!(
+            value(&reader, "SELECT count(*) FROM kept").await,
+            i.to_string(),
+            "round {i}"
+        );
+    }
+}

@@ -80,6 +80,14 @@ impl Session {
                 self.release();
                 return self.flush_client().await;
             }
+            if self.kept_server_between_transactions() && self.wants_capture() {
+                // A server kept by its client (session pooling, a pinning feature) is never released, but its
+                // committed writes must be recorded all the same, before the client hears of them.
+                self.capture_position().await;
+                if let Some(r) = self.routing.as_mut() {
+                    r.executed = false;
+                }
+            }
             // Every reply is in, and the server is inside a transaction: an explicit one, or the implicit one of
             // a batch the client flushed without a Sync (which may hold locks and written rows just the same).
             let idle_in_transaction = self.relay.is_empty()

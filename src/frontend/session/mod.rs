@@ -641,6 +641,19 @@ impl Session {
                 .is_some_and(|s| s.status == TxStatus::Idle)
     }
 
+    /// Between two transactions of a client that keeps its server (session pooling or pinned): what
+    /// `can_release` says, but for a server that will not go back to the pool.
+    fn kept_server_between_transactions(&self) -> bool {
+        (self.mode == PoolMode::Session || self.pinned.is_some())
+            && self.relay.server_at_rest()
+            && !self.relay.in_copy_in
+            && self.sout.is_empty()
+            && self
+                .server
+                .as_ref()
+                .is_some_and(|s| s.status == TxStatus::Idle)
+    }
+
     fn release(&mut self) {
         let Some(server) = self.server.take() else {
             return;
