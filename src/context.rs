@@ -161,6 +161,9 @@ pub struct Context {
     pub tasks: Arc<crate::supervisor::Tasks>,
     /// Cancel requests on their way to a server, by server connection id (see [`Context::begin_cancel`]).
     cancels: Mutex<HashMap<u64, usize>>,
+    /// How many there are in all: every transaction's release asks, and nearly always the answer is none, which
+    /// this tells without taking the lock both worker threads would share.
+    cancels_pending: std::sync::atomic::AtomicUsize,
     cancels_done: tokio::sync::Notify,
 }
 
@@ -181,6 +184,7 @@ impl Drop for CancelInFlight {
             }
         }
         drop(cancels);
+        self.ctx.cancels_pending.fetch_sub(1, Ordering::SeqCst);
         self.ctx.cancels_done.notify_waiters();
     }
 }
@@ -222,6 +226,7 @@ impl Context {
             tls: Arc::new(arc_swap::ArcSwapOption::empty()),
             tasks: Arc::default(),
             cancels: Mutex::new(HashMap::new()),
+            cancels_pending: std::sync::atomic::AtomicUsize::new(0),
             cancels_done: tokio::sync::Notify::new(),
         })
     }
@@ -541,6 +546,8 @@ impl Context {
     /// still holds that server: a session releasing it clears the client's server before asking
     /// [`Context::cancel_in_flight`], so one of the two always sees the other.
     pub fn begin_cancel(self: &Arc<Self>, server_id: u64) -> CancelInFlight {
+        // Counted before the client's server is checked again (SeqCst, like the release's read of the count).
+        self.cancels_pending.fetch_add(1, Ordering::SeqCst);
         *self
             .cancels
             .lock()
@@ -554,6 +561,9 @@ impl Context {
     }
 
     pub fn cancel_in_flight(&self, server_id: u64) -> bool {
+        if self.cancels_pending.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
         self.cancels
             .lock()
             .unwrap_or_else(|p| p.into_inner())

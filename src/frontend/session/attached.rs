@@ -150,8 +150,8 @@ impl Session {
 
     /// Whether the server attached now waits on the client rather than the other way round: output is queued for
     /// the client, the client stopped in the middle of a message, COPY FROM STDIN waits for its data, or its batch
-    /// has no Sync or Flush yet. (While the server has input still to take, `run_attached` does not count it.) (An answered batch or transaction waiting for the client's next statement is
-    /// idle_transaction_timeout's, not this.)
+    /// has no Sync or Flush yet. While the server has input still to take, `run_attached` does not count it; an
+    /// answered batch or transaction waiting for the client's next statement is idle_transaction_timeout's.
     fn server_waits_on_client(&self) -> bool {
         (!self.cout.is_empty() && !self.holding_acks())
             || !self.cin.is_empty()

@@ -64,10 +64,7 @@ impl Session {
         if let Some(r) = &router {
             r.holds.record(started.elapsed(), expired);
         }
-        let mut input = bytes::BytesMut::with_capacity(first.raw.len() + self.cin.len());
-        input.extend_from_slice(&first.raw);
-        input.extend_from_slice(&self.cin);
-        self.cin = input;
+        self.put_back(first);
         Ok(())
     }
 }

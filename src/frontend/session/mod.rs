@@ -628,11 +628,10 @@ impl Session {
         Some(sql)
     }
 
-    /// Whether the attached server can go back to the pool now.
-    fn can_release(&self) -> bool {
-        self.mode == PoolMode::Transaction
-            && self.pinned.is_none()
-            && self.relay.server_at_rest()
+    /// The attached server is between two transactions: back at an idle ReadyForQuery with nothing sent since and
+    /// nothing owed either way.
+    fn between_transactions(&self) -> bool {
+        self.relay.server_at_rest()
             && !self.relay.in_copy_in
             && self.sout.is_empty()
             && self
@@ -641,17 +640,14 @@ impl Session {
                 .is_some_and(|s| s.status == TxStatus::Idle)
     }
 
-    /// Between two transactions of a client that keeps its server (session pooling or pinned): what
-    /// `can_release` says, but for a server that will not go back to the pool.
+    /// Whether the attached server can go back to the pool now.
+    fn can_release(&self) -> bool {
+        self.mode == PoolMode::Transaction && self.pinned.is_none() && self.between_transactions()
+    }
+
+    /// Between two transactions of a client that keeps its server (session pooling or pinned).
     fn kept_server_between_transactions(&self) -> bool {
-        (self.mode == PoolMode::Session || self.pinned.is_some())
-            && self.relay.server_at_rest()
-            && !self.relay.in_copy_in
-            && self.sout.is_empty()
-            && self
-                .server
-                .as_ref()
-                .is_some_and(|s| s.status == TxStatus::Idle)
+        (self.mode == PoolMode::Session || self.pinned.is_some()) && self.between_transactions()
     }
 
     fn release(&mut self) {

@@ -300,11 +300,16 @@ impl Session {
             }
             self.tally.bytes_in += n as u64;
         }
+        self.put_back(first);
+        Ok(())
+    }
+
+    /// Puts `first` back in front of the client's unread input, to be routed again.
+    pub(super) fn put_back(&mut self, first: &Frame) {
         let mut input = bytes::BytesMut::with_capacity(first.raw.len() + self.cin.len());
         input.extend_from_slice(&first.raw);
         input.extend_from_slice(&self.cin);
         self.cin = input;
-        Ok(())
     }
 
     /// `shardpool.shard`'s value as a shard of this database.
