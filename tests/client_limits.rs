@@ -233,6 +233,26 @@ async fn query_on_the_only_server(proxy: &TestProxy, sql: &str) -> (i64, Duratio
     (n, started.elapsed())
 }
 
+/// A second client gets the only server once the stalled client's 1 s `client_stall_timeout` has run (not
+/// before), `table` holds nothing the stalled client sent, and the stalled client is told why it was cut off.
+async fn freed_by_stall(
+    proxy: &TestProxy,
+    stalled: &mut common::raw::Raw,
+    table: &str,
+    what: &str,
+) {
+    let started = Instant::now();
+    let (n, _) = query_on_the_only_server(proxy, &format!("SELECT count(*) FROM {table}")).await;
+    assert_eq!(n, 0, "{what}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(8),
+        "the server came free after {waited:?}"
+    );
+    let errors = timeout(STEP, stalled.errors_until_closed()).await.unwrap();
+    assert_eq!(errors, ["E:C08006"], "the stalled client is told why");
+}
+
 /// Server backends running `needle`, per the server itself.
 fn backends_running(backend: &Backend, needle: &str) -> Vec<String> {
     let out = backend.sql(&format!(
@@ -297,16 +317,13 @@ async fn a_client_silent_in_copy_from_stdin_loses_its_server_at_client_stall_tim
     let (tag, _) = timeout(STEP, stalled.next()).await.unwrap();
     assert_eq!(tag, b'G', "CopyInResponse");
     stalled.send(b'd', b"1\n2\n").await; // and then nothing
-    let started = Instant::now();
-    let (n, _) = query_on_the_only_server(&proxy, "SELECT count(*) FROM copied").await;
-    assert_eq!(n, 0, "the abandoned COPY must not be committed");
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(800) && waited < Duration::from_secs(8),
-        "the server came free after {waited:?}"
-    );
-    let errors = timeout(STEP, stalled.errors_until_closed()).await.unwrap();
-    assert_eq!(errors, ["E:C08006"], "the stalled client is told why");
+    freed_by_stall(
+        &proxy,
+        &mut stalled,
+        "copied",
+        "the abandoned COPY must not be committed",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,16 +334,13 @@ async fn a_client_silent_mid_batch_without_sync_loses_its_server_at_client_stall
     let mut stalled = common::raw::Raw::connect(proxy.port, "app", "secret", common::DB).await;
     stalled.parse("", "INSERT INTO batched VALUES (1)").await;
     stalled.bind_execute("").await; // no Sync, no Flush, and then nothing
-    let started = Instant::now();
-    let (n, _) = query_on_the_only_server(&proxy, "SELECT count(*) FROM batched").await;
-    assert_eq!(n, 0, "the unfinished batch must not be committed");
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(800) && waited < Duration::from_secs(8),
-        "the server came free after {waited:?}"
-    );
-    let errors = timeout(STEP, stalled.errors_until_closed()).await.unwrap();
-    assert_eq!(errors, ["E:C08006"], "the stalled client is told why");
+    freed_by_stall(
+        &proxy,
+        &mut stalled,
+        "batched",
+        "the unfinished batch must not be committed",
+    )
+    .await;
     assert_eq!(lists(&proxy).await["client_stall_timeouts_total"], 1);
     // The server the next client got was clean: its insert commits normally.
     let client = proxy.connect().await;

@@ -186,6 +186,22 @@ const ITEMS: &str =
      INSERT INTO items SELECT g, 'seed' FROM generate_series(1, 100) g";
 
 /// Reads served by the replicas (not `primary`) since `before`.
+/// Runs `insert` with `id` on `writer`, then counts the rows of `table` with that id as `reader` sees them.
+async fn write_then_read(
+    writer: &tokio_postgres::Client,
+    reader: &tokio_postgres::Client,
+    insert: &str,
+    table: &str,
+    id: i64,
+) -> usize {
+    writer.execute(insert, &[&id]).await.unwrap();
+    reader
+        .query(&format!("SELECT id FROM {table} WHERE id = $1"), &[&id])
+        .await
+        .unwrap()
+        .len()
+}
+
 async fn replica_reads_since(
     proxy: &common::TestProxy,
     primary: u16,
@@ -276,15 +292,8 @@ async fn the_default_mode_reads_writes_made_on_other_connections() {
             for round in 0..10i64 {
                 let id = t * 100 + round;
                 let (writer, reader) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
-                writer
-                    .execute("INSERT INTO web VALUES ($1)", &[&id])
-                    .await
-                    .unwrap();
-                let n = reader
-                    .query("SELECT id FROM web WHERE id = $1", &[&id])
-                    .await
-                    .unwrap()
-                    .len();
+                let n =
+                    write_then_read(writer, reader, "INSERT INTO web VALUES ($1)", "web", id).await;
                 assert_eq!(
                     n, 1,
                     "task {t} round {round}: a write on one connection was not read on the other"
@@ -329,15 +338,14 @@ async fn read_all_writes_sees_writes_made_elsewhere() {
     for i in 0..40i64 {
         let id = 1_000 + i;
         let writer = if i % 2 == 0 { &wa } else { &direct };
-        writer
-            .execute("INSERT INTO items VALUES ($1, 'elsewhere')", &[&id])
-            .await
-            .unwrap();
-        let n = rb
-            .query("SELECT id FROM items WHERE id = $1", &[&id])
-            .await
-            .unwrap()
-            .len();
+        let n = write_then_read(
+            writer,
+            &rb,
+            "INSERT INTO items VALUES ($1, 'elsewhere')",
+            "items",
+            id,
+        )
+        .await;
         assert_eq!(n, 1, "write {i} was not read through the other instance");
     }
     assert!(replica_reads_since(&b, primary, &before).await >= 20);
