@@ -141,6 +141,8 @@ pub struct Context {
     pub login_timeouts: AtomicU64,
     /// Clients disconnected at client_stall_timeout (since start).
     pub client_stalls: AtomicU64,
+    /// Clients disconnected at query_timeout (since start).
+    pub query_timeouts: AtomicU64,
     pub pause: Arc<PauseGate>,
     /// Which sessions have a transaction in flight, for the lone-client spin.
     pub spin: crate::frontend::spin::SpinGate,
@@ -214,6 +216,7 @@ impl Context {
             logins_over_cap: AtomicU64::new(0),
             login_timeouts: AtomicU64::new(0),
             client_stalls: AtomicU64::new(0),
+            query_timeouts: AtomicU64::new(0),
             pause: Arc::new(PauseGate::default()),
             spin: Default::default(),
             shutdown: watch::channel(false).0,

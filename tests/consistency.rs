@@ -566,6 +566,55 @@ async fn a_pipeline_that_writes_runs_on_the_primary() {
         assert_eq!(ports[0], ports[1]);
     }
     assert!(replica_reads_since(&proxy, primary, &before).await >= 5);
+
+    // Several batches in one pipeline, `[read; Sync; write; Sync; read; Sync]`: each Sync ends a transaction that is
+    // routed on its own. The write batch arrives while the read runs on the replica (seen in its pg_stat_activity),
+    // so it must wait for that read's ReadyForQuery and go to the primary, not follow the read onto the replica.
+    let slow_read = "/* shardpool.route=replica */ SELECT inet_server_port() FROM pg_sleep(3)";
+    for i in 0..2 {
+        raw.parse("", slow_read).await;
+        raw.bind_execute("").await;
+        raw.sync().await;
+        common::eventually(
+            Duration::from_secs(30),
+            "the read runs on the replica",
+            || {
+                let sql =
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%FROM pg_sleep(3)' \
+                       AND state = 'active' AND pid <> pg_backend_pid()";
+                let running = tokio::task::block_in_place(|| cluster.fast.sql(DB, sql).unwrap());
+                async move { running.trim() == "1" }
+            },
+        )
+        .await;
+        raw.parse(
+            "",
+            &format!(
+                "INSERT INTO items VALUES ({}, 'pipelined') RETURNING inet_server_port()",
+                8_000 + i
+            ),
+        )
+        .await;
+        raw.bind_execute("").await;
+        raw.sync().await;
+        raw.parse("", read).await;
+        raw.bind_execute("").await;
+        raw.sync().await;
+        let first = raw.replies().await;
+        let second = raw.replies().await;
+        let third = raw.replies().await;
+        assert_eq!(
+            ports_in(&first),
+            (vec![cluster.fast.port()], false),
+            "{first:?}"
+        );
+        assert_eq!(ports_in(&second), (vec![primary], false), "{second:?}");
+        assert!(!ports_in(&third).1, "{third:?}");
+    }
+    let rows = cluster
+        .backend
+        .sql("SELECT count(*) FROM items WHERE id BETWEEN 8000 AND 8001");
+    assert_eq!(rows.trim(), "2");
 }
 
 /// psycopg and asyncpg pools (tests/python_replicated) through the default mode: each task writes on one pooled

@@ -147,6 +147,10 @@ fn lists(ctx: &Arc<Context>) -> Output {
             "client_stall_timeouts_total",
             ctx.client_stalls.load(Ordering::Relaxed),
         ),
+        (
+            "query_timeouts_total",
+            ctx.query_timeouts.load(Ordering::Relaxed),
+        ),
     ]
     .into_iter()
     .map(|(list, items)| vec![s(list), s(items)])
@@ -730,6 +734,11 @@ fn config(ctx: &Arc<Context>) -> Output {
             "client_stall_timeout",
             g.client_stall_timeout.to_string(),
             d.client_stall_timeout.to_string(),
+        ),
+        (
+            "query_timeout",
+            g.query_timeout.to_string(),
+            d.query_timeout.to_string(),
         ),
         (
             "client_login_timeout",

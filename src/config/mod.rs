@@ -130,6 +130,10 @@ pub struct General {
     /// (output queued for the client, COPY FROM STDIN data, the rest of a batch) is disconnected and the server
     /// cancelled and closed (0: never).
     pub client_stall_timeout: ConfigDuration,
+    /// A request the server has not finished answering this long after it was sent (counted again from each
+    /// ReadyForQuery) disconnects the client and closes the server (0: never). PgBouncer's `query_timeout`: a guard
+    /// against frozen servers and broken networks, set above the servers' own `statement_timeout`.
+    pub query_timeout: ConfigDuration,
     /// A connection that has not finished its handshake and authentication this long after it was accepted is
     /// closed (one deadline for the whole pre-auth phase).
     pub client_login_timeout: ConfigDuration,
@@ -174,6 +178,7 @@ impl Default for General {
             client_idle_timeout: ConfigDuration::secs(0),
             idle_transaction_timeout: ConfigDuration::secs(0),
             client_stall_timeout: ConfigDuration::secs(60),
+            query_timeout: ConfigDuration::secs(0),
             client_login_timeout: ConfigDuration::secs(15),
             shutdown_timeout: ConfigDuration::secs(30),
             ignore_startup_parameters: Vec::new(),

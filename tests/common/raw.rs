@@ -120,6 +120,11 @@ impl Raw {
         let _ = self.stream.write_all(bytes).await;
     }
 
+    /// Writes `bytes`, reporting a peer that hung up instead of failing.
+    pub async fn try_send_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
     pub async fn send_query(&mut self, sql: &str) {
         let mut q = sql.as_bytes().to_vec();
         q.push(0);

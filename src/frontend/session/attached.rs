@@ -35,6 +35,14 @@ struct PumpEvent {
     server_took: bool,
 }
 
+/// Which of `run_attached`'s timeouts a wait ends at.
+#[derive(Debug, Clone, Copy)]
+enum Expiry {
+    IdleInTransaction,
+    Stall(std::time::Duration),
+    Query(std::time::Duration),
+}
+
 /// Where the spin for the server's reply stands in the current wait.
 #[derive(Debug)]
 enum ServerSpin {
@@ -48,24 +56,35 @@ enum ServerSpin {
 impl Session {
     /// Runs until the server can be released (or the client leaves, or something breaks).
     pub(super) async fn run_attached(&mut self) -> Result<(), SessionError> {
-        let (idle_tx_timeout, stall_timeout, max_message) = {
+        let (idle_tx_timeout, stall_timeout, query_timeout, max_message) = {
             let config = self.ctx.config();
             let g = &config.general;
             (
                 g.idle_transaction_timeout.enabled(),
                 g.client_stall_timeout.enabled(),
+                g.query_timeout.enabled(),
                 g.max_message_size,
             )
         };
+        let mut query_since: Option<tokio::time::Instant> = None;
+        let mut queries_seen = self.tally.queries;
         let mut spin = ServerSpin::Ready;
         // Since when the server has been waiting on a client that makes no progress (the clock is read only while
         // that is the case).
         let mut stalled_since: Option<tokio::time::Instant> = None;
         loop {
-            // Messages that arrived in the same read as the one that started this transaction.
-            while let Some(frame) = split_frame_within(&mut self.cin, max_message)
-                .map_err(|e| protocol_violation(e.to_string()))?
-            {
+            // Messages that arrived in the same read as the one that started this transaction, up to a batch that
+            // must be routed on its own.
+            loop {
+                self.holding_batch = self.holds_next_batch();
+                if self.holding_batch {
+                    break;
+                }
+                let Some(frame) = split_frame_within(&mut self.cin, max_message)
+                    .map_err(|e| protocol_violation(e.to_string()))?
+                else {
+                    break;
+                };
                 if self.on_client_frame(frame)? == Flow::ClientGone {
                     return Err(SessionError::ClientGone);
                 }
@@ -107,26 +126,41 @@ impl Session {
                 // Nobody waits on the client, or the server has its input still to take: not the client's wait.
                 stalled_since = None;
             }
-            let event = match (idle_tx_timeout, waiting_on_client, stalls) {
-                (Some(t), true, _) => {
-                    match tokio::time::timeout(t, self.pump(&mut spin, false)).await {
+            // query_timeout counts from the request the server has not finished answering (reset at each
+            // ReadyForQuery, so a long pipeline that keeps completing is not cut off).
+            if query_timeout.is_none()
+                || self.relay.is_empty()
+                || self.tally.queries != queries_seen
+            {
+                query_since = None;
+                queries_seen = self.tally.queries;
+            }
+            let mut deadline: Option<(tokio::time::Instant, Expiry)> = None;
+            let mut sooner = |at: tokio::time::Instant, why: Expiry| {
+                if deadline.is_none_or(|(d, _)| at < d) {
+                    deadline = Some((at, why));
+                }
+            };
+            let now = tokio::time::Instant::now();
+            if let (Some(t), true) = (idle_tx_timeout, waiting_on_client) {
+                sooner(now + t, Expiry::IdleInTransaction);
+            } else if let Some(limit) = stalls {
+                let since = *stalled_since.get_or_insert(now);
+                sooner(since + limit, Expiry::Stall(limit));
+            }
+            if let (Some(t), false) = (query_timeout, self.relay.is_empty()) {
+                let since = *query_since.get_or_insert(now);
+                sooner(since + t, Expiry::Query(t));
+            }
+            let report_writes = matches!(deadline, Some((_, Expiry::Stall(_))));
+            let event = match deadline {
+                None => self.pump(&mut spin, false).await?,
+                Some((at, why)) => {
+                    match tokio::time::timeout_at(at, self.pump(&mut spin, report_writes)).await {
                         Ok(r) => r?,
-                        Err(_) => {
-                            return Err(SessionError::Terminated(ClientError::fatal(
-                                sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
-                                "terminating connection due to idle-in-transaction timeout",
-                            )))
-                        }
+                        Err(_) => return Err(self.expired(why)),
                     }
                 }
-                (_, _, Some(limit)) => {
-                    let since = *stalled_since.get_or_insert_with(tokio::time::Instant::now);
-                    match tokio::time::timeout_at(since + limit, self.pump(&mut spin, true)).await {
-                        Ok(r) => r?,
-                        Err(_) => return Err(client_stalled(&self.ctx, limit)),
-                    }
-                }
-                _ => self.pump(&mut spin, false).await?,
             };
             if event.client_data || event.client_took || event.server_took {
                 stalled_since = None;
@@ -148,13 +182,45 @@ impl Session {
         }
     }
 
+    /// The error a timeout in `run_attached` ends the session with.
+    fn expired(&mut self, why: Expiry) -> SessionError {
+        match why {
+            Expiry::IdleInTransaction => SessionError::Terminated(ClientError::fatal(
+                sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                "terminating connection due to idle-in-transaction timeout",
+            )),
+            Expiry::Stall(limit) => client_stalled(&self.ctx, limit),
+            Expiry::Query(limit) => {
+                // The server did not finish in time: whatever state it is in (frozen, partitioned, or merely slow),
+                // it is not reused. The session's ending cancels and closes it.
+                if let Some(s) = self.server.as_mut() {
+                    s.broken = true;
+                }
+                self.ctx
+                    .query_timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(
+                    ?limit,
+                    "query_timeout: the server did not answer in time; disconnecting the client"
+                );
+                SessionError::Terminated(ClientError::fatal(
+                    sqlstate::QUERY_CANCELED,
+                    format!(
+                        "terminating connection: the server did not finish answering within {} (query_timeout)",
+                        crate::config::ConfigDuration(limit)
+                    ),
+                ))
+            }
+        }
+    }
+
     /// Whether the server attached now waits on the client rather than the other way round: output is queued for
     /// the client, the client stopped in the middle of a message, COPY FROM STDIN waits for its data, or its batch
     /// has no Sync or Flush yet. While the server has input still to take, `run_attached` does not count it; an
     /// answered batch or transaction waiting for the client's next statement is idle_transaction_timeout's.
     fn server_waits_on_client(&self) -> bool {
         (!self.cout.is_empty() && !self.holding_acks())
-            || !self.cin.is_empty()
+            || (!self.cin.is_empty() && !self.holding_batch)
             || self.relay.in_copy_in
             || self.batch_open
     }
@@ -167,6 +233,8 @@ impl Session {
         report_writes: bool,
     ) -> Result<PumpEvent, SessionError> {
         let hold = self.holding_acks();
+        // Input held for its own routing is read only up to a bound; the rest waits in the socket.
+        let holding_batch = self.holding_batch;
         let budget = match spin {
             // Worth spinning only while the server owes replies; in COPY FROM STDIN it is the client that talks
             // next. The spin itself begins once everything has been sent.
@@ -197,7 +265,7 @@ impl Session {
             }
             *to_client += (before - cout.len()) as u64;
             ev.client_took = report_writes && cout.len() < before;
-            if sout.len() < HIGH_WATER {
+            if sout.len() < HIGH_WATER && !(holding_batch && cin.len() >= HIGH_WATER) {
                 reserve(cin);
                 match poll_read_buf(Pin::new(&mut *client), cx, cin) {
                     Poll::Ready(Ok(0)) => ev.client_eof = true,

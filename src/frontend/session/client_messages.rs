@@ -29,6 +29,7 @@ impl Session {
             if frame.tag == tag::SYNC {
                 // The server failed the batch too (see `refuse_in_line`): its ReadyForQuery has the real status.
                 self.relay.skip_until_sync = false;
+                self.sent_batch_end = true;
                 self.sout.extend_from_slice(&frame.raw);
                 self.relay.push(Expect::Sync);
             }
@@ -47,6 +48,7 @@ impl Session {
             tag::SYNC | tag::FLUSH | tag::QUERY => false,
             _ => self.batch_open,
         };
+        self.sent_batch_end = matches!(frame.tag, tag::SYNC | tag::QUERY | tag::FUNCTION_CALL);
         match frame.tag {
             tag::QUERY => self.forward_query(frame)?,
             tag::PARSE => self.forward_parse(&frame)?,

@@ -151,6 +151,12 @@ pub struct Session {
     last_batch_whole: bool,
     /// The client has sent extended-protocol messages since its last Sync or Flush: the server waits for the rest.
     batch_open: bool,
+    /// The last message sent to the server ended a batch (Sync, Query, FunctionCall): whatever the client sends next
+    /// starts a new transaction unless the server's ReadyForQuery says one is open.
+    sent_batch_end: bool,
+    /// Client input is held back from a replica until it is at rest, because it starts a batch that must be routed
+    /// on its own (see `pipeline::holds_next_batch`).
+    holding_batch: bool,
     /// A Describe's ParameterDescription, held until its RowDescription/NoData arrives: if the Describe fails and is
     /// re-sent, the client must not receive the first half twice.
     held_parameter_description: Option<bytes::Bytes>,
@@ -229,6 +235,8 @@ impl Session {
             batch_truncated: false,
             last_batch_whole: false,
             batch_open: false,
+            sent_batch_end: false,
+            holding_batch: false,
             held_parameter_description: None,
             xact_started: None,
             routing,
@@ -555,6 +563,8 @@ impl Session {
         }
         self.xact_started = Some(Instant::now());
         self.batch_open = false;
+        self.sent_batch_end = false;
+        self.holding_batch = false;
         self.batch_failed = false;
         self.last_was_rollback = false;
         self.server = Some(server);

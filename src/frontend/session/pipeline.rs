@@ -3,6 +3,11 @@
 //! may write. So before a batch that starts with a Parse or Bind is routed, the session waits until the client has
 //! sent the batch's end (a Sync or Flush: a client can expect no reply before one, so the wait cannot deadlock), and
 //! a batch with a write anywhere in what the client has sent goes to the primary as a whole.
+//!
+//! A pipeline may also hold several batches (`[read; Sync; write; Sync]` sent at once). Each batch after a Sync is a
+//! transaction of its own and is routed on its own: while a replica serves a read, a later batch goes to it only if
+//! it is whole and reads too; anything else waits in the client's buffer until the replica's ReadyForQuery releases
+//! it, and is then routed afresh.
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
@@ -110,6 +115,73 @@ impl Session {
         } else {
             Ahead::Unknown
         }
+    }
+
+    /// Whether the client's next batch must wait for the replica attached now to come to rest: the last batch sent
+    /// to it is complete, the server's status is not known to be inside a transaction, and the next batch is not a
+    /// whole read that the same replica may serve.
+    pub(super) fn holds_next_batch(&self) -> bool {
+        if !self.sent_batch_end
+            || self.cin.is_empty()
+            || self.mode != crate::config::PoolMode::Transaction
+            || self.pinned.is_some()
+            || !matches!(
+                self.routing.as_ref().and_then(|r| r.route.as_ref()),
+                Some(Route::Replica(_))
+            )
+        {
+            return false;
+        }
+        let in_transaction = self.relay.is_empty()
+            && self
+                .server
+                .as_ref()
+                .is_some_and(|s| s.status != crate::protocol::TxStatus::Idle);
+        !in_transaction && !self.next_batch_reads()
+    }
+
+    /// Whether the buffered input starts with a whole batch (through its Sync, or one Query) of plain reads, none of
+    /// them transaction control.
+    fn next_batch_reads(&self) -> bool {
+        let buffered = &self.cin[..];
+        let mut at = 0;
+        while let Ok(Some((t, total))) = peek_header(&buffered[at..]) {
+            if buffered.len() < at + total {
+                return false;
+            }
+            let body = &buffered[at + HEADER_LEN..at + total];
+            at += total;
+            let text = match t {
+                tag::SYNC => return true,
+                tag::QUERY => {
+                    return at == total
+                        && query_text(body)
+                            .and_then(|t| std::str::from_utf8(t).ok())
+                            .is_some_and(|sql| self.plain_read(sql));
+                }
+                tag::PARSE => parse_parse(body).map(|p| p.query),
+                tag::BIND => match parse_bind(body).map(|b| self.statements.get(b.statement)) {
+                    Some(Some(def)) => Some(&def.query[..]),
+                    Some(None) => continue,
+                    None => None,
+                },
+                tag::EXECUTE | tag::DESCRIBE | tag::CLOSE | tag::FLUSH => continue,
+                _ => return false,
+            };
+            if !text
+                .and_then(|t| std::str::from_utf8(t).ok())
+                .is_some_and(|sql| self.plain_read(sql))
+            {
+                return false;
+            }
+        }
+        false
+    }
+
+    fn plain_read(&self, sql: &str) -> bool {
+        let analysis = self.ctx.analysis(sql, &self.pools.cluster);
+        analysis.tx == crate::router::classify::TxControl::None
+            && matches!(self.route_analysis(&analysis, false), Route::Replica(_))
     }
 
     fn reads_only(&self, sql: &str) -> bool {
