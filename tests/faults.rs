@@ -100,16 +100,7 @@ async fn a_primary_killed_under_load_fails_clients_fast_and_the_pool_recovers() 
     assert!(e.code().is_some() || e.is_closed(), "{e}");
 
     tokio::task::block_in_place(|| backend.pg.restart().unwrap());
-    eventually(HANG, "a query through the proxy after the restart", || {
-        let url = proxy.app_url();
-        async move {
-            match common::try_connect(&url).await {
-                Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
-                Err(_) => false,
-            }
-        }
-    })
-    .await;
+    served_again(&proxy, "a query through the proxy after the restart").await;
     let (code, text) = output(pgbench(
         proxy.port,
         &["-n", "-c", "8", "-t", "200", "-M", "extended"],
@@ -195,7 +186,12 @@ async fn a_frozen_server_is_given_up_at_query_and_connect_timeouts() {
     );
 
     drop(resume);
-    eventually(HANG, "the pool serves again after SIGCONT", || {
+    served_again(&proxy, "the pool serves again after SIGCONT").await;
+}
+
+/// Waits until a new client of the proxy gets an answer again.
+async fn served_again(proxy: &TestProxy, what: &str) {
+    eventually(HANG, what, || {
         let url = proxy.app_url();
         async move {
             match common::try_connect(&url).await {
