@@ -312,3 +312,84 @@ async fn login_limits_hold_for_unix_clients() {
     })
     .await;
 }
+
+/// A self-signed certificate and key in `dir`, made with the openssl CLI.
+fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("the openssl CLI is needed for this test");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// `[tls] mode = "require"` governs TCP; the Unix socket, like Postgres' `local` lines, is guarded by its file mode
+/// instead: an SSLRequest there is answered 'N' and a plain login goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_require_applies_to_tcp_not_to_the_unix_socket() {
+    bounded(async {
+        let backend = Backend::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = make_cert(dir.path());
+        let toml = format!(
+            "{}\n[tls]\ncert_file = {:?}\nkey_file = {:?}\nmode = \"require\"\n",
+            backend.config_toml(&format!("unix_socket_dir = \"{}\"", dir.path().display())),
+            cert.display().to_string(),
+            key.display().to_string()
+        );
+        let proxy = TestProxy::start(&toml).await;
+
+        let err = common::try_connect(&format!("{}?sslmode=disable", proxy.app_url()))
+            .await
+            .expect_err("a plain TCP client got in under mode = require");
+        assert_eq!(common::sqlstate(&err), "28000", "{err}");
+
+        let mut s = UnixStream::connect(socket(dir.path(), proxy.port))
+            .await
+            .unwrap();
+        s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+            .await
+            .unwrap();
+        let mut answer = [0u8; 1];
+        timeout(STEP, s.read_exact(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&answer, b"N");
+
+        let client = unix_client(dir.path(), proxy.port).await.unwrap();
+        let v: i32 = client.query_one("SELECT 9", &[]).await.unwrap().get(0);
+        assert_eq!(v, 9);
+        // The console too, over the socket (over TCP it would need TLS here).
+        let (admin, conn) = tokio_postgres::Config::new()
+            .host_path(dir.path())
+            .port(proxy.port)
+            .user("admin")
+            .password("adminpw")
+            .dbname("shardpool")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let clients = common::admin_rows(&admin, "SHOW CLIENTS").await;
+        assert_eq!(clients.len(), 2, "{clients:?}");
+        assert!(
+            clients
+                .iter()
+                .all(|c| c["addr"] == "unix" && c["tls"].is_empty()),
+            "{clients:?}"
+        );
+    })
+    .await;
+}
