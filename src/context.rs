@@ -355,13 +355,22 @@ impl Context {
             .values()
             .flat_map(|s| s.pools.iter().cloned())
             .collect();
+        // The server database last: shards of one database may live on one server under different names.
         v.sort_by(|a, b| {
-            (&a.database, &a.user, &a.target.host, a.target.port).cmp(&(
-                &b.database,
-                &b.user,
-                &b.target.host,
-                b.target.port,
-            ))
+            (
+                &a.database,
+                &a.user,
+                &a.target.host,
+                a.target.port,
+                &a.target.database,
+            )
+                .cmp(&(
+                    &b.database,
+                    &b.user,
+                    &b.target.host,
+                    b.target.port,
+                    &b.target.database,
+                ))
         });
         v
     }

@@ -258,12 +258,13 @@ async fn login_limits_hold_for_unix_clients() {
     bounded(async {
         let backend = Backend::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let proxy: TestProxy = backend
-            .proxy(&format!(
-                "unix_socket_dir = \"{}\"\nmax_pending_logins = 1\nclient_login_timeout = \"1s\"\nmax_client_conn = 2",
+        let general = |pending: usize, login_timeout: &str| {
+            backend.config_toml(&format!(
+                "unix_socket_dir = \"{}\"\nmax_pending_logins = {pending}\nclient_login_timeout = \"{login_timeout}\"\nmax_client_conn = 2",
                 dir.path().display()
             ))
-            .await;
+        };
+        let proxy = TestProxy::start(&general(1, "3s")).await;
         let path = socket(dir.path(), proxy.port);
         let ctx = proxy.ctx().clone();
 
@@ -287,7 +288,9 @@ async fn login_limits_hold_for_unix_clients() {
         })
         .await;
 
-        // max_client_conn = 2 counts Unix clients: two log in, the third is told 53300.
+        // max_client_conn = 2 counts Unix clients: two log in, the third is told 53300. (A login deadline long
+        // enough for SCRAM on a loaded machine, and room for more than one login at a time, from here on.)
+        ctx.reload(Config::from_toml(&general(10, "30s")).unwrap());
         let first = unix_client(dir.path(), proxy.port).await.unwrap();
         let second = unix_client(dir.path(), proxy.port).await.unwrap();
         let third = unix_client(dir.path(), proxy.port).await.expect_err("a third client got in");
