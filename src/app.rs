@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::context::Context;
+use crate::frontend::listener::Incoming;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -23,12 +24,17 @@ pub enum StartError {
     },
     #[error(transparent)]
     Tls(#[from] crate::frontend::tls::TlsError),
+    #[error("cannot listen on the Unix socket: {0}")]
+    Unix(#[from] crate::frontend::unix::UnixSocketError),
 }
 
 pub struct Proxy {
     pub ctx: Arc<Context>,
     pub addr: SocketAddr,
+    /// The Unix socket file clients may connect to as well (`general.unix_socket_dir`).
+    pub unix_socket: Option<PathBuf>,
     accept: JoinHandle<()>,
+    unix_accept: Option<JoinHandle<()>>,
 }
 
 impl Proxy {
@@ -45,6 +51,14 @@ impl Proxy {
             addr: listen,
             source,
         })?;
+        // Named for the TCP port actually bound, so with port 0 (tests) the socket still matches `addr`.
+        let unix = match &config.general.unix_socket_dir {
+            Some(dir) => Some(
+                crate::frontend::unix::bind(dir, addr.port(), config.general.unix_socket_mode)
+                    .await?,
+            ),
+            None => None,
+        };
         let ctx = Context::new(config.clone());
         ctx.spin.configure_for_current_runtime();
         ctx.set_config_path(config_path);
@@ -58,11 +72,26 @@ impl Proxy {
         ctx.start_shard_routers(&config);
         let accept = tokio::spawn(crate::frontend::listener::accept_loop(
             Arc::clone(&ctx),
-            listener,
+            Incoming::Tcp(listener),
             Arc::clone(&ctx.tls),
         ));
         tracing::info!(%addr, "shardpool listening");
-        Ok(Proxy { ctx, addr, accept })
+        let unix_socket = unix.as_ref().map(|u| u.path().to_owned());
+        let unix_accept = unix.map(|u| {
+            tracing::info!(path = %u.path().display(), "shardpool listening");
+            tokio::spawn(crate::frontend::listener::accept_loop(
+                Arc::clone(&ctx),
+                Incoming::Unix(u),
+                Arc::clone(&ctx.tls),
+            ))
+        });
+        Ok(Proxy {
+            ctx,
+            addr,
+            unix_socket,
+            accept,
+            unix_accept,
+        })
     }
 
     /// Graceful shutdown: no new connections, idle clients are told and closed, clients inside a transaction may
@@ -71,6 +100,10 @@ impl Proxy {
         let timeout = self.ctx.config().general.shutdown_timeout.0;
         self.ctx.begin_shutdown();
         let _ = self.accept.await;
+        // Its socket file is removed as the loop ends.
+        if let Some(unix) = self.unix_accept {
+            let _ = unix.await;
+        }
         let deadline = Instant::now() + timeout;
         while self.ctx.connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

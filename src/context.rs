@@ -25,7 +25,7 @@ pub struct ClientInfo {
     pub cancel_key: CancelKey,
     pub user: String,
     pub database: String,
-    pub addr: SocketAddr,
+    pub addr: crate::frontend::stream::ClientAddr,
     pub application_name: String,
     pub connected_at: SystemTime,
     pub tls: bool,
@@ -167,6 +167,8 @@ pub struct Context {
     /// this tells without taking the lock both worker threads would share.
     cancels_pending: std::sync::atomic::AtomicUsize,
     cancels_done: tokio::sync::Notify,
+    /// `general.peer_id` as at start: written into every cancel key, so it must not change while clients hold keys.
+    pub peer_id: u16,
 }
 
 /// A cancel request on its way to one server connection: while it lives, that server is not handed to another
@@ -204,6 +206,7 @@ pub enum ReloadError {
 impl Context {
     pub fn new(config: Config) -> Arc<Context> {
         Arc::new(Context {
+            peer_id: config.general.peer_id,
             config: ArcSwap::from_pointee(config),
             pools: Mutex::new(HashMap::new()),
             clusters: Mutex::new(HashMap::new()),
@@ -355,15 +358,29 @@ impl Context {
             .values()
             .flat_map(|s| s.pools.iter().cloned())
             .collect();
+        // The server database last: shards of one database may live on one server under different names.
         v.sort_by(|a, b| {
-            (&a.database, &a.user, &a.target.host, a.target.port).cmp(&(
-                &b.database,
-                &b.user,
-                &b.target.host,
-                b.target.port,
-            ))
+            (
+                &a.database,
+                &a.user,
+                &a.target.host,
+                a.target.port,
+                &a.target.database,
+            )
+                .cmp(&(
+                    &b.database,
+                    &b.user,
+                    &b.target.host,
+                    b.target.port,
+                    &b.target.database,
+                ))
         });
         v
+    }
+
+    /// The pool sets in use, one per (database, user, shard): each pool's place (shard, server role) is there.
+    pub fn pool_sets(&self) -> Vec<Arc<PoolSet>> {
+        self.pools_lock().values().cloned().collect()
     }
 
     /// The shard router of a sharded database.
@@ -498,17 +515,14 @@ impl Context {
         slot: ClientSlot,
         user: &str,
         database: &str,
-        addr: SocketAddr,
+        addr: crate::frontend::stream::ClientAddr,
         application_name: &str,
         tls: bool,
     ) -> ClientRegistration {
         let id = self.next_client_id.fetch_add(1, Ordering::Relaxed);
         let mut reg = self.registry();
         let cancel_key = loop {
-            let key = CancelKey {
-                pid: rand::random::<i32>() & 0x7fff_ffff,
-                secret: rand::random(),
-            };
+            let key = crate::frontend::peers::new_key(self.peer_id);
             if !reg.by_key.contains_key(&key) {
                 break key;
             }

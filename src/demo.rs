@@ -89,10 +89,13 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
         Ok((primary, replica, delayed, shard1))
     })
     .await??;
+    // Holds the config for `shardctl` and the Unix socket; removed with the demo.
+    let dir = tempfile::tempdir().context("creating a directory for the demo's config")?;
     let toml = format!(
         r#"
         [general]
         listen = "127.0.0.1:{port}"
+        unix_socket_dir = "{socket_dir}"
         admin_users = ["admin"]
         pool_size = 10
 
@@ -136,10 +139,10 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
         replica_port = replica.port(),
         delayed_port = delayed.port(),
         shard1_port = shard1.port(),
+        socket_dir = dir.path().display(),
     );
     let config = Config::from_toml(&toml)?;
-    // Written out for `shardctl`, which reads the sharding section from a file; removed with the demo.
-    let dir = tempfile::tempdir().context("creating a directory for the demo's config")?;
+    // Written out for `shardctl`, which reads the sharding section from a file.
     let config_path = dir.path().join("shardpool.toml");
     std::fs::write(&config_path, &toml).context("writing the demo's config")?;
     if let Some(sharding) = config
@@ -176,6 +179,11 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
     println!();
     println!(
         "  connect:  psql postgres://app:app@127.0.0.1:{}/app",
+        proxy.addr.port()
+    );
+    println!(
+        "  or over the Unix socket:  PGPASSWORD=app psql -h {} -p {} -U app app",
+        dir.path().display(),
         proxy.addr.port()
     );
     println!();

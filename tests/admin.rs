@@ -15,8 +15,9 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 type Row = HashMap<String, String>;
 
-/// PgBouncer's SHOW POOLS columns, in its order (doc/usage.md, "SHOW POOLS").
-const POOLS_COLUMNS: [&str; 17] = [
+/// PgBouncer's SHOW POOLS columns, in its order (doc/usage.md, "SHOW POOLS"), then shardpool's own at the end
+/// (which server, its role, the shard), so tools that read PgBouncer's columns by position keep working.
+const POOLS_COLUMNS: [&str; 20] = [
     "database",
     "user",
     "cl_active",
@@ -34,6 +35,9 @@ const POOLS_COLUMNS: [&str; 17] = [
     "maxwait_us",
     "pool_mode",
     "load_balance_hosts",
+    "server",
+    "role",
+    "shard",
 ];
 
 /// PgBouncer's SHOW CLIENTS and SHOW SERVERS columns (the same list for both).
@@ -223,6 +227,11 @@ async fn show_commands_use_pgbouncer_columns_and_report_true_values() {
     assert_eq!(num(&pool, "sv_active"), 1, "{pool:?}");
     assert_eq!(num(&pool, "sv_login"), 0, "{pool:?}");
     assert_eq!(pool["pool_mode"], "transaction", "{pool:?}");
+    assert_eq!(
+        (&*pool["server"], &*pool["role"], &*pool["shard"]),
+        (&*format!("127.0.0.1:{}", backend.pg.port()), "primary", ""),
+        "{pool:?}"
+    );
 
     holder.batch_execute("COMMIT").await.unwrap();
 
@@ -319,6 +328,37 @@ async fn show_commands_use_pgbouncer_columns_and_report_true_values() {
         assert_eq!(sqlstate(&err), "42601", "{bad}: {err}");
     }
     assert_eq!(rows(&admin, "SHOW VERSION").await.len(), 1);
+}
+
+/// A database with a replica has a pool per server; the rows differ only in shardpool's `server` and `role`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_pools_names_the_server_of_each_row() {
+    let cluster = common::replicas::Replicated::start(None, "").await;
+    let proxy = cluster.proxy("").await;
+    let client = proxy.connect().await;
+    client.simple_query("SELECT 1").await.unwrap();
+    let admin = admin(&proxy).await;
+    let mut ours: Vec<(String, String, String)> = rows(&admin, "SHOW POOLS")
+        .await
+        .into_iter()
+        .filter(|r| r["database"] == DB && r["user"] == "app")
+        .map(|r| (r["server"].clone(), r["role"].clone(), r["shard"].clone()))
+        .collect();
+    ours.sort();
+    let mut expected = vec![
+        (
+            format!("127.0.0.1:{}", cluster.primary_port()),
+            "primary".to_owned(),
+            String::new(),
+        ),
+        (
+            format!("127.0.0.1:{}", cluster.fast.port()),
+            "replica".to_owned(),
+            String::new(),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(ours, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

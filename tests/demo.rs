@@ -32,6 +32,8 @@ struct Printed {
     data_dir: Option<PathBuf>,
     primary_port: Option<u16>,
     replica_port: Option<u16>,
+    /// The directory of the proxy's Unix socket, from the "psql -h DIR" line.
+    unix_dir: Option<PathBuf>,
     lines: Vec<String>,
 }
 
@@ -53,6 +55,10 @@ impl Printed {
                 self.replica_port = after.split_whitespace().next().and_then(|p| p.parse().ok());
             }
         }
+        // "  or over the Unix socket:  PGPASSWORD=app psql -h DIR -p PORT -U app app"
+        if let Some((_, rest)) = line.split_once("psql -h ") {
+            self.unix_dir = rest.split_whitespace().next().map(PathBuf::from);
+        }
         // "  connect:  psql postgres://app:app@127.0.0.1:PORT/app"
         if let Some((_, url)) = line.split_once("psql postgres://") {
             self.url = Some(format!(
@@ -67,6 +73,7 @@ impl Printed {
             && self.data_dir.is_some()
             && self.primary_port.is_some()
             && self.replica_port.is_some()
+            && self.unix_dir.is_some()
     }
 }
 
@@ -184,6 +191,22 @@ async fn demo_serves_the_sample_data_and_cleans_up_on_sigint() {
         assert!(out.status.success(), "psql -c {sql:?}: {err}");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
+    // The same through the Unix socket line the demo printed.
+    let unix_dir = printed.unix_dir.clone().unwrap();
+    let socket = unix_dir.join(format!(".s.PGSQL.{port}"));
+    tokio::task::block_in_place(|| {
+        let out = Command::new(common::bin("psql"))
+            .args(["-X", "-A", "-t", "-h"])
+            .arg(&unix_dir)
+            .args(["-p", &port.to_string(), "-U", "app", "app"])
+            .args(["-c", "SELECT count(*) FROM accounts"])
+            .env("PGPASSWORD", "app")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "psql -h {unix_dir:?}: {err}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "100");
+    });
     tokio::task::block_in_place(|| {
         assert_eq!(psql("SHOW shardpool.consistency"), "read_proxy_writes");
         for i in 0..3 {
@@ -251,6 +274,7 @@ async fn demo_serves_the_sample_data_and_cleans_up_on_sigint() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "shardpool still listening on {port}"
     );
+    assert!(!socket.exists(), "the demo left {socket:?} behind");
 }
 
 /// The scratch directories (one per Postgres server, plus the initdb template) a process created.

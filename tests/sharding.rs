@@ -195,6 +195,36 @@ async fn rows_land_on_their_vshards_shard_and_scatter_matches_one_database() {
         .map(|r| r["vshards"].parse::<usize>().unwrap())
         .sum();
     assert_eq!(held, VSHARDS as usize);
+    // SHOW POOLS tells the pools of `shop` apart by shard, server and role (shard 1 has a replica).
+    let mut pools: Vec<(String, String, String)> = proxy
+        .admin("SHOW POOLS")
+        .await
+        .into_iter()
+        .filter(|r| r["database"] == "shop" && r["user"] == "app")
+        .map(|r| (r["shard"].clone(), r["server"].clone(), r["role"].clone()))
+        .collect();
+    pools.sort();
+    let at = |port: u16| format!("127.0.0.1:{port}");
+    let mut expected = vec![
+        (
+            "0".into(),
+            at(shards.backends[0].pg.port()),
+            "primary".into(),
+        ),
+        (
+            "1".into(),
+            at(shards.backends[1].pg.port()),
+            "primary".into(),
+        ),
+        ("1".into(), at(shards._replica.port()), "replica".into()),
+        (
+            "2".into(),
+            at(shards.backends[2].pg.port()),
+            "primary".into(),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(pools, expected);
     let vshard_rows = proxy.admin("SHOW VSHARDS").await;
     assert_eq!(vshard_rows.len(), VSHARDS as usize);
     let writes: u64 = vshard_rows

@@ -376,9 +376,35 @@ fn replicas(ctx: &Arc<Context>) -> Output {
     )
 }
 
+/// `host:port` of a server as SHOW POOLS names it; a Unix socket directory as the socket file's path.
+fn server_name(host: &str, port: u16) -> String {
+    if host.starts_with('/') {
+        crate::config::instances::socket_path(std::path::Path::new(host), port)
+            .display()
+            .to_string()
+    } else if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// PgBouncer's columns in its order, then shardpool's own: which server the pool is for (`server`), that server's
+/// role as the replication monitor last saw it, and the shard of a sharded database. A database with replicas has
+/// one row per server, which only these tell apart.
 fn pools(ctx: &Arc<Context>) -> Output {
+    let mut placement = std::collections::HashMap::new();
+    for set in ctx.pool_sets() {
+        for (p, m) in set.pools.iter().zip(&set.cluster.members) {
+            placement.insert(Arc::as_ptr(p), (m.role(), set.cluster.shard));
+        }
+    }
     let mut rows: Vec<Row> = Vec::new();
     for p in ctx.pools() {
+        let (role, shard) = placement
+            .get(&Arc::as_ptr(&p))
+            .copied()
+            .unwrap_or(("", None));
         let snap = p.snapshot();
         let clients = p.stats.clients.load(Ordering::Relaxed);
         let waiting = p.stats.waiting.load(Ordering::Relaxed);
@@ -402,6 +428,9 @@ fn pools(ctx: &Arc<Context>) -> Output {
             s(wait.subsec_micros()),
             s(mode),
             s(0),
+            s(server_name(&p.target.host, p.target.port)),
+            (!role.is_empty()).then(|| role.to_owned()),
+            shard.map(|x| x.to_string()),
         ]);
     }
     Output::table(
@@ -423,6 +452,9 @@ fn pools(ctx: &Arc<Context>) -> Output {
             "maxwait_us",
             "pool_mode",
             "load_balance_hosts",
+            "server",
+            "role",
+            "shard",
         ],
         rows,
     )
@@ -472,7 +504,7 @@ fn clients(ctx: &Arc<Context>) -> Output {
                 s(&c.database),
                 s("none"),
                 s(state),
-                s(c.addr.ip()),
+                s(c.addr.host()),
                 s(c.addr.port()),
                 None,
                 None,
@@ -766,8 +798,28 @@ fn config(ctx: &Arc<Context>) -> Output {
             "pin".into(),
         ),
         ("admin_users", g.admin_users.join(","), String::new()),
+        (
+            "unix_socket_dir",
+            g.unix_socket_dir
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            String::new(),
+        ),
+        (
+            "unix_socket_mode",
+            g.unix_socket_mode.to_string(),
+            d.unix_socket_mode.to_string(),
+        ),
+        ("peer_id", g.peer_id.to_string(), d.peer_id.to_string()),
     ];
-    let restart_only = ["listen", "workers"];
+    let restart_only = [
+        "listen",
+        "workers",
+        "unix_socket_dir",
+        "unix_socket_mode",
+        "peer_id",
+    ];
     let rows = entries
         .into_iter()
         .map(|(k, v, def)| {

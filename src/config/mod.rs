@@ -5,6 +5,7 @@
 //! `config/shardpool.toml` is the annotated example; `docs/configuration.md` is the reference.
 
 mod duration;
+pub mod instances;
 pub mod sharding;
 mod validate;
 
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use duration::{parse_duration, ConfigDuration};
+pub use instances::{FileMode, PeerAddr};
 pub use validate::Problem;
 
 /// Name of the virtual database that serves the admin console.
@@ -47,6 +49,10 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     #[serde(default)]
     pub databases: BTreeMap<String, DatabaseConfig>,
+    /// Other instances cancel requests are forwarded to, by peer id (as text, a TOML key): `"2" = "10.0.0.2:6432"`
+    /// or the path of a peer's Unix socket. Read again at every reload.
+    #[serde(default)]
+    pub peers: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -153,6 +159,14 @@ pub struct General {
     /// The user whose server credentials the replication monitor logs in with; default: the first user with a
     /// usable server password.
     pub monitor_user: Option<String>,
+    /// Directory of a Unix-domain socket `.s.PGSQL.<port>` (the port of `listen`) that clients may connect to as
+    /// well; unset: none. Read at start only.
+    pub unix_socket_dir: Option<PathBuf>,
+    /// Permission bits of that socket file.
+    pub unix_socket_mode: FileMode,
+    /// This instance's id among peers sharing a load balancer (1 to 16383), encoded in the cancel keys it hands to
+    /// clients so that any peer can tell where a cancel request belongs; 0: none. Read at start only.
+    pub peer_id: u16,
 }
 
 impl Default for General {
@@ -187,6 +201,9 @@ impl Default for General {
             replica_poll_interval: ConfigDuration::millis(100),
             replica_ban_time: ConfigDuration::secs(10),
             monitor_user: None,
+            unix_socket_dir: None,
+            unix_socket_mode: FileMode::default(),
+            peer_id: 0,
         }
     }
 }
@@ -439,6 +456,14 @@ impl Config {
 
     pub fn user(&self, name: &str) -> Option<&UserConfig> {
         self.users.iter().find(|u| u.name == name)
+    }
+
+    /// Where the peer with id `id` takes connections, if `[peers]` names it.
+    pub fn peer(&self, id: u16) -> Option<PeerAddr> {
+        self.peers
+            .iter()
+            .find(|(k, _)| instances::parse_peer_id(k) == Ok(id))
+            .and_then(|(_, v)| PeerAddr::parse(v).ok())
     }
 
     pub fn is_admin(&self, user: &str) -> bool {

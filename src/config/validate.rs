@@ -171,6 +171,53 @@ impl Config {
             }
         }
 
+        if let Some(dir) = &g.unix_socket_dir {
+            let longest = super::instances::socket_path(dir, u16::MAX);
+            if dir.as_os_str().is_empty() {
+                problem(
+                    "general.unix_socket_dir".into(),
+                    "must not be empty (leave it out for no Unix socket)".into(),
+                );
+            } else if longest.as_os_str().len() > super::instances::MAX_SOCKET_PATH {
+                problem(
+                    "general.unix_socket_dir".into(),
+                    format!(
+                        "{} is too long for a Unix socket path ({} bytes at most)",
+                        longest.display(),
+                        super::instances::MAX_SOCKET_PATH
+                    ),
+                );
+            }
+        }
+        if g.peer_id > super::instances::MAX_PEER_ID {
+            problem(
+                "general.peer_id".into(),
+                format!(
+                    "must be from 1 to {} (0: none)",
+                    super::instances::MAX_PEER_ID
+                ),
+            );
+        }
+        if !self.peers.is_empty() && g.peer_id == 0 {
+            problem(
+                "general.peer_id".into(),
+                "[peers] is set, so this instance needs a peer_id of its own (1 to 16383)".into(),
+            );
+        }
+        let mut peer_ids = HashSet::new();
+        for (id, addr) in &self.peers {
+            match super::instances::parse_peer_id(id) {
+                Ok(n) if !peer_ids.insert(n) => {
+                    problem(format!("peers.{id}"), format!("peer {n} is listed twice"))
+                }
+                Ok(_) => {}
+                Err(e) => problem(format!("peers.{id}"), e),
+            }
+            if let Err(e) = super::PeerAddr::parse(addr) {
+                problem(format!("peers.{id}"), e);
+            }
+        }
+
         if let Some(tls) = &self.tls {
             for (field, path) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
                 if !path.is_file() {
@@ -206,6 +253,9 @@ mod tests {
             [databases.shardpool]
             [databases.x]
             min_pool_size = 50
+            [peers]
+            0 = "10.0.0.1:6432"
+            2 = "nowhere"
         "#,
         )
         .unwrap_err();
@@ -222,6 +272,9 @@ mod tests {
             "users[1].password",
             "databases.shardpool",
             "databases.x.min_pool_size",
+            "general.peer_id",
+            "peers.0",
+            "peers.2",
         ] {
             assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
         }

@@ -6,7 +6,6 @@
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::stream::ClientStream;
@@ -68,12 +67,15 @@ async fn read_packet(stream: &mut ClientStream) -> Result<StartupPacket, Handsha
     Ok(startup::decode(&body)?)
 }
 
+/// Runs the startup phase on a freshly accepted `stream` (plain TCP or Unix). A Unix-socket client is answered 'N'
+/// to an SSLRequest and may log in without TLS even when `require_tls`: like Postgres' `local` connections it is
+/// on this machine, and the socket file's permissions are what guard it.
 pub async fn handshake(
-    tcp: TcpStream,
+    mut stream: ClientStream,
     tls: Option<&TlsAcceptor>,
     require_tls: bool,
 ) -> Result<Handshake, HandshakeError> {
-    let mut stream = ClientStream::Plain(tcp);
+    let require_tls = require_tls && !matches!(stream, ClientStream::Unix(_));
     let mut negotiated_ssl = false;
     let mut negotiated_gss = false;
     loop {
@@ -114,8 +116,13 @@ async fn negotiate_tls(
     stream: ClientStream,
     tls: Option<&TlsAcceptor>,
 ) -> Result<ClientStream, HandshakeError> {
-    let ClientStream::Plain(mut tcp) = stream else {
-        return Err(HandshakeError::RepeatedNegotiation);
+    let mut tcp = match stream {
+        ClientStream::Plain(tcp) => tcp,
+        ClientStream::Unix(mut unix) => {
+            unix.write_all(b"N").await?;
+            return Ok(ClientStream::Unix(unix));
+        }
+        ClientStream::Tls(_) => return Err(HandshakeError::RepeatedNegotiation),
     };
     match tls {
         None => {

@@ -1,22 +1,22 @@
 //! Accepting client connections: one task per connection that runs the handshake, login and then either a pooled
 //! session or the admin console. Limits (max_pending_logins and client_login_timeout before authentication,
-//! max_client_conn after it) and the shutdown switch apply here.
+//! max_client_conn after it) and the shutdown switch apply here, to TCP and Unix-socket clients alike.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::handshake::{handshake, Handshake};
 use super::login::{login, LoginError};
 use super::session::{cancel_on_server, Session};
 use super::startup_params::{initial_status, proxy_settings, startup_settings};
-use super::stream::ClientStream;
+use super::stream::{ClientAddr, ClientStream};
+use super::unix::UnixSocket;
 use crate::context::Context;
 use crate::error::{sqlstate, ClientError, ReportableError};
 use crate::protocol::backend::{
@@ -43,9 +43,31 @@ impl PendingLogin {
     }
 }
 
+/// A socket clients connect to. A Unix socket's file goes when this is dropped, i.e. when its accept loop ends.
+pub enum Incoming {
+    Tcp(TcpListener),
+    Unix(UnixSocket),
+}
+
+impl Incoming {
+    async fn accept(&self) -> std::io::Result<(ClientStream, ClientAddr)> {
+        match self {
+            Incoming::Tcp(l) => {
+                let (tcp, peer) = l.accept().await?;
+                let _ = tcp.set_nodelay(true);
+                Ok((ClientStream::Plain(tcp), ClientAddr::Tcp(peer)))
+            }
+            Incoming::Unix(u) => {
+                let (unix, _) = u.listener.accept().await?;
+                Ok((ClientStream::Unix(unix), ClientAddr::Unix { port: u.port }))
+            }
+        }
+    }
+}
+
 pub async fn accept_loop(
     ctx: Arc<Context>,
-    listener: TcpListener,
+    listener: Incoming,
     tls: Arc<ArcSwapOption<TlsAcceptor>>,
 ) {
     let mut shutdown = ctx.shutdown_signal();
@@ -69,10 +91,9 @@ pub async fn accept_loop(
         };
         let Some(pending) = PendingLogin::begin(&ctx, ctx.config().general.max_pending_logins)
         else {
-            refuse_over_cap(&ctx, tcp, peer);
+            refuse_over_cap(&ctx, &tcp, peer);
             continue;
         };
-        let _ = tcp.set_nodelay(true);
         let acceptor = tls.load_full();
         // The login and the session each run in a heap future of their own, and the login's is made here, outside
         // the task: the task that lives as long as the client then holds two pointers and the peer address, and
@@ -92,7 +113,7 @@ pub async fn accept_loop(
 
 /// A connection beyond `max_pending_logins`: closed at once, never read and never waited on. The 53300 error is
 /// written only if the fresh socket's send buffer takes it right away (it always has room for it).
-fn refuse_over_cap(ctx: &Context, tcp: TcpStream, peer: SocketAddr) {
+fn refuse_over_cap(ctx: &Context, stream: &ClientStream, peer: ClientAddr) {
     ctx.logins_over_cap.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, "refused: max_pending_logins connections are already logging in");
     let mut out = BytesMut::new();
@@ -101,7 +122,7 @@ fn refuse_over_cap(ctx: &Context, tcp: TcpStream, peer: SocketAddr) {
         "sorry, too many clients are logging in already",
     )
     .write(&mut out);
-    let _ = tcp.try_write(&out);
+    stream.try_write_now(&out);
 }
 
 /// Handshake, login and login replies. Returns the session to run, or `None` when the connection was a cancel
@@ -110,8 +131,8 @@ fn refuse_over_cap(ctx: &Context, tcp: TcpStream, peer: SocketAddr) {
 /// `pending_logins` until then and in `max_client_conn` from its successful login on.
 async fn establish(
     ctx: Arc<Context>,
-    tcp: TcpStream,
-    peer: SocketAddr,
+    tcp: ClientStream,
+    peer: ClientAddr,
     tls: Option<Arc<TlsAcceptor>>,
     pending: PendingLogin,
 ) -> Option<Session> {
@@ -129,9 +150,7 @@ async fn establish(
     let (mut stream, params) = match hs {
         Ok(Ok(Handshake::Startup(stream, params))) => (stream, params),
         Ok(Ok(Handshake::Cancel(key))) => {
-            if let Some(client) = ctx.client_by_cancel_key(&key) {
-                forward_cancel(&ctx, &client).await;
-            }
+            handle_cancel(&ctx, key).await;
             return None;
         }
         Ok(Err(e)) => {
@@ -296,6 +315,27 @@ async fn refuse(stream: &mut ClientStream, e: &ClientError) {
     let _ = stream.write_all(&out).await;
     let _ = stream.flush().await;
     let _ = stream.shutdown().await;
+}
+
+/// A CancelRequest: acted on here if the key is one of this instance's clients', passed once to the peer that
+/// issued it otherwise (see `peers`), dropped without a word if nobody has it, as Postgres does.
+async fn handle_cancel(ctx: &Arc<Context>, key: crate::protocol::startup::CancelKey) {
+    let config = ctx.config();
+    match super::peers::route(key, ctx.peer_id, &config) {
+        super::peers::Route::Local(key) => {
+            if let Some(client) = ctx.client_by_cancel_key(&key) {
+                forward_cancel(ctx, &client).await;
+            }
+        }
+        super::peers::Route::Forward { peer, addr, key } => {
+            let timeout = config.general.server_connect_timeout.0;
+            match super::peers::forward(&addr, key, timeout).await {
+                Ok(()) => tracing::debug!(peer, %addr, "cancel request forwarded"),
+                Err(e) => tracing::warn!(peer, error = %e, "cancel request not forwarded"),
+            }
+        }
+        super::peers::Route::Drop(why) => tracing::debug!(why, "cancel request dropped"),
+    }
 }
 
 /// Forwards a client's cancel to the server running its query, and only to it. The server is held back from other
