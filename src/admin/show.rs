@@ -757,6 +757,40 @@ fn config(ctx: &Arc<Context>) -> Output {
             "pin".into(),
         ),
         ("admin_users", g.admin_users.join(","), String::new()),
+        (
+            "auth_file",
+            g.auth_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            String::new(),
+        ),
+        (
+            "auth_user",
+            g.auth_user.clone().unwrap_or_default(),
+            String::new(),
+        ),
+        ("auth_query", g.auth_query.clone(), d.auth_query.clone()),
+        (
+            "auth_dbname",
+            g.auth_dbname.clone().unwrap_or_default(),
+            String::new(),
+        ),
+        (
+            "auth_cache_ttl",
+            g.auth_cache_ttl.to_string(),
+            d.auth_cache_ttl.to_string(),
+        ),
+        (
+            "auth_cache_negative_ttl",
+            g.auth_cache_negative_ttl.to_string(),
+            d.auth_cache_negative_ttl.to_string(),
+        ),
+        (
+            "auth_cache_size",
+            g.auth_cache_size.to_string(),
+            d.auth_cache_size.to_string(),
+        ),
     ];
     let restart_only = ["listen", "workers"];
     let rows = entries

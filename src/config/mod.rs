@@ -47,6 +47,9 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     #[serde(default)]
     pub databases: BTreeMap<String, DatabaseConfig>,
+    /// Users read from `general.auth_file` when the config was loaded (see `crate::auth::auth_file`).
+    #[serde(skip)]
+    pub auth_file_users: BTreeMap<String, UserConfig>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -149,7 +152,28 @@ pub struct General {
     /// The user whose server credentials the replication monitor logs in with; default: the first user with a
     /// usable server password.
     pub monitor_user: Option<String>,
+    /// A PgBouncer-style `userlist.txt` with more users (`"name" "secret"` per line); a relative path is taken from
+    /// the config file's directory. `[[users]]` entries win over its lines for the same name.
+    pub auth_file: Option<PathBuf>,
+    /// The user that looks up the secrets of users found neither in `[[users]]` nor in `auth_file`, with
+    /// `auth_query`, on the server of the database the client asks for (or `auth_dbname`'s). Unset: no lookups.
+    pub auth_user: Option<String>,
+    /// The lookup: `$1` is the user name; the first two columns are the name and the secret (NULL: no login).
+    pub auth_query: String,
+    /// Run `auth_query` in this database (a name in `[databases]`) instead of the one the client asks for.
+    pub auth_dbname: Option<String>,
+    /// How long a secret found by `auth_query` is used before it is looked up again.
+    pub auth_cache_ttl: ConfigDuration,
+    /// How long "no such user" (or a NULL secret) from `auth_query` is remembered.
+    pub auth_cache_negative_ttl: ConfigDuration,
+    /// `auth_query` results kept at most (the oldest are dropped beyond this).
+    pub auth_cache_size: usize,
 }
+
+/// PgBouncer's default `auth_query`: a role's secret unless it has expired, for roles that may log in.
+pub const DEFAULT_AUTH_QUERY: &str =
+    "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END \
+     FROM pg_authid WHERE rolname = $1 AND rolcanlogin";
 
 impl Default for General {
     fn default() -> Self {
@@ -182,6 +206,13 @@ impl Default for General {
             replica_poll_interval: ConfigDuration::millis(100),
             replica_ban_time: ConfigDuration::secs(10),
             monitor_user: None,
+            auth_file: None,
+            auth_user: None,
+            auth_query: DEFAULT_AUTH_QUERY.into(),
+            auth_dbname: None,
+            auth_cache_ttl: ConfigDuration::secs(60),
+            auth_cache_negative_ttl: ConfigDuration::secs(5),
+            auth_cache_size: 10_000,
         }
     }
 }
@@ -258,6 +289,27 @@ pub struct UserConfig {
 }
 
 impl UserConfig {
+    /// A user with every setting at its default and no password: what a user found by `auth_query` is, since its
+    /// secret lives on the server.
+    pub fn named(name: &str) -> UserConfig {
+        UserConfig {
+            name: name.to_owned(),
+            password: None,
+            auth: AuthMethod::ScramSha256,
+            server_user: None,
+            server_password: None,
+            pool_size: None,
+            pool_mode: None,
+            consistency: None,
+        }
+    }
+
+    /// Whether this user's servers are logged in to with what its clients' logins leave behind (SCRAM keys, an md5
+    /// hash) rather than a configured password: there is none to send, and the server role is the user itself.
+    pub fn logs_in_by_passthrough(&self) -> bool {
+        self.server_password().is_none() && self.server_user() == self.name
+    }
+
     pub fn server_user(&self) -> &str {
         self.server_user.as_deref().unwrap_or(&self.name)
     }
@@ -410,7 +462,7 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::from_toml(&text).map_err(|e| match e {
+        Config::from_toml_in(&text, path.parent()).map_err(|e| match e {
             ConfigError::Parse { source, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 source,
@@ -420,11 +472,19 @@ impl Config {
     }
 
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Config::from_toml_in(text, None)
+    }
+
+    /// Parses and validates a config whose relative paths (`auth_file`) are taken from `base` (the current directory
+    /// when `None`), reading the auth file as part of it: a broken auth file is a broken config, reported at start,
+    /// by check-config and by a reload alike.
+    pub fn from_toml_in(text: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<config>"),
             source: Box::new(e),
         })?;
-        let problems = config.validate();
+        let mut problems = config.load_auth_file(base);
+        problems.extend(config.validate());
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -432,8 +492,69 @@ impl Config {
         }
     }
 
+    /// A user from `[[users]]`, else from `auth_file`.
     pub fn user(&self, name: &str) -> Option<&UserConfig> {
-        self.users.iter().find(|u| u.name == name)
+        self.users
+            .iter()
+            .find(|u| u.name == name)
+            .or_else(|| self.auth_file_users.get(name))
+    }
+
+    /// Like [`Config::user`], but a name found in neither is an `auth_query` user when lookups are configured: the
+    /// settings a logged-in session of that name runs with.
+    pub fn resolve_user(&self, name: &str) -> Option<UserConfig> {
+        match self.user(name) {
+            Some(u) => Some(u.clone()),
+            None if self.general.auth_user.is_some() => Some(UserConfig::named(name)),
+            None => None,
+        }
+    }
+
+    /// Reads `general.auth_file` into `auth_file_users`; the problems say which lines are wrong.
+    fn load_auth_file(&mut self, base: Option<&Path>) -> Vec<Problem> {
+        let Some(path) = &self.general.auth_file else {
+            return Vec::new();
+        };
+        let path = match base {
+            Some(b) if path.is_relative() => b.join(path),
+            _ => path.clone(),
+        };
+        let problem = |message: String| Problem {
+            key: "general.auth_file".into(),
+            message,
+        };
+        let too_big = std::fs::metadata(&path)
+            .is_ok_and(|m| m.len() > crate::auth::auth_file::MAX_AUTH_FILE_BYTES);
+        if too_big {
+            return vec![problem(format!("{} is larger than 64 MiB", path.display()))];
+        }
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => return vec![problem(format!("cannot read {}: {e}", path.display()))],
+        };
+        match crate::auth::auth_file::parse(&text) {
+            Ok(entries) => {
+                self.auth_file_users = entries
+                    .into_iter()
+                    .map(|(name, secret)| {
+                        let mut u = UserConfig::named(&name);
+                        if matches!(
+                            crate::auth::StoredSecret::parse(&secret),
+                            crate::auth::StoredSecret::Md5(_)
+                        ) {
+                            u.auth = AuthMethod::Md5;
+                        }
+                        u.password = Some(secret);
+                        (name, u)
+                    })
+                    .collect();
+                Vec::new()
+            }
+            Err(errors) => errors
+                .into_iter()
+                .map(|e| problem(format!("{}: {e}", path.display())))
+                .collect(),
+        }
     }
 
     pub fn is_admin(&self, user: &str) -> bool {
