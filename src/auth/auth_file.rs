@@ -33,16 +33,15 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, String>, Vec<AuthFileError>>
             continue;
         }
         match parse_line(trimmed) {
-            Ok((name, secret)) => {
-                if users.contains_key(&name) {
-                    errors.push(AuthFileError {
-                        line,
-                        message: format!("user {name:?} is listed twice"),
-                    });
-                } else {
-                    users.insert(name, secret);
+            Ok((name, secret)) => match users.entry(name) {
+                std::collections::btree_map::Entry::Occupied(e) => errors.push(AuthFileError {
+                    line,
+                    message: format!("user {:?} is listed twice", e.key()),
+                }),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(secret);
                 }
-            }
+            },
             Err(message) => errors.push(AuthFileError { line, message }),
         }
     }

@@ -54,11 +54,14 @@ struct Entry {
     expires: Instant,
 }
 
+/// Idle `auth_user` connections by server (host, port, database).
+type IdleConns = HashMap<(String, u16, String), Vec<Box<ServerConn>>>;
+
 /// Cached lookups and the idle `auth_user` connections, one per proxy.
 #[derive(Default)]
 pub struct AuthQueryCache {
     entries: Mutex<HashMap<(String, String), Entry>>,
-    idle: Mutex<HashMap<(String, u16, String), Vec<Box<ServerConn>>>>,
+    idle: Mutex<IdleConns>,
 }
 
 impl AuthQueryCache {

@@ -135,10 +135,10 @@ pub fn scram_client(
         ServerSecret::Scram {
             verifier,
             client_key,
-        } => Some(ScramClient::Keys(KeysClient::new(
+        } => Some(ScramClient::Keys(Box::new(KeysClient::new(
             verifier.clone(),
             *client_key,
-        ))),
+        )))),
     }
 }
 
@@ -146,7 +146,7 @@ pub fn scram_client(
 /// `update()` with the server-first-message, `message()` again, `finish()` with the server-final-message.
 pub enum ScramClient {
     Password(Box<ScramSha256>),
-    Keys(KeysClient),
+    Keys(Box<KeysClient>),
 }
 
 impl ScramClient {
@@ -316,7 +316,7 @@ mod tests {
 
         // The proxy then logs in to a "server" storing the same verifier, without the password.
         let mut server = ScramServer::new(verifier.clone());
-        let mut pass = ScramClient::Keys(KeysClient::new(verifier.clone(), client_key));
+        let mut pass = ScramClient::Keys(Box::new(KeysClient::new(verifier.clone(), client_key)));
         let first = server.client_first(pass.message()).unwrap();
         pass.update(&first).unwrap();
         let fin = server.client_final(pass.message()).unwrap();
@@ -325,13 +325,13 @@ mod tests {
         // A server with a different salt (password reset) is refused before a proof is sent.
         let other = ScramVerifier::from_password("secret", b"another salt....", 4096);
         let mut server = ScramServer::new(other);
-        let mut pass = ScramClient::Keys(KeysClient::new(verifier.clone(), client_key));
+        let mut pass = ScramClient::Keys(Box::new(KeysClient::new(verifier.clone(), client_key)));
         let first = server.client_first(pass.message()).unwrap();
         assert!(pass.update(&first).is_err());
 
         // A wrong ClientKey is refused by the server.
         let mut server = ScramServer::new(verifier.clone());
-        let mut pass = ScramClient::Keys(KeysClient::new(verifier.clone(), [7; 32]));
+        let mut pass = ScramClient::Keys(Box::new(KeysClient::new(verifier.clone(), [7; 32])));
         let first = server.client_first(pass.message()).unwrap();
         pass.update(&first).unwrap();
         assert!(server.client_final(pass.message()).is_err());
