@@ -167,6 +167,19 @@ async fn roles_created_changed_and_dropped_on_the_server_follow_through_auth_que
     );
     assert_eq!(refused(&proxy.url("carol", "nope", DB)).await.0, "28P01");
 
+    // A burst of first logins for a new role: all get in, through at most two auth_user connections per server.
+    create_scram_role(&backend, "eve", "evepw");
+    let eves = futures_join(&proxy.url("eve", "evepw", DB), 8).await;
+    assert_eq!(eves.len(), 8);
+    let lookups: i64 = backend
+        .sql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'authuser'")
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=2).contains(&lookups),
+        "{lookups} auth_user connections"
+    );
+
     // Config users are not looked up: `app` still logs in with its configured password only.
     assert_eq!(current_user(&proxy.app_url()).await, "app");
 }

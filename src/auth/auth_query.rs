@@ -8,11 +8,12 @@
 //! bounded; a few idle `auth_user` connections per server are kept for the next lookup.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
 
 use super::StoredSecret;
 use crate::backend::server::{ServerConn, ServerIoError};
@@ -21,8 +22,8 @@ use crate::protocol::backend::{parse_data_row, put_message};
 use crate::protocol::frontend::{write_bind, write_parse, write_sync};
 use crate::protocol::tag;
 
-/// Idle `auth_user` connections kept per server for later lookups.
-const IDLE_PER_SERVER: usize = 2;
+/// Lookups run at once per server; as many idle `auth_user` connections are kept for later ones.
+const LOOKUPS_PER_SERVER: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
@@ -62,6 +63,11 @@ type IdleConns = HashMap<(String, u16, String), Vec<Box<ServerConn>>>;
 pub struct AuthQueryCache {
     entries: Mutex<HashMap<(String, String), Entry>>,
     idle: Mutex<IdleConns>,
+    gates: Mutex<HashMap<(String, u16, String), Arc<Semaphore>>>,
+}
+
+fn server_key(target: &ServerTarget) -> (String, u16, String) {
+    (target.host.clone(), target.port, target.database.clone())
 }
 
 impl AuthQueryCache {
@@ -76,29 +82,56 @@ impl AuthQueryCache {
         user: &str,
     ) -> Result<Option<StoredSecret>, LookupError> {
         let key = (database.to_owned(), user.to_owned());
-        let now = Instant::now();
-        if let Some(e) = self.lock_entries().get(&key) {
-            if e.expires > now {
-                return Ok(e.secret.clone());
-            }
+        if let Some(secret) = self.cached(&key) {
+            return Ok(secret);
         }
-        let secret = tokio::time::timeout(settings.timeout, self.query(settings, target, user))
-            .await
-            .map_err(|_| LookupError::Timeout(settings.timeout))??;
-        let ttl = if secret.is_some() {
-            settings.ttl
-        } else {
-            settings.negative_ttl
+        let gate = self.gate(target);
+        let work = async {
+            // Never fails: the semaphore is never closed.
+            let _permit = gate.acquire().await.ok();
+            // A burst of logins for one user waits here for the first one's answer instead of each running it.
+            if let Some(secret) = self.cached(&key) {
+                return Ok(secret);
+            }
+            let secret = self.query(settings, target, user).await?;
+            let ttl = if secret.is_some() {
+                settings.ttl
+            } else {
+                settings.negative_ttl
+            };
+            self.remember(key.clone(), secret.clone(), ttl, settings.capacity);
+            Ok(secret)
         };
+        tokio::time::timeout(settings.timeout, work)
+            .await
+            .map_err(|_| LookupError::Timeout(settings.timeout))?
+    }
+
+    /// An unexpired answer for `key`: `Some(None)` is a cached "no such login".
+    fn cached(&self, key: &(String, String)) -> Option<Option<StoredSecret>> {
+        let entries = self.lock_entries();
+        let e = entries.get(key)?;
+        (e.expires > Instant::now()).then(|| e.secret.clone())
+    }
+
+    /// Caches an answer, keeping at most `capacity` entries: expired ones go first, then those closest to expiry.
+    fn remember(
+        &self,
+        key: (String, String),
+        secret: Option<StoredSecret>,
+        ttl: Duration,
+        capacity: usize,
+    ) {
+        let now = Instant::now();
         let mut entries = self.lock_entries();
-        if entries.len() >= settings.capacity && !entries.contains_key(&key) {
+        if entries.len() >= capacity && !entries.contains_key(&key) {
             entries.retain(|_, e| e.expires > now);
-            while entries.len() >= settings.capacity.max(1) {
-                let oldest = entries
+            while entries.len() >= capacity.max(1) {
+                let soonest = entries
                     .iter()
                     .min_by_key(|(_, e)| e.expires)
                     .map(|(k, _)| k.clone());
-                match oldest {
+                match soonest {
                     Some(k) => entries.remove(&k),
                     None => break,
                 };
@@ -107,11 +140,20 @@ impl AuthQueryCache {
         entries.insert(
             key,
             Entry {
-                secret: secret.clone(),
-                expires: Instant::now() + ttl,
+                secret,
+                expires: now + ttl,
             },
         );
-        Ok(secret)
+    }
+
+    /// The per-server limit on lookups in flight, which also bounds the `auth_user` connections a burst can open.
+    fn gate(&self, target: &ServerTarget) -> Arc<Semaphore> {
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            gates
+                .entry(server_key(target))
+                .or_insert_with(|| Arc::new(Semaphore::new(LOOKUPS_PER_SERVER))),
+        )
     }
 
     /// Forgets every cached answer (a reload may point lookups elsewhere).
@@ -166,7 +208,7 @@ impl AuthQueryCache {
         if conn.status == crate::protocol::TxStatus::Idle {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             let list = idle.entry(idle_key).or_default();
-            if list.len() < IDLE_PER_SERVER {
+            if list.len() < LOOKUPS_PER_SERVER {
                 list.push(conn);
             }
         }
@@ -238,6 +280,35 @@ fn interpret(rows: Vec<Vec<Option<Vec<u8>>>>) -> Result<Option<StoredSecret>, Lo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_is_bounded_and_expires() {
+        let cache = AuthQueryCache::default();
+        let key = |u: &str| ("db".to_owned(), u.to_owned());
+        let long = Duration::from_secs(60);
+        cache.remember(key("a"), Some(StoredSecret::Plain("x".into())), long, 2);
+        cache.remember(key("b"), None, Duration::from_secs(30), 2);
+        assert!(matches!(cache.cached(&key("a")), Some(Some(_))));
+        assert!(
+            matches!(cache.cached(&key("b")), Some(None)),
+            "negative answers are cached"
+        );
+        // Full: the entry closest to expiry makes room.
+        cache.remember(key("c"), None, long, 2);
+        assert_eq!(cache.len(), 2);
+        assert!(cache.cached(&key("b")).is_none());
+        assert!(cache.cached(&key("c")).is_some());
+        // Replacing an entry needs no room.
+        cache.remember(key("a"), None, long, 2);
+        assert_eq!(cache.len(), 2);
+        // An expired entry is not served, and is the first to go.
+        cache.remember(key("a"), None, Duration::ZERO, 2);
+        assert!(cache.cached(&key("a")).is_none());
+        cache.remember(key("d"), None, long, 2);
+        assert!(cache.cached(&key("c")).is_some() && cache.cached(&key("d")).is_some());
+        cache.clear();
+        assert!(cache.is_empty());
+    }
 
     #[test]
     fn rows_are_interpreted_like_pgbouncer() {
