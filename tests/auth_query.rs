@@ -115,6 +115,16 @@ async fn roles_created_changed_and_dropped_on_the_server_follow_through_auth_que
             .any(|p| p["user"] == "alice" && p["database"] == DB),
         "{pools:?}"
     );
+    // A reload keeps the pools of looked-up users and their clients' sessions.
+    connect(&proxy.admin_url())
+        .await
+        .simple_query("RELOAD")
+        .await
+        .unwrap();
+    for c in &clients {
+        let n: i32 = c.query_one("SELECT 41 + 1", &[]).await.unwrap().get(0);
+        assert_eq!(n, 42);
+    }
 
     // Wrong password and unknown user: the same 28P01 as Postgres, telling nothing about which it was.
     let (code, msg) = refused(&proxy.url("alice", "wrong", DB)).await;
@@ -217,12 +227,36 @@ async fn lookup_through_a_security_definer_function_and_its_failures() {
          GRANT EXECUTE ON FUNCTION public.lookup_secret(text) TO authuser",
     );
     let query = "auth_query = \"SELECT usename, passwd FROM public.lookup_secret($1)\"";
-    let proxy = TestProxy::start(&config_with_auth_user(
-        &backend,
-        &format!("auth_user = \"authuser\"\n{query}"),
+    // A second database on the same server, where the function does not exist.
+    let other_db = format!(
+        "\n[databases.other]\nport = {}\nserver_database = \"postgres\"\n",
+        backend.pg.port()
+    );
+    let proxy = TestProxy::start(&format!(
+        "{}{other_db}",
+        config_with_auth_user(&backend, &format!("auth_user = \"authuser\"\n{query}"))
     ))
     .await;
     create_scram_role(&backend, "dora", "dorapw");
+    assert_eq!(current_user(&proxy.url("dora", "dorapw", DB)).await, "dora");
+    // By default the lookup runs in the client's database: there the query fails, which is not a wrong password.
+    let (code, msg) = refused(&proxy.url("dora", "dorapw", "other")).await;
+    assert_eq!(code, "08006", "{msg}");
+    assert!(msg.contains("auth_query failed"), "{msg}");
+    drop(proxy);
+    // auth_dbname runs every lookup in one database.
+    let proxy = TestProxy::start(&format!(
+        "{}{other_db}",
+        config_with_auth_user(
+            &backend,
+            &format!("auth_user = \"authuser\"\nauth_dbname = \"{DB}\"\n{query}")
+        )
+    ))
+    .await;
+    assert_eq!(
+        current_user(&proxy.url("dora", "dorapw", "other")).await,
+        "dora"
+    );
     assert_eq!(current_user(&proxy.url("dora", "dorapw", DB)).await, "dora");
     // The name travels as a parameter: quotes in it are data, not SQL.
     let (code, _) = refused(&proxy.url("x'||'y", "pw", DB)).await;
