@@ -499,7 +499,7 @@ impl Context {
     /// The settings of a logged-in session's user: from `[[users]]` or `auth_file`, else (with `auth_query`) an
     /// `auth_query` user's defaults.
     pub fn user(&self, name: &str) -> Option<UserConfig> {
-        self.config().resolve_user(name)
+        self.config().resolve_user(name).map(|u| u.into_owned())
     }
 
     /// The credential slot of (database, user), created empty on first use and shared by all its pools.

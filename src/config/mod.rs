@@ -502,10 +502,12 @@ impl Config {
 
     /// Like [`Config::user`], but a name found in neither is an `auth_query` user when lookups are configured: the
     /// settings a logged-in session of that name runs with.
-    pub fn resolve_user(&self, name: &str) -> Option<UserConfig> {
+    pub fn resolve_user(&self, name: &str) -> Option<std::borrow::Cow<'_, UserConfig>> {
         match self.user(name) {
-            Some(u) => Some(u.clone()),
-            None if self.general.auth_user.is_some() => Some(UserConfig::named(name)),
+            Some(u) => Some(std::borrow::Cow::Borrowed(u)),
+            None if self.general.auth_user.is_some() => {
+                Some(std::borrow::Cow::Owned(UserConfig::named(name)))
+            }
             None => None,
         }
     }

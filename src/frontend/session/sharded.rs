@@ -339,7 +339,8 @@ impl Session {
         if self.current_shard() == Some(shard) && !self.pools.is_retired() {
             return;
         }
-        let Some(user) = self.ctx.user(&self.pools.user) else {
+        let config = self.ctx.config();
+        let Some(user) = config.resolve_user(&self.pools.user) else {
             return;
         };
         if let Some(set) = self.ctx.shard_pool_set(&self.pools.database, &user, shard) {
