@@ -1,7 +1,8 @@
-//! Client authentication against the users in the config or `auth_file`, or a secret `auth_query` looked up on the
-//! server (SCRAM-SHA-256, md5 or trust), then the checks Postgres
-//! makes after authentication: the database exists, the admin console is for admin users only. The credential math
-//! lives in `crate::auth`; this file moves it in and out of protocol messages.
+//! Client authentication (SCRAM-SHA-256, md5 or trust) against a user from the config or `auth_file`, or a secret
+//! `auth_query` looks up on the server; then the checks Postgres makes after authentication: the database exists,
+//! the admin console is for admin users only. A successful login also leaves behind what pass-through server logins
+//! of that user need (`crate::auth::passthrough`). The credential math lives in `crate::auth`; this file moves it in
+//! and out of protocol messages.
 //!
 //! Reference: PostgreSQL docs 55.2.1 "Start-up" (authentication message flow) and 55.3 "SASL Authentication".
 
