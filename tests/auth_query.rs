@@ -374,6 +374,19 @@ async fn auth_file_with_plain_md5_and_scram_secrets_and_reload() {
             "{user}"
         );
     }
+    let users: Vec<String> = proxy
+        .admin("SHOW USERS")
+        .await
+        .into_iter()
+        .map(|r| r["name"].clone())
+        .collect();
+    for u in ["app", "fileplain", "filescram", "filemd5"] {
+        assert_eq!(
+            users.iter().filter(|n| *n == u).count(),
+            1,
+            "{u} in {users:?}"
+        );
+    }
     assert_eq!(current_user(&proxy.app_url()).await, "app");
     assert_eq!(
         refused(&proxy.url("app", "not-the-config-password", DB))

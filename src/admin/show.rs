@@ -862,9 +862,15 @@ fn databases(ctx: &Arc<Context>) -> Output {
 
 fn users(ctx: &Arc<Context>) -> Output {
     let c = ctx.config();
+    // auth_file's users too, unless a [[users]] entry of the same name shadows them.
+    let from_file = c
+        .auth_file_users
+        .values()
+        .filter(|u| !c.users.iter().any(|cu| cu.name == u.name));
     let rows = c
         .users
         .iter()
+        .chain(from_file)
         .map(|u| vec![s(&u.name), u.pool_mode.map(|m| m.as_str().to_owned())])
         .collect();
     Output::table(vec!["name", "pool_mode"], rows)
