@@ -628,6 +628,58 @@ mod tests {
     }
 
     #[test]
+    fn auth_file_and_auth_query_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("userlist.txt"),
+            "\"filed\" \"md52aea419619857e8a27f0f7aa641db0c6\"\n\"a\" \"ignored\"\n",
+        )
+        .unwrap();
+        let toml = r#"
+            [general]
+            auth_file = "userlist.txt"
+            auth_user = "filed"
+            [[users]]
+            name = "a"
+            password = "x"
+            [databases.d]
+        "#;
+        // Relative to the config's directory; [[users]] wins over the file; an md5 hash means md5 logins.
+        let c = Config::from_toml_in(toml, Some(dir.path())).unwrap();
+        assert_eq!(c.user("a").unwrap().password.as_deref(), Some("x"));
+        assert_eq!(c.user("filed").unwrap().auth, AuthMethod::Md5);
+        assert!(c.user("filed").unwrap().logs_in_by_passthrough());
+        assert_eq!(c.resolve_user("stranger").unwrap().name, "stranger");
+        assert_eq!(
+            c.general.auth_cache_ttl.0,
+            std::time::Duration::from_secs(60)
+        );
+        assert!(c.general.auth_query.contains("$1"));
+
+        std::fs::write(dir.path().join("userlist.txt"), "\"ok\" \"pw\"\nbroken\n").unwrap();
+        let err = Config::from_toml_in(
+            "[general]\nauth_file = \"userlist.txt\"\nauth_user = \"ghost\"\nauth_dbname = \"nope\"\nauth_cache_size = 0\n",
+            Some(dir.path()),
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "general.auth_file",
+            "line 2",
+            "general.auth_user",
+            "general.auth_dbname",
+            "general.auth_cache_size",
+        ] {
+            assert!(err.contains(expected), "{expected} missing from {err}");
+        }
+        let err =
+            Config::from_toml("[general]\nauth_file = \"/nonexistent/userlist\"\n").unwrap_err();
+        assert!(err.to_string().contains("cannot read"), "{err}");
+        // Without auth_user, a name in neither list is nobody.
+        assert!(Config::from_toml("").unwrap().resolve_user("x").is_none());
+    }
+
+    #[test]
     fn overrides_cascade() {
         let c = Config::from_toml(
             r#"
