@@ -32,6 +32,7 @@ fn checkout_release(c: &mut Criterion) {
             database: "postgres".into(),
             user: "bench".into(),
             password: Some("bench".into()),
+            credential: None,
         },
         PoolConfig {
             settings: PoolSettings {

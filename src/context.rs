@@ -156,6 +156,12 @@ pub struct Context {
     last_told: Mutex<Arc<BTreeMap<String, String>>>,
     pub started_at: SystemTime,
     verifiers: Mutex<HashMap<String, (String, crate::auth::scram::ScramVerifier)>>,
+    /// What clients' logins taught the proxy for logging in to servers as them, by (database, user); see
+    /// `crate::auth::passthrough`.
+    server_credentials:
+        Mutex<HashMap<(String, String), Arc<crate::auth::passthrough::ServerCredential>>>,
+    /// `auth_query` answers and idle `auth_user` connections.
+    pub auth_cache: crate::auth::auth_query::AuthQueryCache,
     config_path: Mutex<Option<std::path::PathBuf>>,
     /// TLS acceptor for clients, swapped on reload.
     pub tls: Arc<arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>>,
@@ -228,6 +234,8 @@ impl Context {
             last_told: Mutex::new(Arc::default()),
             started_at: SystemTime::now(),
             verifiers: Mutex::new(HashMap::new()),
+            server_credentials: Mutex::new(HashMap::new()),
+            auth_cache: Default::default(),
             config_path: Mutex::new(None),
             tls: Arc::new(arc_swap::ArcSwapOption::empty()),
             tasks: Arc::default(),
@@ -326,7 +334,10 @@ impl Context {
             .members
             .iter()
             .map(|m| {
-                let target = server_target(database, &m.host, m.port, db, user);
+                let mut target = server_target(database, &m.host, m.port, db, user);
+                if user.logs_in_by_passthrough() {
+                    target.credential = Some(self.server_credential(database, &user.name));
+                }
                 let reused = previous.and_then(|p| p.pools.iter().find(|p| p.target == target));
                 match reused {
                     Some(p) if !p.is_closed() => {
@@ -477,11 +488,11 @@ impl Context {
                 .and_then(|db| db.shard_configs(&database).into_iter().nth(shard as usize));
             let rebuilt = match (
                 shard_db,
-                config.user(&user),
+                config.resolve_user(&user),
                 clusters.get(&(database.clone(), shard)),
             ) {
                 (Some(db), Some(u), Some(c)) => {
-                    Some(self.build_pool_set(&config, &database, &db, u, c, Some(&set)))
+                    Some(self.build_pool_set(&config, &database, &db, &u, c, Some(&set)))
                 }
                 _ => None,
             };
@@ -500,7 +511,31 @@ impl Context {
         drop(pools);
         drop(clusters);
         self.start_shard_routers(&config);
+        // The lookup settings or the servers may have changed: look secrets up afresh.
+        self.auth_cache.clear();
         self.config.store(Arc::new(config));
+    }
+
+    /// The settings of a logged-in session's user: from `[[users]]` or `auth_file`, else (with `auth_query`) an
+    /// `auth_query` user's defaults.
+    pub fn user(&self, name: &str) -> Option<UserConfig> {
+        self.config().resolve_user(name).map(|u| u.into_owned())
+    }
+
+    /// The credential slot of (database, user), created empty on first use and shared by all its pools.
+    pub fn server_credential(
+        &self,
+        database: &str,
+        user: &str,
+    ) -> Arc<crate::auth::passthrough::ServerCredential> {
+        let mut map = self
+            .server_credentials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            map.entry((database.to_owned(), user.to_owned()))
+                .or_default(),
+        )
     }
 
     /// Counts one more logged-in connection, unless `max` are already counted.
@@ -743,6 +778,7 @@ fn server_target(
             .unwrap_or_else(|| database.to_owned()),
         user: user.server_user().to_owned(),
         password: user.server_password().map(str::to_owned),
+        credential: None,
     }
 }
 

@@ -812,6 +812,40 @@ fn config(ctx: &Arc<Context>) -> Output {
             d.unix_socket_mode.to_string(),
         ),
         ("peer_id", g.peer_id.to_string(), d.peer_id.to_string()),
+        (
+            "auth_file",
+            g.auth_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            String::new(),
+        ),
+        (
+            "auth_user",
+            g.auth_user.clone().unwrap_or_default(),
+            String::new(),
+        ),
+        ("auth_query", g.auth_query.clone(), d.auth_query.clone()),
+        (
+            "auth_dbname",
+            g.auth_dbname.clone().unwrap_or_default(),
+            String::new(),
+        ),
+        (
+            "auth_cache_ttl",
+            g.auth_cache_ttl.to_string(),
+            d.auth_cache_ttl.to_string(),
+        ),
+        (
+            "auth_cache_negative_ttl",
+            g.auth_cache_negative_ttl.to_string(),
+            d.auth_cache_negative_ttl.to_string(),
+        ),
+        (
+            "auth_cache_size",
+            g.auth_cache_size.to_string(),
+            d.auth_cache_size.to_string(),
+        ),
     ];
     let restart_only = [
         "listen",
@@ -889,9 +923,15 @@ fn databases(ctx: &Arc<Context>) -> Output {
 
 fn users(ctx: &Arc<Context>) -> Output {
     let c = ctx.config();
+    // auth_file's users too, unless a [[users]] entry of the same name shadows them.
+    let from_file = c
+        .auth_file_users
+        .values()
+        .filter(|u| !c.users.iter().any(|cu| cu.name == u.name));
     let rows = c
         .users
         .iter()
+        .chain(from_file)
         .map(|u| vec![s(&u.name), u.pool_mode.map(|m| m.as_str().to_owned())])
         .collect();
     Output::table(vec!["name", "pool_mode"], rows)

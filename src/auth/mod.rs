@@ -8,7 +8,10 @@
 //! sockets. The behaviour mirrors PostgreSQL's backend: `src/backend/libpq/auth-scram.c` and
 //! `crypt.c` (how `pg_authid.rolpassword` is classified and checked).
 
+pub mod auth_file;
+pub mod auth_query;
 pub mod md5;
+pub mod passthrough;
 pub mod scram;
 
 pub use self::md5::{md5_salted_response, md5_stored_hash, verify_md5_response};

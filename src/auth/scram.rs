@@ -220,7 +220,7 @@ fn new_hmac(key: &[u8]) -> HmacSha256 {
     HmacSha256::new_from_slice(key).expect("HMAC-SHA-256 accepts keys of any length")
 }
 
-fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; KEY_LEN] {
+pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; KEY_LEN] {
     let mut mac = new_hmac(key);
     for part in parts {
         mac.update(part);
@@ -248,6 +248,8 @@ pub struct ScramServer {
     verifier: ScramVerifier,
     server_nonce: String,
     state: State,
+    /// The ClientKey recovered from a proof that verified: what SCRAM pass-through logs in to the server with.
+    client_key: Option<[u8; KEY_LEN]>,
 }
 
 impl fmt::Debug for ScramServer {
@@ -280,6 +282,7 @@ impl ScramServer {
             verifier,
             server_nonce,
             state: State::AwaitingClientFirst,
+            client_key: None,
         }
     }
 
@@ -420,8 +423,21 @@ impl ScramServer {
             return Err(AuthError::InvalidCredentials);
         }
 
+        self.client_key = Some(client_key);
         let server_signature = hmac_sha256(&self.verifier.server_key, &auth_message);
         Ok(format!("v={}", BASE64.encode(server_signature)).into_bytes())
+    }
+
+    /// After a successful [`ScramServer::client_final`]: the client's ClientKey (proof XOR ClientSignature), which
+    /// hashes to the verifier's StoredKey. It is password-equivalent for SCRAM, so it is kept only in memory and
+    /// only to log in to servers that store the same verifier (see [`super::passthrough`]).
+    pub fn client_key(&self) -> Option<[u8; KEY_LEN]> {
+        self.client_key
+    }
+
+    /// The verifier this exchange checks against.
+    pub fn verifier(&self) -> &ScramVerifier {
+        &self.verifier
     }
 }
 

@@ -9,11 +9,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::authentication::sasl::SCRAM_SHA_256;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::server::{ServerConn, ServerIoError};
+use crate::auth::passthrough::{md5_answer, plain_password, scram_client, ScramClient};
 use crate::protocol::backend::{parse_parameter_status, ErrorFields};
 use crate::protocol::framing::split_frame;
 use crate::protocol::frontend::{write_password, write_sasl_initial, write_sasl_response};
@@ -28,6 +29,9 @@ pub struct ServerTarget {
     pub database: String,
     pub user: String,
     pub password: Option<String>,
+    /// With no `password`: what clients' logins taught the proxy (SCRAM pass-through keys, an md5 hash); see
+    /// `crate::auth::passthrough`.
+    pub credential: Option<std::sync::Arc<crate::auth::passthrough::ServerCredential>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,12 +146,8 @@ async fn send(conn: &mut ServerConn, buf: &BytesMut) -> Result<(), ServerIoError
 }
 
 async fn authenticate(conn: &mut ServerConn, target: &ServerTarget) -> Result<(), ConnectError> {
-    let password = || {
-        target
-            .password
-            .clone()
-            .ok_or_else(|| ConnectError::NoPassword(target.user.clone()))
-    };
+    let no_password = || ConnectError::NoPassword(target.user.clone());
+    let (password, credential) = (target.password.as_deref(), target.credential.as_deref());
     loop {
         let frame = next_frame(conn).await?;
         if frame.tag != tag::AUTHENTICATION {
@@ -162,7 +162,8 @@ async fn authenticate(conn: &mut ServerConn, target: &ServerTarget) -> Result<()
             0 => return Ok(()),
             3 => {
                 let mut out = BytesMut::new();
-                write_password(&mut out, password()?.as_bytes());
+                let password = plain_password(password, credential).ok_or_else(no_password)?;
+                write_password(&mut out, password.as_bytes());
                 send(conn, &out).await?;
             }
             5 => {
@@ -170,16 +171,16 @@ async fn authenticate(conn: &mut ServerConn, target: &ServerTarget) -> Result<()
                     .get(4..8)
                     .and_then(|s| s.try_into().ok())
                     .ok_or_else(|| ServerIoError::Protocol("short md5 salt".into()))?;
-                let hash = postgres_protocol::authentication::md5_hash(
-                    target.user.as_bytes(),
-                    password()?.as_bytes(),
-                    salt,
-                );
+                let hash =
+                    md5_answer(&target.user, password, credential, salt).ok_or_else(no_password)?;
                 let mut out = BytesMut::new();
                 write_password(&mut out, hash.as_bytes());
                 send(conn, &out).await?;
             }
-            10 => scram(conn, &body[4..], password()?.as_bytes()).await?,
+            10 => {
+                let client = scram_client(password, credential).ok_or_else(no_password)?;
+                scram(conn, &body[4..], client).await?
+            }
             other => return Err(ConnectError::UnsupportedAuth(other)),
         }
     }
@@ -188,7 +189,7 @@ async fn authenticate(conn: &mut ServerConn, target: &ServerTarget) -> Result<()
 async fn scram(
     conn: &mut ServerConn,
     mechanisms: &[u8],
-    password: &[u8],
+    mut client: ScramClient,
 ) -> Result<(), ConnectError> {
     let mut offered = false;
     let mut pos = 0;
@@ -202,7 +203,6 @@ async fn scram(
     if !offered {
         return Err(ConnectError::UnsupportedAuth(10));
     }
-    let mut client = ScramSha256::new(password, ChannelBinding::unsupported());
     let mut out = BytesMut::new();
     write_sasl_initial(&mut out, SCRAM_SHA_256, client.message());
     send(conn, &out).await?;

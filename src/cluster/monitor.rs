@@ -66,6 +66,7 @@ impl LoginFor {
             database: self.database.clone(),
             user: self.user.clone(),
             password: self.password.clone(),
+            credential: None,
         }
     }
 }

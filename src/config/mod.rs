@@ -53,6 +53,9 @@ pub struct Config {
     /// or the path of a peer's Unix socket. Read again at every reload.
     #[serde(default)]
     pub peers: BTreeMap<String, String>,
+    /// Users read from `general.auth_file` when the config was loaded (see `crate::auth::auth_file`).
+    #[serde(skip)]
+    pub auth_file_users: BTreeMap<String, UserConfig>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -167,7 +170,28 @@ pub struct General {
     /// This instance's id among peers sharing a load balancer (1 to 16383), encoded in the cancel keys it hands to
     /// clients so that any peer can tell where a cancel request belongs; 0: none. Read at start only.
     pub peer_id: u16,
+    /// A PgBouncer-style `userlist.txt` with more users (`"name" "secret"` per line); a relative path is taken from
+    /// the config file's directory. `[[users]]` entries win over its lines for the same name.
+    pub auth_file: Option<PathBuf>,
+    /// The user that looks up the secrets of users found neither in `[[users]]` nor in `auth_file`, with
+    /// `auth_query`, on the server of the database the client asks for (or `auth_dbname`'s). Unset: no lookups.
+    pub auth_user: Option<String>,
+    /// The lookup: `$1` is the user name; the first two columns are the name and the secret (NULL: no login).
+    pub auth_query: String,
+    /// Run `auth_query` in this database (a name in `[databases]`) instead of the one the client asks for.
+    pub auth_dbname: Option<String>,
+    /// How long a secret found by `auth_query` is used before it is looked up again.
+    pub auth_cache_ttl: ConfigDuration,
+    /// How long "no such user" (or a NULL secret) from `auth_query` is remembered.
+    pub auth_cache_negative_ttl: ConfigDuration,
+    /// `auth_query` results kept at most (the oldest are dropped beyond this).
+    pub auth_cache_size: usize,
 }
+
+/// PgBouncer's default `auth_query`: a role's secret unless it has expired, for roles that may log in.
+pub const DEFAULT_AUTH_QUERY: &str =
+    "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END \
+     FROM pg_authid WHERE rolname = $1 AND rolcanlogin";
 
 impl Default for General {
     fn default() -> Self {
@@ -204,6 +228,13 @@ impl Default for General {
             unix_socket_dir: None,
             unix_socket_mode: FileMode::default(),
             peer_id: 0,
+            auth_file: None,
+            auth_user: None,
+            auth_query: DEFAULT_AUTH_QUERY.into(),
+            auth_dbname: None,
+            auth_cache_ttl: ConfigDuration::secs(60),
+            auth_cache_negative_ttl: ConfigDuration::secs(5),
+            auth_cache_size: 10_000,
         }
     }
 }
@@ -280,6 +311,27 @@ pub struct UserConfig {
 }
 
 impl UserConfig {
+    /// A user with every setting at its default and no password: what a user found by `auth_query` is, since its
+    /// secret lives on the server.
+    pub fn named(name: &str) -> UserConfig {
+        UserConfig {
+            name: name.to_owned(),
+            password: None,
+            auth: AuthMethod::ScramSha256,
+            server_user: None,
+            server_password: None,
+            pool_size: None,
+            pool_mode: None,
+            consistency: None,
+        }
+    }
+
+    /// Whether this user's servers are logged in to with what its clients' logins leave behind (SCRAM keys, an md5
+    /// hash) rather than a configured password: there is none to send, and the server role is the user itself.
+    pub fn logs_in_by_passthrough(&self) -> bool {
+        self.server_password().is_none() && self.server_user() == self.name
+    }
+
     pub fn server_user(&self) -> &str {
         self.server_user.as_deref().unwrap_or(&self.name)
     }
@@ -432,7 +484,7 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::from_toml(&text).map_err(|e| match e {
+        Config::from_toml_in(&text, path.parent()).map_err(|e| match e {
             ConfigError::Parse { source, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 source,
@@ -442,11 +494,19 @@ impl Config {
     }
 
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Config::from_toml_in(text, None)
+    }
+
+    /// Parses and validates a config whose relative paths (`auth_file`) are taken from `base` (the current directory
+    /// when `None`), reading the auth file as part of it: a broken auth file is a broken config, reported at start,
+    /// by check-config and by a reload alike.
+    pub fn from_toml_in(text: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<config>"),
             source: Box::new(e),
         })?;
-        let problems = config.validate();
+        let mut problems = config.load_auth_file(base);
+        problems.extend(config.validate());
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -454,8 +514,71 @@ impl Config {
         }
     }
 
+    /// A user from `[[users]]`, else from `auth_file`.
     pub fn user(&self, name: &str) -> Option<&UserConfig> {
-        self.users.iter().find(|u| u.name == name)
+        self.users
+            .iter()
+            .find(|u| u.name == name)
+            .or_else(|| self.auth_file_users.get(name))
+    }
+
+    /// Like [`Config::user`], but a name found in neither is an `auth_query` user when lookups are configured: the
+    /// settings a logged-in session of that name runs with.
+    pub fn resolve_user(&self, name: &str) -> Option<std::borrow::Cow<'_, UserConfig>> {
+        match self.user(name) {
+            Some(u) => Some(std::borrow::Cow::Borrowed(u)),
+            None if self.general.auth_user.is_some() => {
+                Some(std::borrow::Cow::Owned(UserConfig::named(name)))
+            }
+            None => None,
+        }
+    }
+
+    /// Reads `general.auth_file` into `auth_file_users`; the problems say which lines are wrong.
+    fn load_auth_file(&mut self, base: Option<&Path>) -> Vec<Problem> {
+        let Some(path) = &self.general.auth_file else {
+            return Vec::new();
+        };
+        let path = match base {
+            Some(b) if path.is_relative() => b.join(path),
+            _ => path.clone(),
+        };
+        let problem = |message: String| Problem {
+            key: "general.auth_file".into(),
+            message,
+        };
+        let too_big = std::fs::metadata(&path)
+            .is_ok_and(|m| m.len() > crate::auth::auth_file::MAX_AUTH_FILE_BYTES);
+        if too_big {
+            return vec![problem(format!("{} is larger than 64 MiB", path.display()))];
+        }
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => return vec![problem(format!("cannot read {}: {e}", path.display()))],
+        };
+        match crate::auth::auth_file::parse(&text) {
+            Ok(entries) => {
+                self.auth_file_users = entries
+                    .into_iter()
+                    .map(|(name, secret)| {
+                        let mut u = UserConfig::named(&name);
+                        if matches!(
+                            crate::auth::StoredSecret::parse(&secret),
+                            crate::auth::StoredSecret::Md5(_)
+                        ) {
+                            u.auth = AuthMethod::Md5;
+                        }
+                        u.password = Some(secret);
+                        (name, u)
+                    })
+                    .collect();
+                Vec::new()
+            }
+            Err(errors) => errors
+                .into_iter()
+                .map(|e| problem(format!("{}: {e}", path.display())))
+                .collect(),
+        }
     }
 
     /// Where the peer with id `id` takes connections, if `[peers]` names it.
@@ -532,6 +655,58 @@ mod tests {
     fn unknown_fields_are_rejected() {
         let err = Config::from_toml("[general]\npool_sise = 3\n").unwrap_err();
         assert!(err.to_string().contains("pool_sise"), "{err}");
+    }
+
+    #[test]
+    fn auth_file_and_auth_query_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("userlist.txt"),
+            "\"filed\" \"md52aea419619857e8a27f0f7aa641db0c6\"\n\"a\" \"ignored\"\n",
+        )
+        .unwrap();
+        let toml = r#"
+            [general]
+            auth_file = "userlist.txt"
+            auth_user = "filed"
+            [[users]]
+            name = "a"
+            password = "x"
+            [databases.d]
+        "#;
+        // Relative to the config's directory; [[users]] wins over the file; an md5 hash means md5 logins.
+        let c = Config::from_toml_in(toml, Some(dir.path())).unwrap();
+        assert_eq!(c.user("a").unwrap().password.as_deref(), Some("x"));
+        assert_eq!(c.user("filed").unwrap().auth, AuthMethod::Md5);
+        assert!(c.user("filed").unwrap().logs_in_by_passthrough());
+        assert_eq!(c.resolve_user("stranger").unwrap().name, "stranger");
+        assert_eq!(
+            c.general.auth_cache_ttl.0,
+            std::time::Duration::from_secs(60)
+        );
+        assert!(c.general.auth_query.contains("$1"));
+
+        std::fs::write(dir.path().join("userlist.txt"), "\"ok\" \"pw\"\nbroken\n").unwrap();
+        let err = Config::from_toml_in(
+            "[general]\nauth_file = \"userlist.txt\"\nauth_user = \"ghost\"\nauth_dbname = \"nope\"\nauth_cache_size = 0\n",
+            Some(dir.path()),
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "general.auth_file",
+            "line 2",
+            "general.auth_user",
+            "general.auth_dbname",
+            "general.auth_cache_size",
+        ] {
+            assert!(err.contains(expected), "{expected} missing from {err}");
+        }
+        let err =
+            Config::from_toml("[general]\nauth_file = \"/nonexistent/userlist\"\n").unwrap_err();
+        assert!(err.to_string().contains("cannot read"), "{err}");
+        // Without auth_user, a name in neither list is nobody.
+        assert!(Config::from_toml("").unwrap().resolve_user("x").is_none());
     }
 
     #[test]

@@ -124,6 +124,41 @@ impl Config {
                 problem(key("pool_size"), "must be at least 1".into());
             }
         }
+        if let Some(au) = &g.auth_user {
+            match self.user(au) {
+                None => problem(
+                    "general.auth_user".into(),
+                    format!("{au:?} is defined neither in [[users]] nor in auth_file"),
+                ),
+                Some(u) if u.server_password().is_none() && !is_md5(u.password.as_deref()) => problem(
+                    "general.auth_user".into(),
+                    format!(
+                        "{au:?} needs a plain password (or server_password, or an md5 hash) to log in to servers with"
+                    ),
+                ),
+                Some(_) => {}
+            }
+            if g.auth_query.trim().is_empty() {
+                problem(
+                    "general.auth_query".into(),
+                    "must not be empty when auth_user is set".into(),
+                );
+            }
+        }
+        if let Some(db) = &g.auth_dbname {
+            if !self.databases.contains_key(db) {
+                problem(
+                    "general.auth_dbname".into(),
+                    format!("{db:?} is not defined in [databases]"),
+                );
+            }
+        }
+        if g.auth_cache_size == 0 {
+            problem(
+                "general.auth_cache_size".into(),
+                "must be at least 1".into(),
+            );
+        }
         for a in &g.admin_users {
             if self.user(a).is_none() {
                 problem(
@@ -230,6 +265,15 @@ impl Config {
         }
         out
     }
+}
+
+fn is_md5(password: Option<&str>) -> bool {
+    password.is_some_and(|p| {
+        matches!(
+            crate::auth::StoredSecret::parse(p),
+            crate::auth::StoredSecret::Md5(_)
+        )
+    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
-//! Client authentication against the users in the config (SCRAM-SHA-256, md5 or trust), then the checks Postgres
-//! makes after authentication: the database exists, the admin console is for admin users only. The credential math
-//! lives in `crate::auth`; this file moves it in and out of protocol messages.
+//! Client authentication (SCRAM-SHA-256, md5 or trust) against a user from the config or `auth_file`, or a secret
+//! `auth_query` looks up on the server; then the checks Postgres makes after authentication: the database exists,
+//! the admin console is for admin users only. A successful login also leaves behind what pass-through server logins
+//! of that user need (`crate::auth::passthrough`). The credential math lives in `crate::auth`; this file moves it in
+//! and out of protocol messages.
 //!
 //! Reference: PostgreSQL docs 55.2.1 "Start-up" (authentication message flow) and 55.3 "SASL Authentication".
 
@@ -11,10 +13,13 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::stream::ClientStream;
+use crate::auth::auth_query::{LookupError, LookupSettings};
 use crate::auth::md5::verify_md5_response;
+use crate::auth::passthrough::ServerSecret;
 use crate::auth::scram::{ScramServer, ScramVerifier, DEFAULT_ITERATIONS};
 use crate::auth::{random_salt4, StoredSecret};
-use crate::config::{AuthMethod, UserConfig, ADMIN_DATABASE};
+use crate::backend::ServerTarget;
+use crate::config::{AuthMethod, Config, UserConfig, ADMIN_DATABASE};
 use crate::context::Context;
 use crate::error::{sqlstate, ClientError};
 use crate::protocol::backend::{
@@ -72,20 +77,37 @@ pub async fn login(
             format!("password authentication failed for user \"{user_name}\""),
         )
     };
-    let Some(user) = config.user(user_name).cloned() else {
-        // As Postgres does: a SCRAM exchange that can only fail, so an unknown name looks like a wrong password.
-        scram_with(stream, mock_verifier(user_name)).await?;
-        return Err(failed());
+    let database = params.database();
+    let (user, secret) = match config.user(user_name) {
+        Some(u) => {
+            let secret = match u.auth {
+                AuthMethod::Trust => None,
+                _ => Some(StoredSecret::parse(u.password.as_deref().unwrap_or(""))),
+            };
+            (u.clone(), secret)
+        }
+        None => match lookup_secret(ctx, &config, user_name, database).await? {
+            Some(secret) => (UserConfig::named(user_name), Some(secret)),
+            None => {
+                // As Postgres does: a SCRAM exchange that can only fail, so an unknown name looks like a wrong
+                // password.
+                scram_with(stream, mock_verifier(user_name)).await?;
+                return Err(failed());
+            }
+        },
     };
-    let ok = match user.auth {
-        AuthMethod::Trust => true,
-        AuthMethod::Md5 => md5_exchange(stream, &user).await?,
-        AuthMethod::ScramSha256 => scram_exchange(ctx, stream, &user).await?,
+    let outcome = match &secret {
+        None => Outcome::Accepted,
+        // An md5 secret cannot serve SCRAM: auth_file and auth_query users with one log in with md5, as Postgres'
+        // `md5` method lets such roles do.
+        Some(s @ StoredSecret::Md5(_)) => md5_exchange(stream, &user.name, s).await?,
+        Some(s) if user.auth == AuthMethod::Md5 => md5_exchange(stream, &user.name, s).await?,
+        Some(s) => scram_exchange(ctx, stream, &user.name, s).await?,
     };
-    if !ok {
+    if matches!(outcome, Outcome::Refused) {
         return Err(failed());
     }
-    let database = params.database().to_owned();
+    let database = database.to_owned();
     if database == ADMIN_DATABASE {
         if !config.is_admin(&user.name) {
             return Err(LoginError::refused(
@@ -107,6 +129,11 @@ pub async fn login(
             sqlstate::INVALID_CATALOG_NAME,
             format!("database \"{database}\" does not exist"),
         ));
+    }
+    if user.logs_in_by_passthrough() {
+        if let Some(learned) = secret.as_ref().and_then(|s| server_secret(s, &outcome)) {
+            ctx.server_credential(&database, &user.name).learn(learned);
+        }
     }
     Ok(LoggedIn {
         user,
@@ -161,7 +188,119 @@ async fn read_password_message(stream: &mut ClientStream) -> Result<Frame, Login
     })
 }
 
-async fn md5_exchange(stream: &mut ClientStream, user: &UserConfig) -> Result<bool, LoginError> {
+/// How a client's proof went; a SCRAM success keeps what pass-through needs.
+enum Outcome {
+    Refused,
+    Accepted,
+    Scram {
+        verifier: ScramVerifier,
+        client_key: [u8; 32],
+    },
+}
+
+/// What the server login of a pass-through user can use after this client's login, if anything.
+fn server_secret(secret: &StoredSecret, outcome: &Outcome) -> Option<ServerSecret> {
+    match (secret, outcome) {
+        (StoredSecret::Plain(p), _) => Some(ServerSecret::Plain(p.clone())),
+        (StoredSecret::Md5(h), _) => Some(ServerSecret::Md5(h.clone())),
+        (
+            StoredSecret::Scram(_),
+            Outcome::Scram {
+                verifier,
+                client_key,
+            },
+        ) => Some(ServerSecret::Scram {
+            verifier: verifier.clone(),
+            client_key: *client_key,
+        }),
+        (StoredSecret::Scram(_), _) => None,
+    }
+}
+
+/// The secret of a user the config does not list, from `auth_query` (`None` also when lookups are not configured
+/// or the database is unknown: the caller then fails the login like a wrong password). A lookup that cannot run is
+/// an error of its own, 08006, since the password was never checked.
+async fn lookup_secret(
+    ctx: &Context,
+    config: &Config,
+    user: &str,
+    database: &str,
+) -> Result<Option<StoredSecret>, LoginError> {
+    let g = &config.general;
+    let Some(auth_user) = g.auth_user.as_deref() else {
+        return Ok(None);
+    };
+    if database == ADMIN_DATABASE {
+        return Ok(None);
+    }
+    let auth_db = g.auth_dbname.as_deref().unwrap_or(database);
+    let Some(target) = auth_target(config, auth_db, auth_user) else {
+        return Ok(None);
+    };
+    let settings = LookupSettings {
+        query: &g.auth_query,
+        ttl: g.auth_cache_ttl.0,
+        negative_ttl: g.auth_cache_negative_ttl.0,
+        capacity: g.auth_cache_size,
+        timeout: g.server_connect_timeout.0,
+    };
+    match ctx
+        .auth_cache
+        .lookup(&settings, auth_db, &target, user)
+        .await
+    {
+        Ok(secret) => Ok(secret),
+        Err(e) => {
+            tracing::warn!(user, database = auth_db, auth_user, error = %e, "auth_query lookup failed");
+            let why = match e {
+                LookupError::Connect(_) => "auth_user could not log in to the server",
+                LookupError::Timeout(_) => "the auth_query lookup timed out",
+                _ => "auth_query failed on the server",
+            };
+            Err(LoginError::refused(
+                sqlstate::CONNECTION_FAILURE,
+                format!("cannot check the password of user \"{user}\": {why} (details in shardpool's log)"),
+            ))
+        }
+    }
+}
+
+/// The auth_user's login to the primary of `database` (its home shard when sharded).
+fn auth_target(config: &Config, database: &str, auth_user: &str) -> Option<ServerTarget> {
+    let db = config.databases.get(database)?;
+    let home = db
+        .sharding
+        .as_ref()
+        .map_or(0, |s| usize::from(s.default_shard));
+    let shard = db.shard_configs(database).into_iter().nth(home)?;
+    let au = config.user(auth_user)?;
+    let password = au.server_password().map(str::to_owned);
+    let credential = match (&password, au.password.as_deref().map(StoredSecret::parse)) {
+        (None, Some(StoredSecret::Md5(hash))) => {
+            let c = crate::auth::passthrough::ServerCredential::default();
+            c.learn(ServerSecret::Md5(hash));
+            Some(Arc::new(c))
+        }
+        _ => None,
+    };
+    Some(ServerTarget {
+        host: shard.host.clone(),
+        port: shard.port,
+        database: shard
+            .server_database
+            .clone()
+            .unwrap_or_else(|| database.to_owned()),
+        user: au.server_user().to_owned(),
+        password,
+        credential,
+    })
+}
+
+async fn md5_exchange(
+    stream: &mut ClientStream,
+    user: &str,
+    secret: &StoredSecret,
+) -> Result<Outcome, LoginError> {
     let salt = random_salt4();
     let mut out = BytesMut::new();
     authentication_md5(&mut out, salt);
@@ -173,17 +312,23 @@ async fn md5_exchange(stream: &mut ClientStream, user: &UserConfig) -> Result<bo
             "malformed password message",
         ));
     };
-    let secret = StoredSecret::parse(user.password.as_deref().unwrap_or(""));
-    Ok(verify_md5_response(&user.name, &secret, salt, response))
+    Ok(if verify_md5_response(user, secret, salt, response) {
+        Outcome::Accepted
+    } else {
+        Outcome::Refused
+    })
 }
 
 async fn scram_exchange(
     ctx: &Context,
     stream: &mut ClientStream,
-    user: &UserConfig,
-) -> Result<bool, LoginError> {
-    let Some(verifier) = ctx.scram_verifier(user) else {
-        return Ok(false);
+    user: &str,
+    secret: &StoredSecret,
+) -> Result<Outcome, LoginError> {
+    let verifier = match secret {
+        StoredSecret::Scram(v) => v.clone(),
+        StoredSecret::Plain(p) => ctx.cached_verifier(user, p),
+        StoredSecret::Md5(_) => return Ok(Outcome::Refused),
     };
     scram_with(stream, verifier).await
 }
@@ -208,7 +353,7 @@ fn mock_verifier(user: &str) -> ScramVerifier {
 async fn scram_with(
     stream: &mut ClientStream,
     verifier: ScramVerifier,
-) -> Result<bool, LoginError> {
+) -> Result<Outcome, LoginError> {
     let mut out = BytesMut::new();
     authentication_sasl(&mut out, &["SCRAM-SHA-256"]);
     send(stream, &out).await?;
@@ -246,21 +391,15 @@ async fn scram_with(
             out.clear();
             authentication_sasl_final(&mut out, &fin);
             send(stream, &out).await?;
-            Ok(true)
+            Ok(match server.client_key() {
+                Some(client_key) => Outcome::Scram {
+                    verifier: server.verifier().clone(),
+                    client_key,
+                },
+                None => Outcome::Accepted,
+            })
         }
-        Err(_) => Ok(false),
-    }
-}
-
-impl Context {
-    /// The SCRAM verifier for a user, computed once per password (PBKDF2 is deliberately slow).
-    pub fn scram_verifier(&self, user: &UserConfig) -> Option<ScramVerifier> {
-        let password = user.password.as_deref()?;
-        match StoredSecret::parse(password) {
-            StoredSecret::Scram(v) => Some(v),
-            StoredSecret::Md5(_) => None,
-            StoredSecret::Plain(p) => Some(self.cached_verifier(&user.name, &p)),
-        }
+        Err(_) => Ok(Outcome::Refused),
     }
 }
 

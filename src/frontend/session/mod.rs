@@ -574,13 +574,12 @@ impl Session {
 
     /// After a RELOAD: move to the new pool set (the client count moves with it).
     fn refresh_pools(&mut self) {
-        let config = self.ctx.config();
-        let Some(user) = config.user(&self.pools.user) else {
+        let Some(user) = self.ctx.user(&self.pools.user) else {
             return;
         };
         let shard = self.current_shard().unwrap_or(0);
-        if let Some(fresh) = self.ctx.shard_pool_set(&self.pools.database, user, shard) {
-            if let Some(home) = self.ctx.pool(&self.pools.database, user) {
+        if let Some(fresh) = self.ctx.shard_pool_set(&self.pools.database, &user, shard) {
+            if let Some(home) = self.ctx.pool(&self.pools.database, &user) {
                 self.home.stats.clients.fetch_sub(1, Ordering::Relaxed);
                 home.stats.clients.fetch_add(1, Ordering::Relaxed);
                 self.home = home;

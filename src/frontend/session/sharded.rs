@@ -340,10 +340,10 @@ impl Session {
             return;
         }
         let config = self.ctx.config();
-        let Some(user) = config.user(&self.pools.user) else {
+        let Some(user) = config.resolve_user(&self.pools.user) else {
             return;
         };
-        if let Some(set) = self.ctx.shard_pool_set(&self.pools.database, user, shard) {
+        if let Some(set) = self.ctx.shard_pool_set(&self.pools.database, &user, shard) {
             self.pools = set;
             self.routing_state().shard = shard;
         }
@@ -385,8 +385,7 @@ impl Session {
             bytes::Buf::advance(&mut self.cin, b.consumed);
         }
         self.flush_client().await?;
-        let config = self.ctx.config();
-        let user = config.user(&self.pools.user).cloned();
+        let user = self.ctx.user(&self.pools.user);
         let mut lent: Vec<(Arc<Pool>, Box<ServerConn>)> = Vec::with_capacity(f.shards.len());
         let mut failure = None;
         for &s in &f.shards {
