@@ -32,6 +32,8 @@ fn checkout_release(c: &mut Criterion) {
             database: "postgres".into(),
             user: "bench".into(),
             password: Some("bench".into()),
+            tls: Default::default(),
+            auth: Default::default(),
         },
         PoolConfig {
             settings: PoolSettings {

@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::backend::pool::{PauseGate, PoolConfig};
-use crate::backend::{Pool, ServerTarget};
+use crate::backend::{Pool, ServerAddr, ServerTarget};
 use crate::cluster::{Cluster, PoolSet};
 use crate::config::{Config, DatabaseConfig, UserConfig};
 use crate::protocol::startup::CancelKey;
@@ -31,7 +31,7 @@ pub struct ClientInfo {
     pub tls: bool,
     state: AtomicU8,
     /// The server running this client's current transaction: its address and cancel key.
-    server: Mutex<Option<(SocketAddr, CancelKey, u64)>>,
+    server: Mutex<Option<(ServerAddr, CancelKey, u64)>>,
     /// The task of this client's session while it waits idle, woken at shutdown. One slot per client instead of
     /// every idle session subscribing to a process-wide notifier: that notifier's lock was taken twice per
     /// transaction by both runtime threads, and its wait future made every idle session 120 bytes larger.
@@ -58,12 +58,15 @@ impl ClientInfo {
         }
     }
 
-    pub fn set_server(&self, server: Option<(SocketAddr, CancelKey, u64)>) {
+    pub fn set_server(&self, server: Option<(ServerAddr, CancelKey, u64)>) {
         *self.server.lock().unwrap_or_else(|p| p.into_inner()) = server;
     }
 
-    pub fn server(&self) -> Option<(SocketAddr, CancelKey, u64)> {
-        *self.server.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn server(&self) -> Option<(ServerAddr, CancelKey, u64)> {
+        self.server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Registers the idle session's task to be woken by `Context::begin_shutdown`. Call before checking
@@ -320,7 +323,7 @@ impl Context {
             .members
             .iter()
             .map(|m| {
-                let target = server_target(database, &m.host, m.port, db, user);
+                let target = server_target(config, database, &m.host, m.port, db, user);
                 let reused = previous.and_then(|p| p.pools.iter().find(|p| p.target == target));
                 match reused {
                     Some(p) if !p.is_closed() => {
@@ -705,18 +708,21 @@ fn start_monitor(
             user: user.server_user().to_owned(),
             password: user.server_password().map(str::to_owned),
             connect_timeout: config.general.server_connect_timeout.0,
+            security: config.server_security(db),
         },
         tasks,
     );
 }
 
 fn server_target(
+    config: &Config,
     database: &str,
     host: &str,
     port: u16,
     db: &DatabaseConfig,
     user: &UserConfig,
 ) -> ServerTarget {
+    let (tls, auth) = config.server_security(db);
     ServerTarget {
         host: host.to_owned(),
         port,
@@ -726,6 +732,8 @@ fn server_target(
             .unwrap_or_else(|| database.to_owned()),
         user: user.server_user().to_owned(),
         password: user.server_password().map(str::to_owned),
+        tls,
+        auth,
     }
 }
 

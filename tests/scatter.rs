@@ -83,6 +83,8 @@ async fn login(port: u16, database: &str) -> Box<ServerConn> {
         database: database.into(),
         user: "app".into(),
         password: Some("secret".into()),
+        tls: Default::default(),
+        auth: Default::default(),
     };
     connect(&target, Duration::from_secs(10), 64)
         .await

@@ -149,6 +149,15 @@ pub struct General {
     /// The user whose server credentials the replication monitor logs in with; default: the first user with a
     /// usable server password.
     pub monitor_user: Option<String>,
+    /// TLS to servers, with libpq's `sslmode` meanings (see `backend::tls`); default `prefer`, as libpq and PgBouncer.
+    pub server_tls_mode: crate::backend::tls::ServerTlsMode,
+    /// PEM file of the CA(s) server certificates must chain to; required by `verify-ca`/`verify-full`, and makes
+    /// `prefer`/`require` verify the chain too (as libpq does with a root certificate).
+    pub server_tls_ca_file: Option<PathBuf>,
+    /// Send a cleartext password to a server that asks for one even over plain TCP or unverified TLS.
+    pub server_allow_cleartext: bool,
+    /// Answer a server's md5 password request (otherwise the login is refused).
+    pub server_allow_md5: bool,
 }
 
 impl Default for General {
@@ -182,6 +191,10 @@ impl Default for General {
             replica_poll_interval: ConfigDuration::millis(100),
             replica_ban_time: ConfigDuration::secs(10),
             monitor_user: None,
+            server_tls_mode: Default::default(),
+            server_tls_ca_file: None,
+            server_allow_cleartext: false,
+            server_allow_md5: true,
         }
     }
 }
@@ -322,6 +335,12 @@ pub struct DatabaseConfig {
     /// Makes this a sharded database: its shards replace `host`/`port`/`replicas` (docs/sharding.md).
     #[serde(default)]
     pub sharding: Option<sharding::ShardingConfig>,
+    /// Overrides `general.server_tls_mode` for this database's servers.
+    #[serde(default)]
+    pub server_tls_mode: Option<crate::backend::tls::ServerTlsMode>,
+    /// Overrides `general.server_tls_ca_file` for this database's servers.
+    #[serde(default)]
+    pub server_tls_ca_file: Option<PathBuf>,
 }
 
 impl DatabaseConfig {
@@ -448,6 +467,43 @@ impl Config {
             size: user.pool_size.or(db.pool_size).unwrap_or(g.pool_size),
             min_size: db.min_pool_size.unwrap_or(g.min_pool_size),
         }
+    }
+}
+
+impl Config {
+    /// How carefully the proxy logs in to `db`'s servers: its TLS (database override, else [general]) and which
+    /// password answers it may give. A CA file that cannot be read (it passed validation, then went away) gives a
+    /// target that refuses to connect rather than one that verifies less.
+    pub fn server_security(
+        &self,
+        db: &DatabaseConfig,
+    ) -> (
+        crate::backend::tls::ServerTls,
+        crate::backend::auth_exchange::ServerAuthPolicy,
+    ) {
+        let (mode, ca) = self.server_tls_settings(db);
+        let g = &self.general;
+        (
+            crate::backend::tls::ServerTls::new_or_unusable(mode, ca),
+            crate::backend::auth_exchange::ServerAuthPolicy {
+                allow_cleartext: g.server_allow_cleartext,
+                allow_md5: g.server_allow_md5,
+            },
+        )
+    }
+
+    /// `db`'s effective TLS mode and CA file.
+    pub fn server_tls_settings<'a>(
+        &'a self,
+        db: &'a DatabaseConfig,
+    ) -> (crate::backend::tls::ServerTlsMode, Option<&'a Path>) {
+        let g = &self.general;
+        (
+            db.server_tls_mode.unwrap_or(g.server_tls_mode),
+            db.server_tls_ca_file
+                .as_deref()
+                .or(g.server_tls_ca_file.as_deref()),
+        )
     }
 }
 
