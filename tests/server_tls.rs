@@ -260,6 +260,15 @@ async fn require_and_prefer_encrypt_against_a_self_signed_certificate() {
     for mode in ["require", "prefer"] {
         let p = proxy(&backend, "127.0.0.1", &tls_lines(mode, None)).await;
         assert!(server_side_ssl(&p, "app", "secret").await, "{mode}");
+        // Messages far larger than a socket buffer, both ways, over the encrypted connection.
+        let client = try_connect(&p.app_url()).await.unwrap();
+        let big = "x".repeat(8 << 20);
+        let row = client
+            .query_one("SELECT length($1::text), repeat('y', 8388608)", &[&big])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i32>(0), 8 << 20);
+        assert_eq!(row.get::<_, String>(1).len(), 8 << 20);
         // md5 is answered by default, and over TLS.
         assert!(server_side_ssl(&p, "md5user", "md5pw").await, "{mode}");
     }

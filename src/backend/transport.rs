@@ -114,7 +114,16 @@ impl AsyncRead for ServerStream {
         match self.get_mut() {
             ServerStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             ServerStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            ServerStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            ServerStream::Tls(s) => {
+                // A write that met a full socket leaves encrypted bytes inside rustls, and nothing else would send
+                // them: plain sockets need no flush, so the session code never calls one. Every wait for the
+                // server's answer reads, so reading pushes them out first (a Pending flush has registered the
+                // waker for writability, which brings the task back here).
+                if let Poll::Ready(Err(e)) = Pin::new(&mut **s).poll_flush(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                Pin::new(s).poll_read(cx, buf)
+            }
         }
     }
 }
