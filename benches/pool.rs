@@ -33,6 +33,8 @@ fn checkout_release(c: &mut Criterion) {
             user: "bench".into(),
             password: Some("bench".into()),
             credential: None,
+            tls: Default::default(),
+            auth: Default::default(),
         },
         PoolConfig {
             settings: PoolSettings {

@@ -3,7 +3,6 @@
 //! switches. No global statics, so tests can run many proxies in one process.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
@@ -13,7 +12,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::backend::pool::{PauseGate, PoolConfig};
-use crate::backend::{Pool, ServerTarget};
+use crate::backend::{Pool, ServerAddr, ServerTarget};
 use crate::cluster::{Cluster, PoolSet};
 use crate::config::{Config, DatabaseConfig, UserConfig};
 use crate::protocol::startup::CancelKey;
@@ -31,7 +30,7 @@ pub struct ClientInfo {
     pub tls: bool,
     state: AtomicU8,
     /// The server running this client's current transaction: its address and cancel key.
-    server: Mutex<Option<(SocketAddr, CancelKey, u64)>>,
+    server: Mutex<Option<(ServerAddr, CancelKey, u64)>>,
     /// The task of this client's session while it waits idle, woken at shutdown. One slot per client instead of
     /// every idle session subscribing to a process-wide notifier: that notifier's lock was taken twice per
     /// transaction by both runtime threads, and its wait future made every idle session 120 bytes larger.
@@ -58,12 +57,15 @@ impl ClientInfo {
         }
     }
 
-    pub fn set_server(&self, server: Option<(SocketAddr, CancelKey, u64)>) {
+    pub fn set_server(&self, server: Option<(ServerAddr, CancelKey, u64)>) {
         *self.server.lock().unwrap_or_else(|p| p.into_inner()) = server;
     }
 
-    pub fn server(&self) -> Option<(SocketAddr, CancelKey, u64)> {
-        *self.server.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn server(&self) -> Option<(ServerAddr, CancelKey, u64)> {
+        self.server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Registers the idle session's task to be woken by `Context::begin_shutdown`. Call before checking
@@ -334,7 +336,7 @@ impl Context {
             .members
             .iter()
             .map(|m| {
-                let mut target = server_target(database, &m.host, m.port, db, user);
+                let mut target = server_target(config, database, &m.host, m.port, db, user);
                 if user.logs_in_by_passthrough() {
                     target.credential = Some(self.server_credential(database, &user.name));
                 }
@@ -757,18 +759,21 @@ fn start_monitor(
             user: user.server_user().to_owned(),
             password: user.server_password().map(str::to_owned),
             connect_timeout: config.general.server_connect_timeout.0,
+            security: config.server_security(db),
         },
         tasks,
     );
 }
 
 fn server_target(
+    config: &Config,
     database: &str,
     host: &str,
     port: u16,
     db: &DatabaseConfig,
     user: &UserConfig,
 ) -> ServerTarget {
+    let (tls, auth) = config.server_security(db);
     ServerTarget {
         host: host.to_owned(),
         port,
@@ -779,6 +784,8 @@ fn server_target(
         user: user.server_user().to_owned(),
         password: user.server_password().map(str::to_owned),
         credential: None,
+        tls,
+        auth,
     }
 }
 

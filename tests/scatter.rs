@@ -84,6 +84,8 @@ async fn login(port: u16, database: &str) -> Box<ServerConn> {
         user: "app".into(),
         password: Some("secret".into()),
         credential: None,
+        tls: Default::default(),
+        auth: Default::default(),
     };
     connect(&target, Duration::from_secs(10), 64)
         .await

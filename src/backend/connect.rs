@@ -1,29 +1,27 @@
-//! Logging in to a Postgres server as a client would: StartupMessage, then whichever authentication the server asks
-//! for (trust, cleartext, md5, SCRAM-SHA-256 via postgres-protocol's client implementation), collecting the
-//! ParameterStatus values and BackendKeyData until the first ReadyForQuery.
+//! Logging in to a Postgres server as a client would: open the transport (TCP, TLS or a Unix socket, see
+//! [`super::transport`]), send the StartupMessage, run the authentication exchange ([`super::auth_exchange`]), then
+//! collect the ParameterStatus values and BackendKeyData until the first ReadyForQuery.
 //!
-//! Reference: PostgreSQL docs 55.2.1 "Start-up" and 55.3 "SASL Authentication".
+//! Reference: PostgreSQL docs 55.2.1 "Start-up".
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use postgres_protocol::authentication::sasl::SCRAM_SHA_256;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
+use super::auth_exchange::{self, AuthExchangeError, Channel, ServerAuthPolicy};
 use super::server::{ServerConn, ServerIoError};
-use crate::auth::passthrough::{md5_answer, plain_password, scram_client, ScramClient};
+use super::tls::ServerTls;
+use super::transport::{self, ServerStream, TransportError};
 use crate::protocol::backend::{parse_parameter_status, ErrorFields};
 use crate::protocol::framing::split_frame;
-use crate::protocol::frontend::{write_password, write_sasl_initial, write_sasl_response};
 use crate::protocol::startup::{encode_startup, CancelKey};
-use crate::protocol::{read_cstr, tag};
+use crate::protocol::tag;
 
-/// Where and as whom a pool logs in.
+/// Where and as whom a pool logs in, and how carefully.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerTarget {
+    /// A host name or address, or (starting with `/`) the directory of the server's Unix socket.
     pub host: String,
     pub port: u16,
     pub database: String,
@@ -32,27 +30,29 @@ pub struct ServerTarget {
     /// With no `password`: what clients' logins taught the proxy (SCRAM pass-through keys, an md5 hash); see
     /// `crate::auth::passthrough`.
     pub credential: Option<std::sync::Arc<crate::auth::passthrough::ServerCredential>>,
+    pub tls: ServerTls,
+    pub auth: ServerAuthPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("cannot resolve {0}")]
-    Resolve(String),
     #[error("connecting to {addr} timed out")]
     Timeout { addr: String },
-    #[error("connecting to {addr}: {source}")]
-    Io {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Transport(#[from] TransportError),
     #[error("server login: {0}")]
     Login(#[from] ServerIoError),
-    #[error("server asked for a password but none is configured for user {0:?}")]
-    NoPassword(String),
-    #[error("server requested unsupported authentication (code {0})")]
-    UnsupportedAuth(i32),
-    #[error("SCRAM exchange with the server failed: {0}")]
-    Scram(std::io::Error),
+    #[error(transparent)]
+    Auth(AuthExchangeError),
+}
+
+impl From<AuthExchangeError> for ConnectError {
+    fn from(e: AuthExchangeError) -> Self {
+        match e {
+            AuthExchangeError::Io(io) => ConnectError::Login(io),
+            other => ConnectError::Auth(other),
+        }
+    }
 }
 
 impl ConnectError {
@@ -63,6 +63,29 @@ impl ConnectError {
             _ => None,
         }
     }
+
+    /// What the waiting client should be told when the login failed for a reason of security (a policy refusal, a
+    /// TLS failure, a server that broke the authentication exchange) rather than an unreachable server: the
+    /// SQLSTATE and a message naming the cause, so an operator can fix it from the client's error alone.
+    pub fn client_error(&self) -> Option<(&'static str, String)> {
+        match self {
+            ConnectError::Auth(e) if e.is_policy_refusal() => {
+                Some((crate::error::sqlstate::INVALID_AUTHORIZATION, e.to_string()))
+            }
+            // A missing password is the proxy's own configuration gap: logged, and the client gets the generic error.
+            ConnectError::Auth(AuthExchangeError::NoPassword(_)) => None,
+            ConnectError::Auth(e) => {
+                Some((crate::error::sqlstate::CONNECTION_FAILURE, e.to_string()))
+            }
+            ConnectError::Transport(
+                e @ (TransportError::Tls { .. }
+                | TransportError::TlsRefused { .. }
+                | TransportError::BadServerName { .. }
+                | TransportError::Unusable(_)),
+            ) => Some((crate::error::sqlstate::CONNECTION_FAILURE, e.to_string())),
+            _ => None,
+        }
+    }
 }
 
 pub async fn connect(
@@ -70,37 +93,31 @@ pub async fn connect(
     timeout: Duration,
     statement_capacity: usize,
 ) -> Result<Box<ServerConn>, ConnectError> {
-    let addr_text = format!("{}:{}", target.host, target.port);
-    let fut = login(target, &addr_text, statement_capacity);
+    let fut = login(target, statement_capacity);
     tokio::time::timeout(timeout, fut)
         .await
         .map_err(|_| ConnectError::Timeout {
-            addr: addr_text.clone(),
+            addr: if transport::is_unix_host(&target.host) {
+                transport::unix_socket_path(&target.host, target.port)
+                    .display()
+                    .to_string()
+            } else {
+                format!("{}:{}", target.host, target.port)
+            },
         })?
 }
 
 async fn login(
     target: &ServerTarget,
-    addr_text: &str,
     statement_capacity: usize,
 ) -> Result<Box<ServerConn>, ConnectError> {
-    let addr: SocketAddr = tokio::net::lookup_host(addr_text)
-        .await
-        .map_err(|_| ConnectError::Resolve(addr_text.to_owned()))?
-        .next()
-        .ok_or_else(|| ConnectError::Resolve(addr_text.to_owned()))?;
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|source| ConnectError::Io {
-            addr: addr_text.to_owned(),
-            source,
-        })?;
-    stream
-        .set_nodelay(true)
-        .map_err(|source| ConnectError::Io {
-            addr: addr_text.to_owned(),
-            source,
-        })?;
+    let (stream, addr) = transport::open(&target.host, target.port, &target.tls).await?;
+    let channel = match &stream {
+        ServerStream::Tcp(_) => Channel::PlainTcp,
+        ServerStream::Unix(_) => Channel::UnixSocket,
+        ServerStream::Tls(_) if target.tls.verifies() => Channel::VerifiedTls,
+        ServerStream::Tls(_) => Channel::UnverifiedTls,
+    };
     let mut conn = Box::new(ServerConn::new(
         stream,
         addr,
@@ -113,7 +130,15 @@ async fn login(
         .write_all(&startup)
         .await
         .map_err(ServerIoError::Io)?;
-    authenticate(&mut conn, target).await?;
+    auth_exchange::authenticate(
+        &mut conn,
+        &target.user,
+        target.password.as_deref(),
+        target.credential.as_deref(),
+        target.auth,
+        channel,
+    )
+    .await?;
     finish_startup(&mut conn).await?;
     Ok(conn)
 }
@@ -131,101 +156,6 @@ async fn next_frame(conn: &mut ServerConn) -> Result<crate::protocol::Frame, Ser
         }
         conn.read_more().await?;
     }
-}
-
-fn auth_code(body: &[u8]) -> Result<i32, ServerIoError> {
-    let b: [u8; 4] = body
-        .get(..4)
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| ServerIoError::Protocol("short Authentication message".into()))?;
-    Ok(i32::from_be_bytes(b))
-}
-
-async fn send(conn: &mut ServerConn, buf: &BytesMut) -> Result<(), ServerIoError> {
-    conn.stream.write_all(buf).await.map_err(ServerIoError::Io)
-}
-
-async fn authenticate(conn: &mut ServerConn, target: &ServerTarget) -> Result<(), ConnectError> {
-    let no_password = || ConnectError::NoPassword(target.user.clone());
-    let (password, credential) = (target.password.as_deref(), target.credential.as_deref());
-    loop {
-        let frame = next_frame(conn).await?;
-        if frame.tag != tag::AUTHENTICATION {
-            return Err(ServerIoError::Protocol(format!(
-                "expected Authentication, got {:?}",
-                frame.tag as char
-            ))
-            .into());
-        }
-        let body = frame.body();
-        match auth_code(body)? {
-            0 => return Ok(()),
-            3 => {
-                let mut out = BytesMut::new();
-                let password = plain_password(password, credential).ok_or_else(no_password)?;
-                write_password(&mut out, password.as_bytes());
-                send(conn, &out).await?;
-            }
-            5 => {
-                let salt: [u8; 4] = body
-                    .get(4..8)
-                    .and_then(|s| s.try_into().ok())
-                    .ok_or_else(|| ServerIoError::Protocol("short md5 salt".into()))?;
-                let hash =
-                    md5_answer(&target.user, password, credential, salt).ok_or_else(no_password)?;
-                let mut out = BytesMut::new();
-                write_password(&mut out, hash.as_bytes());
-                send(conn, &out).await?;
-            }
-            10 => {
-                let client = scram_client(password, credential).ok_or_else(no_password)?;
-                scram(conn, &body[4..], client).await?
-            }
-            other => return Err(ConnectError::UnsupportedAuth(other)),
-        }
-    }
-}
-
-async fn scram(
-    conn: &mut ServerConn,
-    mechanisms: &[u8],
-    mut client: ScramClient,
-) -> Result<(), ConnectError> {
-    let mut offered = false;
-    let mut pos = 0;
-    while let Some((m, next)) = read_cstr(mechanisms, pos) {
-        if m.is_empty() {
-            break;
-        }
-        offered |= m == SCRAM_SHA_256.as_bytes();
-        pos = next;
-    }
-    if !offered {
-        return Err(ConnectError::UnsupportedAuth(10));
-    }
-    let mut out = BytesMut::new();
-    write_sasl_initial(&mut out, SCRAM_SHA_256, client.message());
-    send(conn, &out).await?;
-
-    let cont = next_frame(conn).await?;
-    if auth_code(cont.body())? != 11 {
-        return Err(ServerIoError::Protocol("expected SASLContinue".into()).into());
-    }
-    client
-        .update(&cont.body()[4..])
-        .map_err(ConnectError::Scram)?;
-    out.clear();
-    write_sasl_response(&mut out, client.message());
-    send(conn, &out).await?;
-
-    let fin = next_frame(conn).await?;
-    if auth_code(fin.body())? != 12 {
-        return Err(ServerIoError::Protocol("expected SASLFinal".into()).into());
-    }
-    client
-        .finish(&fin.body()[4..])
-        .map_err(ConnectError::Scram)?;
-    Ok(())
 }
 
 async fn finish_startup(conn: &mut ServerConn) -> Result<(), ConnectError> {

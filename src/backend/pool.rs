@@ -42,6 +42,10 @@ pub enum PoolError {
     Connect(String),
     #[error("server refused login: {code}: {message}")]
     ServerRefused { code: String, message: String },
+    /// The login was stopped for security (TLS failure, refused password method, broken SCRAM exchange): the
+    /// client gets the cause, which only configuration can fix.
+    #[error("server login refused: {message}")]
+    Insecure { code: &'static str, message: String },
     #[error("pool is closed")]
     Closed,
 }
@@ -50,7 +54,9 @@ impl ReportableError for PoolError {
     fn kind(&self) -> ErrorKind {
         match self {
             PoolError::Timeout(_) | PoolError::Closed => ErrorKind::Service,
-            PoolError::Connect(_) | PoolError::ServerRefused { .. } => ErrorKind::Server,
+            PoolError::Connect(_)
+            | PoolError::ServerRefused { .. }
+            | PoolError::Insecure { .. } => ErrorKind::Server,
         }
     }
 
@@ -71,6 +77,9 @@ impl ReportableError for PoolError {
                 sqlstate::CONNECTION_FAILURE,
                 format!("shardpool: server login failed: {message}"),
             ),
+            PoolError::Insecure { code, message } => {
+                ClientError::error(code, format!("shardpool: server login refused: {message}"))
+            }
             PoolError::Closed => {
                 ClientError::error(sqlstate::ADMIN_SHUTDOWN, "shardpool: pool is shutting down")
             }
@@ -268,11 +277,11 @@ impl Pool {
     }
 
     /// (id, address, backend pid) of idle connections, for SHOW SERVERS.
-    pub fn idle_servers(&self) -> Vec<(u64, std::net::SocketAddr, i32)> {
+    pub fn idle_servers(&self) -> Vec<(u64, super::ServerAddr, i32)> {
         self.lock()
             .idle
             .iter()
-            .map(|c| (c.id, c.addr, c.cancel_key.pid))
+            .map(|c| (c.id, c.addr.clone(), c.cancel_key.pid))
             .collect()
     }
 
@@ -455,12 +464,13 @@ impl Pool {
                 }
                 Err(e) => {
                     tracing::warn!(database = %pool.database, user = %pool.user, error = %e, "server connection failed");
-                    let err = match e.postgres_error() {
-                        Some(pg) => PoolError::ServerRefused {
+                    let err = match (e.postgres_error(), e.client_error()) {
+                        (Some(pg), _) => PoolError::ServerRefused {
                             code: pg.code.clone(),
                             message: pg.message.clone(),
                         },
-                        None => PoolError::Connect(e.to_string()),
+                        (None, Some((code, message))) => PoolError::Insecure { code, message },
+                        (None, None) => PoolError::Connect(e.to_string()),
                     };
                     let waiters = {
                         let mut inner = pool.lock();

@@ -3,15 +3,14 @@
 //! `stream`/`rbuf` directly while the connection is attached, so forwarding needs no extra task or channel hop.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::statements::StatementCache;
+use super::transport::{ServerAddr, ServerStream};
 use crate::protocol::backend::{parse_parameter_status, parse_ready_for_query, ErrorFields};
 use crate::protocol::framing::split_frame;
 use crate::protocol::frontend::write_query;
@@ -37,9 +36,9 @@ pub enum ServerIoError {
 
 pub struct ServerConn {
     pub id: u64,
-    pub stream: TcpStream,
+    pub stream: ServerStream,
     pub rbuf: BytesMut,
-    pub addr: SocketAddr,
+    pub addr: ServerAddr,
     /// The server's own cancel key, used when a client cancels a query running here.
     pub cancel_key: CancelKey,
     /// ParameterStatus values as last reported by the server.
@@ -62,8 +61,8 @@ pub struct ServerConn {
 
 impl ServerConn {
     pub(crate) fn new(
-        stream: TcpStream,
-        addr: SocketAddr,
+        stream: ServerStream,
+        addr: ServerAddr,
         cancel_key: CancelKey,
         reported: BTreeMap<String, String>,
         statement_capacity: usize,

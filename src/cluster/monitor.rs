@@ -56,6 +56,11 @@ pub struct LoginFor {
     pub user: String,
     pub password: Option<String>,
     pub connect_timeout: Duration,
+    /// TLS and password policy, as for the pools of the same database.
+    pub security: (
+        crate::backend::tls::ServerTls,
+        crate::backend::auth_exchange::ServerAuthPolicy,
+    ),
 }
 
 impl LoginFor {
@@ -67,6 +72,8 @@ impl LoginFor {
             user: self.user.clone(),
             password: self.password.clone(),
             credential: None,
+            tls: self.security.0.clone(),
+            auth: self.security.1,
         }
     }
 }

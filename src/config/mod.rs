@@ -186,6 +186,15 @@ pub struct General {
     pub auth_cache_negative_ttl: ConfigDuration,
     /// `auth_query` results kept at most (the oldest are dropped beyond this).
     pub auth_cache_size: usize,
+    /// TLS to servers, with libpq's `sslmode` meanings (see `backend::tls`); default `prefer`, as libpq and PgBouncer.
+    pub server_tls_mode: crate::backend::tls::ServerTlsMode,
+    /// PEM file of the CA(s) server certificates must chain to; required by `verify-ca`/`verify-full`, and makes
+    /// `prefer`/`require` verify the chain too (as libpq does with a root certificate).
+    pub server_tls_ca_file: Option<PathBuf>,
+    /// Send a cleartext password to a server that asks for one even over plain TCP or unverified TLS.
+    pub server_allow_cleartext: bool,
+    /// Answer a server's md5 password request (otherwise the login is refused).
+    pub server_allow_md5: bool,
 }
 
 /// PgBouncer's default `auth_query`: a role's secret unless it has expired, for roles that may log in.
@@ -235,6 +244,10 @@ impl Default for General {
             auth_cache_ttl: ConfigDuration::secs(60),
             auth_cache_negative_ttl: ConfigDuration::secs(5),
             auth_cache_size: 10_000,
+            server_tls_mode: Default::default(),
+            server_tls_ca_file: None,
+            server_allow_cleartext: false,
+            server_allow_md5: true,
         }
     }
 }
@@ -396,6 +409,12 @@ pub struct DatabaseConfig {
     /// Makes this a sharded database: its shards replace `host`/`port`/`replicas` (docs/sharding.md).
     #[serde(default)]
     pub sharding: Option<sharding::ShardingConfig>,
+    /// Overrides `general.server_tls_mode` for this database's servers.
+    #[serde(default)]
+    pub server_tls_mode: Option<crate::backend::tls::ServerTlsMode>,
+    /// Overrides `general.server_tls_ca_file` for this database's servers.
+    #[serde(default)]
+    pub server_tls_ca_file: Option<PathBuf>,
 }
 
 impl DatabaseConfig {
@@ -601,6 +620,43 @@ impl Config {
             size: user.pool_size.or(db.pool_size).unwrap_or(g.pool_size),
             min_size: db.min_pool_size.unwrap_or(g.min_pool_size),
         }
+    }
+}
+
+impl Config {
+    /// How carefully the proxy logs in to `db`'s servers: its TLS (database override, else [general]) and which
+    /// password answers it may give. A CA file that cannot be read (it passed validation, then went away) gives a
+    /// target that refuses to connect rather than one that verifies less.
+    pub fn server_security(
+        &self,
+        db: &DatabaseConfig,
+    ) -> (
+        crate::backend::tls::ServerTls,
+        crate::backend::auth_exchange::ServerAuthPolicy,
+    ) {
+        let (mode, ca) = self.server_tls_settings(db);
+        let g = &self.general;
+        (
+            crate::backend::tls::ServerTls::new_or_unusable(mode, ca),
+            crate::backend::auth_exchange::ServerAuthPolicy {
+                allow_cleartext: g.server_allow_cleartext,
+                allow_md5: g.server_allow_md5,
+            },
+        )
+    }
+
+    /// `db`'s effective TLS mode and CA file.
+    pub fn server_tls_settings<'a>(
+        &'a self,
+        db: &'a DatabaseConfig,
+    ) -> (crate::backend::tls::ServerTlsMode, Option<&'a Path>) {
+        let g = &self.general;
+        (
+            db.server_tls_mode.unwrap_or(g.server_tls_mode),
+            db.server_tls_ca_file
+                .as_deref()
+                .or(g.server_tls_ca_file.as_deref()),
+        )
     }
 }
 

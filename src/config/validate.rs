@@ -92,6 +92,12 @@ impl Config {
             );
         }
 
+        if let Err(e) =
+            crate::backend::tls::ServerTls::new(g.server_tls_mode, g.server_tls_ca_file.as_deref())
+        {
+            problem("general.server_tls_mode".into(), e.to_string());
+        }
+
         let mut seen = HashSet::new();
         for (i, u) in self.users.iter().enumerate() {
             let key = |field: &str| format!("users[{i}].{field}");
@@ -197,6 +203,23 @@ impl Config {
                     problem(p.key, p.message);
                 }
             }
+            let (mode, ca) = self.server_tls_settings(db);
+            let overridden = db.server_tls_mode.is_some() || db.server_tls_ca_file.is_some();
+            if overridden {
+                if let Err(e) = crate::backend::tls::ServerTls::new(mode, ca) {
+                    problem(key("server_tls_mode"), e.to_string());
+                }
+            }
+            if db.sharding.is_some() && mode.requires_tls() {
+                // The catalog follower, directory recorder and shardctl connect through tokio-postgres without TLS.
+                problem(
+                    key("server_tls_mode"),
+                    format!(
+                        "\"{mode}\" is not supported for a sharded database yet: its catalog connections \
+                         do not use TLS (use prefer or disable)"
+                    ),
+                );
+            }
             let size = db.pool_size.unwrap_or(g.pool_size);
             if db.min_pool_size.unwrap_or(g.min_pool_size) > size {
                 problem(
@@ -279,6 +302,50 @@ fn is_md5(password: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use crate::config::{Config, ConfigError};
+
+    #[test]
+    fn server_tls_settings_are_checked() {
+        let err = Config::from_toml(
+            r#"
+            [general]
+            server_tls_mode = "verify-full"
+            [databases.a]
+            server_tls_mode = "verify-ca"
+            server_tls_ca_file = "/nonexistent/ca.pem"
+            [databases.b]
+            server_tls_mode = "require"
+            [databases.b.sharding]
+            vshards = 4
+            [[databases.b.sharding.shards]]
+            host = "/var/run/postgresql"
+            port = 5432
+        "#,
+        )
+        .unwrap_err();
+        let ConfigError::Invalid(problems) = err else {
+            panic!("{err}")
+        };
+        let text: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect();
+        let has =
+            |key: &str, words: &str| text.iter().any(|t| t.starts_with(key) && t.contains(words));
+        assert!(
+            has("general.server_tls_mode", "needs server_tls_ca_file"),
+            "{text:?}"
+        );
+        assert!(
+            has("databases.a.server_tls_mode", "/nonexistent/ca.pem"),
+            "{text:?}"
+        );
+        assert!(has("databases.b.server_tls_mode", "sharded"), "{text:?}");
+        // A Unix-socket host is a valid host, and disable needs nothing.
+        let ok = Config::from_toml(
+            "[general]\nserver_tls_mode = \"disable\"\n[databases.a]\nhost = \"/var/run/postgresql\"\n",
+        );
+        assert!(ok.is_ok(), "{:?}", ok.err());
+    }
 
     #[test]
     fn reports_every_problem_with_its_key() {

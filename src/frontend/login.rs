@@ -274,6 +274,7 @@ fn auth_target(config: &Config, database: &str, auth_user: &str) -> Option<Serve
         .map_or(0, |s| usize::from(s.default_shard));
     let shard = db.shard_configs(database).into_iter().nth(home)?;
     let au = config.user(auth_user)?;
+    let (tls, auth) = config.server_security(db);
     let password = au.server_password().map(str::to_owned);
     let credential = match (&password, au.password.as_deref().map(StoredSecret::parse)) {
         (None, Some(StoredSecret::Md5(hash))) => {
@@ -293,6 +294,8 @@ fn auth_target(config: &Config, database: &str, auth_user: &str) -> Option<Serve
         user: au.server_user().to_owned(),
         password,
         credential,
+        tls,
+        auth,
     })
 }
 

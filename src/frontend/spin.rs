@@ -204,11 +204,12 @@ impl SpinGate {
 }
 
 impl Spin {
-    /// One non-blocking read of `stream` into `buf` (at most `SPIN_READ_MAX`, and only into spare capacity).
-    pub fn attempt(
+    /// One non-blocking read of `stream` into `buf` (at most `SPIN_READ_MAX`, and only into spare capacity). The
+    /// socket is read directly, so it must carry the protocol's bytes as they are (TCP or a Unix socket, not TLS).
+    pub fn attempt<S: std::os::fd::AsFd>(
         &self,
         gate: &SpinGate,
-        stream: &TcpStream,
+        stream: &S,
         buf: &mut BytesMut,
     ) -> io::Result<Attempt> {
         let start = buf.len();

@@ -286,16 +286,17 @@ impl Session {
                     && !ev.client_data
                     && !ev.client_eof;
                 if quiet && matches!(spin, ServerSpin::Ready) {
+                    // A TLS stream cannot be read around its decryption: no spin for it.
+                    let budget = budget.filter(|_| stream.raw_socket().is_some());
                     *spin = match budget.and_then(|b| gate.begin(id, Awaiting::Server, b)) {
                         Some(s) => ServerSpin::Spinning(s),
                         None => ServerSpin::Spent,
                     };
                 }
-                if let (true, ServerSpin::Spinning(s)) = (quiet, &*spin) {
-                    match s
-                        .attempt(gate, stream, sin)
-                        .map_err(SessionError::ServerIo)?
-                    {
+                if let (true, ServerSpin::Spinning(s), Some(fd)) =
+                    (quiet, &*spin, stream.raw_socket())
+                {
+                    match s.attempt(gate, &fd, sin).map_err(SessionError::ServerIo)? {
                         Attempt::Read(0) => {
                             return Poll::Ready(Err(SessionError::ServerIo(
                                 io::ErrorKind::UnexpectedEof.into(),

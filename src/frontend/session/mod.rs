@@ -553,7 +553,7 @@ impl Session {
         self.pool = pool;
         self.on_attached(route, member);
         info.set_state(ClientState::Active);
-        info.set_server(Some((server.addr, server.cancel_key, server.id)));
+        info.set_server(Some((server.addr.clone(), server.cancel_key, server.id)));
         self.sync_settings(&mut server);
         // Room for the transaction's traffic up front instead of a chain of regrowths, from the thread's spares.
         for buf in [&mut self.sout, &mut self.cout] {
@@ -717,7 +717,7 @@ impl Session {
         let busy = !self.relay.server_at_rest() || self.relay.in_copy_in || !self.sout.is_empty();
         let timeout = config.connect_timeout;
         if busy || server.broken {
-            cancel_on_server(server.addr, server.cancel_key, || true).await;
+            cancel_on_server(server.addr.clone(), server.cancel_key, || true).await;
             // Hang up and wait (bounded) for the server to close its end: a backend has rolled back and released
             // its locks by then, so whoever gets the freed pool slot cannot find them still held. Whatever the
             // server still sends is read and discarded, so a backend blocked writing a result can get there.
@@ -872,13 +872,13 @@ fn protocol_violation(msg: String) -> SessionError {
 /// may take a while, and the query may be over by then). Returns once the postmaster has closed the connection,
 /// i.e. has signalled the backend. Best effort: failures are only logged.
 pub async fn cancel_on_server(
-    addr: std::net::SocketAddr,
+    addr: crate::backend::ServerAddr,
     key: crate::protocol::startup::CancelKey,
     still_wanted: impl Fn() -> bool,
 ) {
     let packet = crate::protocol::startup::encode_cancel(key);
     let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let mut s = addr.connect_plain().await?;
         if !still_wanted() {
             return Ok(());
         }

@@ -188,7 +188,7 @@ async fn describe(
     if let Some(k) = replies.error {
         return Err(ScatterError::Shard {
             shard: 0,
-            addr: server.addr,
+            addr: server.addr.clone(),
             fields: crate::sharding::scatter::ShardErrorFields::parse(replies.frames[k].body()),
         });
     }

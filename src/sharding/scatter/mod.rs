@@ -37,8 +37,6 @@ mod aggregate;
 mod items;
 mod scan;
 
-use std::net::SocketAddr;
-
 pub use plan::{ColumnRef, MergedColumn, Plan, PlanKind, SortKey, Window};
 pub use run::{scatter_query, scatter_request, ScatterOutcome};
 
@@ -64,7 +62,7 @@ pub enum ScatterError {
     #[error("shard {shard} ({addr}): {} {}", .fields.code(), .fields.message())]
     Shard {
         shard: usize,
-        addr: SocketAddr,
+        addr: crate::backend::ServerAddr,
         fields: ShardErrorFields,
     },
     #[error("shard {shard}: {source}")]

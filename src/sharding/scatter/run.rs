@@ -371,7 +371,7 @@ impl Shard<'_, '_> {
         self.state = State::Finishing;
         ScatterError::Shard {
             shard: self.index,
-            addr: self.conn.addr,
+            addr: self.conn.addr.clone(),
             fields: ShardErrorFields::parse(frame.body()),
         }
     }
