@@ -29,6 +29,9 @@ pub struct Proxy {
     pub ctx: Arc<Context>,
     pub addr: SocketAddr,
     accept: JoinHandle<()>,
+    /// The `/metrics`, `/healthz`, `/readyz` listener (`http_listen`); it answers until the proxy is dropped, so
+    /// `/readyz` says 503 throughout a graceful shutdown.
+    pub http: Option<crate::http::HttpServer>,
 }
 
 impl Proxy {
@@ -45,6 +48,16 @@ impl Proxy {
             addr: listen,
             source,
         })?;
+        let http =
+            match &config.general.http_listen {
+                Some(a) => Some(crate::http::HttpServer::bind(a).await.map_err(|source| {
+                    StartError::Bind {
+                        addr: a.clone(),
+                        source,
+                    }
+                })?),
+                None => None,
+            };
         let ctx = Context::new(config.clone());
         ctx.spin.configure_for_current_runtime();
         ctx.set_config_path(config_path);
@@ -61,8 +74,22 @@ impl Proxy {
             listener,
             Arc::clone(&ctx.tls),
         ));
+        let http = match http {
+            Some(l) => Some(crate::http::HttpServer::start(&ctx, l).map_err(|source| {
+                StartError::Bind {
+                    addr: config.general.http_listen.clone().unwrap_or_default(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
         tracing::info!(%addr, "shardpool listening");
-        Ok(Proxy { ctx, addr, accept })
+        Ok(Proxy {
+            ctx,
+            addr,
+            accept,
+            http,
+        })
     }
 
     /// Graceful shutdown: no new connections, idle clients are told and closed, clients inside a transaction may

@@ -363,6 +363,11 @@ impl Context {
         v
     }
 
+    /// Every pool set (database, user, shard): the pools with the cluster whose members they serve, for `/metrics`.
+    pub fn pool_sets(&self) -> Vec<Arc<PoolSet>> {
+        self.pools_lock().values().cloned().collect()
+    }
+
     /// The shard router of a sharded database.
     pub fn shard_router(
         &self,
@@ -664,7 +669,7 @@ impl Context {
 }
 
 /// The user whose server credentials shardpool's own connections (replication monitor, catalog follower) use.
-fn monitor_login(config: &Config) -> Option<&UserConfig> {
+pub fn monitor_login(config: &Config) -> Option<&UserConfig> {
     match &config.general.monitor_user {
         Some(name) => config.user(name),
         None => config.users.iter().find(|u| u.server_password().is_some()),

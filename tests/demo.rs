@@ -32,6 +32,7 @@ struct Printed {
     data_dir: Option<PathBuf>,
     primary_port: Option<u16>,
     replica_port: Option<u16>,
+    metrics_url: Option<String>,
     lines: Vec<String>,
 }
 
@@ -53,6 +54,10 @@ impl Printed {
                 self.replica_port = after.split_whitespace().next().and_then(|p| p.parse().ok());
             }
         }
+        // "  metrics:  curl http://127.0.0.1:PORT/metrics   (...)"
+        if let Some((_, url)) = line.split_once("curl http://") {
+            self.metrics_url = url.split_whitespace().next().map(str::to_owned);
+        }
         // "  connect:  psql postgres://app:app@127.0.0.1:PORT/app"
         if let Some((_, url)) = line.split_once("psql postgres://") {
             self.url = Some(format!(
@@ -67,6 +72,7 @@ impl Printed {
             && self.data_dir.is_some()
             && self.primary_port.is_some()
             && self.replica_port.is_some()
+            && self.metrics_url.is_some()
     }
 }
 
@@ -87,9 +93,11 @@ impl Started {
 /// Starts `shardpool demo` on a free port and waits until it has printed everything the tests read.
 fn start_demo() -> Started {
     let port = shardpool::pgcluster::free_port();
+    let http_port = shardpool::pgcluster::free_port();
     let stderr = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new(common::bin("shardpool"))
         .args(["demo", "--port", &port.to_string()])
+        .args(["--http-port", &http_port.to_string()])
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -210,6 +218,21 @@ async fn demo_serves_the_sample_data_and_cleans_up_on_sigint() {
         .get(0);
     assert_eq!(owner, "user42");
     drop(shop);
+
+    // The tour's /metrics URL answers, with the counters of what was just done.
+    let metrics = printed.metrics_url.clone().unwrap();
+    let (addr, path) = metrics.split_once('/').unwrap();
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let (status, page) = common::http::get(addr, &format!("/{path}")).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("shardpool_build_info{version="), "{page}");
+    let shop_statements = common::http::sample(
+        &page,
+        "shardpool_shard_statements_total",
+        &[("database", "shop")],
+    );
+    assert!(shop_statements.is_some_and(|n| n >= 1.0), "{page}");
+    assert_eq!(common::http::get(addr, "/readyz").await.0, 200);
 
     kill(Pid::from_raw(started.demo.0.id() as i32), Signal::SIGINT).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);

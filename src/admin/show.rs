@@ -757,8 +757,18 @@ fn config(ctx: &Arc<Context>) -> Output {
             "pin".into(),
         ),
         ("admin_users", g.admin_users.join(","), String::new()),
+        (
+            "http_listen",
+            g.http_listen.clone().unwrap_or_default(),
+            String::new(),
+        ),
+        (
+            "http_request_timeout",
+            g.http_request_timeout.to_string(),
+            d.http_request_timeout.to_string(),
+        ),
     ];
-    let restart_only = ["listen", "workers"];
+    let restart_only = ["listen", "workers", "http_listen"];
     let rows = entries
         .into_iter()
         .map(|(k, v, def)| {

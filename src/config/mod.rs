@@ -149,6 +149,10 @@ pub struct General {
     /// The user whose server credentials the replication monitor logs in with; default: the first user with a
     /// usable server password.
     pub monitor_user: Option<String>,
+    /// Address of the HTTP listener serving `/metrics` (Prometheus), `/healthz` and `/readyz`; none by default.
+    pub http_listen: Option<String>,
+    /// How long an HTTP client has to send its whole request head; a slower one gets 408 and is closed.
+    pub http_request_timeout: ConfigDuration,
 }
 
 impl Default for General {
@@ -182,6 +186,8 @@ impl Default for General {
             replica_poll_interval: ConfigDuration::millis(100),
             replica_ban_time: ConfigDuration::secs(10),
             monitor_user: None,
+            http_listen: None,
+            http_request_timeout: ConfigDuration::secs(5),
         }
     }
 }

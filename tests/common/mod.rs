@@ -2,6 +2,7 @@
 //! authentication method, and a shardpool proxy running in-process on a free port in front of it.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod http;
 pub mod raw;
 
 use std::path::PathBuf;
