@@ -59,7 +59,11 @@ impl Printed {
             self.metrics_url = url.split_whitespace().next().map(str::to_owned);
         }
         // "  connect:  psql postgres://app:app@127.0.0.1:PORT/app"
-        if let Some((_, url)) = line.split_once("psql postgres://") {
+        // (the first such line: the console's URL comes later in the tour).
+        if let Some((_, url)) = line
+            .split_once("psql postgres://")
+            .filter(|_| self.url.is_none())
+        {
             self.url = Some(format!(
                 "postgres://{}",
                 url.split_whitespace().next().unwrap_or("")
