@@ -35,6 +35,9 @@ pub struct Proxy {
     pub unix_socket: Option<PathBuf>,
     accept: JoinHandle<()>,
     unix_accept: Option<JoinHandle<()>>,
+    /// The `/metrics`, `/healthz`, `/readyz` listener (`http_listen`); it answers until the proxy is dropped, so
+    /// `/readyz` says 503 throughout a graceful shutdown.
+    pub http: Option<crate::http::HttpServer>,
 }
 
 impl Proxy {
@@ -59,6 +62,16 @@ impl Proxy {
             ),
             None => None,
         };
+        let http =
+            match &config.general.http_listen {
+                Some(a) => Some(crate::http::HttpServer::bind(a).await.map_err(|source| {
+                    StartError::Bind {
+                        addr: a.clone(),
+                        source,
+                    }
+                })?),
+                None => None,
+            };
         let ctx = Context::new(config.clone());
         ctx.spin.configure_for_current_runtime();
         ctx.set_config_path(config_path);
@@ -75,6 +88,15 @@ impl Proxy {
             Incoming::Tcp(listener),
             Arc::clone(&ctx.tls),
         ));
+        let http = match http {
+            Some(l) => Some(crate::http::HttpServer::start(&ctx, l).map_err(|source| {
+                StartError::Bind {
+                    addr: config.general.http_listen.clone().unwrap_or_default(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
         tracing::info!(%addr, "shardpool listening");
         let unix_socket = unix.as_ref().map(|u| u.path().to_owned());
         let unix_accept = unix.map(|u| {
@@ -91,6 +113,7 @@ impl Proxy {
             unix_socket,
             accept,
             unix_accept,
+            http,
         })
     }
 

@@ -392,6 +392,7 @@ impl Context {
     }
 
     /// The pool sets in use, one per (database, user, shard): each pool's place (shard, server role) is there.
+    /// Every pool set (database, user, shard): the pools with the cluster whose members they serve, for `/metrics`.
     pub fn pool_sets(&self) -> Vec<Arc<PoolSet>> {
         self.pools_lock().values().cloned().collect()
     }
@@ -718,7 +719,7 @@ impl Context {
 }
 
 /// The user whose server credentials shardpool's own connections (replication monitor, catalog follower) use.
-fn monitor_login(config: &Config) -> Option<&UserConfig> {
+pub fn monitor_login(config: &Config) -> Option<&UserConfig> {
     match &config.general.monitor_user {
         Some(name) => config.user(name),
         None => config.users.iter().find(|u| u.server_password().is_some()),

@@ -55,7 +55,7 @@ fn balance_text(aid: i64) -> String {
 /// How far the demo's second replica is kept behind.
 const DELAY: std::time::Duration = std::time::Duration::from_secs(2);
 
-pub async fn run(port: u16) -> anyhow::Result<()> {
+pub async fn run(port: u16, http_port: u16) -> anyhow::Result<()> {
     // First, before any server exists: whatever ends this process, the guard stops what it started.
     let exe =
         std::env::current_exe().context("locating the shardpool binary for the demo's guard")?;
@@ -96,6 +96,7 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
         [general]
         listen = "127.0.0.1:{port}"
         unix_socket_dir = "{socket_dir}"
+        http_listen = "127.0.0.1:{http_port}"
         admin_users = ["admin"]
         pool_size = 10
 
@@ -218,6 +219,12 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
         "  console:  psql postgres://admin:admin@127.0.0.1:{}/shardpool -c 'SHOW POOLS'",
         proxy.addr.port()
     );
+    if let Some(http) = &proxy.http {
+        println!(
+            "  metrics:  curl http://{}/metrics   (Prometheus format; /healthz and /readyz for load balancers)",
+            http.addr
+        );
+    }
     println!();
     println!("Press Ctrl-C to stop and remove everything.");
     crate::serve_until_signal(proxy).await?;

@@ -14,6 +14,8 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod frontend;
+pub mod http;
+pub mod metrics;
 pub mod pgcluster;
 pub mod protocol;
 pub mod router;

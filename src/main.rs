@@ -39,6 +39,9 @@ enum Command {
         /// Port for shardpool to listen on.
         #[arg(long, default_value_t = 6432)]
         port: u16,
+        /// Port for the /metrics, /healthz and /readyz listener.
+        #[arg(long, default_value_t = 9930)]
+        http_port: u16,
     },
     /// Internal: started by `demo`, stops the demo's Postgres servers and deletes their files once the demo
     /// process `owner` is gone, however it ended (SIGKILL included).
@@ -71,7 +74,7 @@ fn main() -> anyhow::Result<()> {
             let config = Config::load(&cli.config)?;
             runtime(config.general.workers)?.block_on(run(config, cli.config))
         }
-        Command::Demo { port } => runtime(0)?.block_on(demo::run(port)),
+        Command::Demo { port, http_port } => runtime(0)?.block_on(demo::run(port, http_port)),
         Command::DemoGuard { owner } => Ok(shardpool::pgcluster::run_guard(owner)?),
     }
 }

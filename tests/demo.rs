@@ -34,6 +34,7 @@ struct Printed {
     replica_port: Option<u16>,
     /// The directory of the proxy's Unix socket, from the "psql -h DIR" line.
     unix_dir: Option<PathBuf>,
+    metrics_url: Option<String>,
     lines: Vec<String>,
 }
 
@@ -59,8 +60,16 @@ impl Printed {
         if let Some((_, rest)) = line.split_once("psql -h ") {
             self.unix_dir = rest.split_whitespace().next().map(PathBuf::from);
         }
+        // "  metrics:  curl http://127.0.0.1:PORT/metrics   (...)"
+        if let Some((_, url)) = line.split_once("curl http://") {
+            self.metrics_url = url.split_whitespace().next().map(str::to_owned);
+        }
         // "  connect:  psql postgres://app:app@127.0.0.1:PORT/app"
-        if let Some((_, url)) = line.split_once("psql postgres://") {
+        // (the first such line: the console's URL comes later in the tour).
+        if let Some((_, url)) = line
+            .split_once("psql postgres://")
+            .filter(|_| self.url.is_none())
+        {
             self.url = Some(format!(
                 "postgres://{}",
                 url.split_whitespace().next().unwrap_or("")
@@ -74,6 +83,7 @@ impl Printed {
             && self.primary_port.is_some()
             && self.replica_port.is_some()
             && self.unix_dir.is_some()
+            && self.metrics_url.is_some()
     }
 }
 
@@ -94,9 +104,11 @@ impl Started {
 /// Starts `shardpool demo` on a free port and waits until it has printed everything the tests read.
 fn start_demo() -> Started {
     let port = shardpool::pgcluster::free_port();
+    let http_port = shardpool::pgcluster::free_port();
     let stderr = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new(common::bin("shardpool"))
         .args(["demo", "--port", &port.to_string()])
+        .args(["--http-port", &http_port.to_string()])
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -233,6 +245,21 @@ async fn demo_serves_the_sample_data_and_cleans_up_on_sigint() {
         .get(0);
     assert_eq!(owner, "user42");
     drop(shop);
+
+    // The tour's /metrics URL answers, with the counters of what was just done.
+    let metrics = printed.metrics_url.clone().unwrap();
+    let (addr, path) = metrics.split_once('/').unwrap();
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let (status, page) = common::http::get(addr, &format!("/{path}")).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("shardpool_build_info{version="), "{page}");
+    let shop_statements = common::http::sample(
+        &page,
+        "shardpool_shard_statements_total",
+        &[("database", "shop")],
+    );
+    assert!(shop_statements.is_some_and(|n| n >= 1.0), "{page}");
+    assert_eq!(common::http::get(addr, "/readyz").await.0, 200);
 
     kill(Pid::from_raw(started.demo.0.id() as i32), Signal::SIGINT).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -846,6 +846,16 @@ fn config(ctx: &Arc<Context>) -> Output {
             g.auth_cache_size.to_string(),
             d.auth_cache_size.to_string(),
         ),
+        (
+            "http_listen",
+            g.http_listen.clone().unwrap_or_default(),
+            String::new(),
+        ),
+        (
+            "http_request_timeout",
+            g.http_request_timeout.to_string(),
+            d.http_request_timeout.to_string(),
+        ),
     ];
     let restart_only = [
         "listen",
@@ -853,6 +863,7 @@ fn config(ctx: &Arc<Context>) -> Output {
         "unix_socket_dir",
         "unix_socket_mode",
         "peer_id",
+        "http_listen",
     ];
     let rows = entries
         .into_iter()

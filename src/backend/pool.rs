@@ -103,6 +103,10 @@ pub struct PoolStats {
     pub clients: AtomicUsize,
     /// Clients waiting for a server (including while paused).
     pub waiting: AtomicUsize,
+    /// Checkout waits (`/metrics`); their sum is `wait_time_us`.
+    pub wait_histogram: crate::metrics::histogram::WaitHistogram,
+    /// Errors sent to this pool's clients, by SQLSTATE class (`/metrics`); counted on the home pool.
+    pub errors: crate::metrics::errors::ErrorCounts,
 }
 
 /// A pool-wide PAUSE: checkouts wait until RESUME.
@@ -294,6 +298,7 @@ impl Pool {
             self.stats
                 .server_assignment_count
                 .fetch_add(1, Ordering::Relaxed);
+            self.stats.wait_histogram.observe_immediate();
             return Ok(conn);
         }
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
@@ -304,9 +309,11 @@ impl Pool {
                 .server_assignment_count
                 .fetch_add(1, Ordering::Relaxed);
         }
+        let waited = started.elapsed();
         self.stats
             .wait_time_us
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+        self.stats.wait_histogram.observe(waited);
         result
     }
 

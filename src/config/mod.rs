@@ -195,6 +195,10 @@ pub struct General {
     pub server_allow_cleartext: bool,
     /// Answer a server's md5 password request (otherwise the login is refused).
     pub server_allow_md5: bool,
+    /// Address of the HTTP listener serving `/metrics` (Prometheus), `/healthz` and `/readyz`; none by default.
+    pub http_listen: Option<String>,
+    /// How long an HTTP client has to send its whole request head; a slower one gets 408 and is closed.
+    pub http_request_timeout: ConfigDuration,
 }
 
 /// PgBouncer's default `auth_query`: a role's secret unless it has expired, for roles that may log in.
@@ -248,6 +252,8 @@ impl Default for General {
             server_tls_ca_file: None,
             server_allow_cleartext: false,
             server_allow_md5: true,
+            http_listen: None,
+            http_request_timeout: ConfigDuration::secs(5),
         }
     }
 }

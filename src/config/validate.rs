@@ -37,6 +37,20 @@ impl Config {
                 format!("{:?} is not an address like 127.0.0.1:6432", g.listen),
             );
         }
+        if let Some(http) = &g.http_listen {
+            if http.parse::<SocketAddr>().is_err() {
+                problem(
+                    "general.http_listen".into(),
+                    format!("{http:?} is not an address like 127.0.0.1:9930"),
+                );
+            }
+        }
+        if g.http_request_timeout.0.is_zero() {
+            problem(
+                "general.http_request_timeout".into(),
+                "must be more than 0".into(),
+            );
+        }
         if g.max_client_conn == 0 {
             problem(
                 "general.max_client_conn".into(),

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod hba;
+pub mod http;
 pub mod raw;
 
 use std::path::PathBuf;

@@ -477,6 +477,9 @@ impl Session {
                         forward = !self.plan_retry(failed_tag);
                     }
                     self.batch_failed |= forward;
+                    if forward {
+                        self.home.stats.errors.count(&fields.code);
+                    }
                 }
                 tag::COMMAND_COMPLETE if outcome.forward => {
                     self.last_was_rollback = parse_command_complete(frame.body()) == b"ROLLBACK";

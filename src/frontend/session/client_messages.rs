@@ -194,6 +194,7 @@ impl Session {
     fn refuse_in_line(&mut self, msg_tag: u8, err: &ClientError) {
         // Queue it behind the replies still owed so ordering holds.
         let mut buf = BytesMut::new();
+        self.home.stats.errors.count(err.code);
         err.write(&mut buf);
         self.relay.push_error(buf);
         write_parse(

@@ -276,6 +276,7 @@ impl Session {
             Err(SessionError::Terminated(e)) => {
                 // After whatever is still queued (the rest of forwarded messages), so the framing holds. Bounded:
                 // a client that stopped reading gets no more time than the error is worth.
+                self.home.stats.errors.count(e.code);
                 e.write(&mut self.cout);
                 let _ = tokio::time::timeout(FINAL_FLUSH, self.flush_client()).await;
                 Ok(())
@@ -591,6 +592,7 @@ impl Session {
     /// Answers a message with an error without a server, in the shape the protocol expects (then ReadyForQuery for a
     /// simple query; for extended-protocol messages, discard until Sync as Postgres does).
     fn reject(&mut self, first_tag: u8, e: &ClientError) {
+        self.home.stats.errors.count(e.code);
         e.write(&mut self.cout);
         if let Some(r) = self.routing.as_mut() {
             // The deferred BEGIN never ran: the failed statement ends that transaction, as an error in it would.

@@ -823,6 +823,7 @@ impl Session {
     }
 
     fn proxy_error(&mut self, code: &'static str, message: String) {
+        self.home.stats.errors.count(code);
         ClientError::error(code, message).write(&mut self.cout);
         let status = self.idle_status();
         ready_for_query(&mut self.cout, status);

@@ -429,6 +429,7 @@ impl Session {
         let copy = matches!(f.kind, FanoutKind::CopyIn(..) | FanoutKind::CopyOut { .. });
         let mut copied = false;
         if let Some(e) = failure {
+            self.home.stats.errors.count(e.code);
             e.write(&mut self.cout);
         } else {
             if copy {
