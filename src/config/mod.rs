@@ -149,6 +149,16 @@ pub struct General {
     /// The user whose server credentials the replication monitor logs in with; default: the first user with a
     /// usable server password.
     pub monitor_user: Option<String>,
+    /// Groups a multi-shard aggregate (GROUP BY, or aggregates without it) may hold while merging the shards'
+    /// partial rows; one more ends the statement with SQLSTATE 54000 (0: no limit). Bounds the one merge that must
+    /// hold state: plain and ORDER BY scatters stream.
+    pub scatter_max_groups: usize,
+    /// Bytes (estimated: keys, values and a per-group overhead) a multi-shard aggregate's merged state may hold;
+    /// past it the statement ends with SQLSTATE 54000 (0: no limit).
+    pub scatter_max_buffer_bytes: usize,
+    /// Named prepared statements one client may hold at once; a Parse of one more name gets SQLSTATE 54000 and
+    /// the session goes on (0: no limit).
+    pub max_prepared_statements_per_client: usize,
 }
 
 impl Default for General {
@@ -182,6 +192,9 @@ impl Default for General {
             replica_poll_interval: ConfigDuration::millis(100),
             replica_ban_time: ConfigDuration::secs(10),
             monitor_user: None,
+            scatter_max_groups: 1_000_000,
+            scatter_max_buffer_bytes: 256 << 20,
+            max_prepared_statements_per_client: 10_000,
         }
     }
 }
