@@ -71,7 +71,11 @@ impl ProxyProcess {
                         return p;
                     }
                 }
-                assert!(Instant::now() < deadline, "shardpool never served `shop`:\n{}", p.log());
+                assert!(
+                    Instant::now() < deadline,
+                    "shardpool never served `shop`:\n{}",
+                    p.log()
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -278,9 +282,11 @@ async fn a_client_that_stops_reading_holds_the_proxy_to_small_buffers_until_the_
         paused.saturating_sub(before) >> 20
     );
     // client_stall_timeout ends the session and closes the shards' connections.
-    common::eventually(WAIT, "the stalled statement to end on every shard", || async {
-        running(&shards, "paused") == 0
-    })
+    common::eventually(
+        WAIT,
+        "the stalled statement to end on every shard",
+        || async { running(&shards, "paused") == 0 },
+    )
     .await;
     let mut ended = false;
     while let Some(row) = stream.next().await {
@@ -322,7 +328,11 @@ async fn a_group_by_past_scatter_max_groups_fails_with_54000_and_the_session_goe
         let e = client.query(sql, &[]).await.unwrap_err();
         assert_eq!(common::sqlstate(&e), "54000", "{sql}: {e}");
         let db = e.as_db_error().unwrap();
-        assert!(db.message().contains("scatter_max_groups"), "{}", db.message());
+        assert!(
+            db.message().contains("scatter_max_groups"),
+            "{}",
+            db.message()
+        );
         // The same connection goes on, with correct results (no shard left mid-result).
         let n: i64 = client
             .query_one("SELECT count(*) FROM events", &[])
@@ -355,9 +365,7 @@ async fn a_cancel_stops_a_multi_shard_statement_on_every_shard() {
     let token = client.cancel_token();
     let started = Instant::now();
     let query = tokio::spawn(async move {
-        let r = client
-            .simple_query("SELECT pg_sleep(30) FROM orders")
-            .await;
+        let r = client.simple_query("SELECT pg_sleep(30) FROM orders").await;
         (r.map(|_| ()), client)
     });
     common::eventually(WAIT, "the statement running on every shard", || async {
@@ -390,7 +398,80 @@ async fn a_cancel_stops_a_multi_shard_statement_on_every_shard() {
             .admin("SHOW POOLS")
             .await
             .iter()
-            .all(|p| p.get("sv_active").map_or(true, |v| v == "0"))
+            .all(|p| p.get("sv_active").is_none_or(|v| v == "0"))
     })
     .await;
+}
+
+/// Peak RSS growth of the proxy while `sql` (one row of `size` bytes) runs, sampled every 5 ms.
+async fn peak_growth_during(
+    proxy: &ProxyProcess,
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> u64 {
+    let before = proxy.rss();
+    let pid = proxy.child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = std::sync::Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut peak = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                    if let Some(kb) = s
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                    {
+                        peak = peak.max(kb * 1024);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        })
+    };
+    let rows = client.simple_query(sql).await.unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    assert!(rows.len() >= 2, "{sql}: a row and CommandComplete");
+    peak.saturating_sub(before)
+}
+
+/// Measurement, run by hand (`cargo test --test scatter_streaming -- --ignored --nocapture`): what a single
+/// 500 MB server message costs the proxy, through the relay (a keyed read) and through the merge (a scatter read).
+/// Such a message is held whole; the assertion is the bound docs/reliability.md states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: moves 1 GB through the proxy"]
+async fn a_500_mb_row_costs_the_proxy_about_twice_its_size() {
+    const SIZE: u64 = 500_000_000;
+    let (shards, _in_process, _cfg) = shards::start().await;
+    // Through the proxy: the row lands on the shard 'big' maps to, the only row of the table.
+    let setup = ProxyProcess::start(&shards, "").await;
+    common::connect(&setup.url())
+        .await
+        .simple_query("INSERT INTO orders VALUES ('big', 1, 1)")
+        .await
+        .unwrap();
+    drop(setup);
+    // Each measured in a fresh proxy process, so one does not start from memory the other left to the allocator.
+    let mut growth = Vec::new();
+    for sql in [
+        format!("SELECT repeat('x', {SIZE}) FROM orders WHERE tenant = 'big'"),
+        format!("SELECT repeat('x', {SIZE}) FROM orders"),
+    ] {
+        let proxy = ProxyProcess::start(&shards, "").await;
+        let client = common::connect(&proxy.url()).await;
+        growth.push(peak_growth_during(&proxy, &client, &sql).await);
+    }
+    let (relay, merge) = (growth[0], growth[1]);
+    eprintln!(
+        "500 MB row: relay peak growth {} MB, scatter merge peak growth {} MB",
+        relay >> 20,
+        merge >> 20
+    );
+    assert!(
+        relay < 3 * SIZE && merge < 3 * SIZE,
+        "relay {relay}, merge {merge}"
+    );
 }

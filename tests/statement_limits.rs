@@ -20,7 +20,12 @@ async fn a_parse_past_the_per_client_limit_fails_with_54000_and_the_session_goes
     let client = proxy.connect().await;
     let mut kept = Vec::new();
     for i in 0..LIMIT {
-        kept.push(client.prepare(&format!("SELECT {i}::int + $1")).await.unwrap());
+        kept.push(
+            client
+                .prepare(&format!("SELECT {i}::int + $1"))
+                .await
+                .unwrap(),
+        );
     }
     let e = client.prepare("SELECT 99::int + $1").await.unwrap_err();
     assert_eq!(sqlstate(&e), "54000", "{e}");
@@ -41,7 +46,10 @@ async fn a_parse_past_the_per_client_limit_fails_with_54000_and_the_session_goes
     // Other clients have their own allowance.
     let other = proxy.connect().await;
     for i in 0..LIMIT {
-        other.prepare(&format!("SELECT {i}::int + $1")).await.unwrap();
+        other
+            .prepare(&format!("SELECT {i}::int + $1"))
+            .await
+            .unwrap();
     }
 }
 
@@ -68,7 +76,10 @@ async fn the_refused_parse_fails_its_batch_in_line_and_redefinitions_are_allowed
     assert_eq!(raw.replies().await, ["E:C54000", "Z:I"]);
     raw.bind_execute("s3").await;
     raw.sync().await;
-    assert_eq!(raw.replies().await, ["2", "D:[Some(\"3\")]", "C:SELECT 1", "Z:I"]);
+    assert_eq!(
+        raw.replies().await,
+        ["2", "D:[Some(\"3\")]", "C:SELECT 1", "Z:I"]
+    );
     raw.close_statement("s1").await;
     raw.parse("s_extra", "SELECT 7").await;
     raw.bind_execute("s_extra").await;
@@ -105,7 +116,9 @@ async fn the_limit_holds_for_multi_shard_statements() {
     for i in 0..LIMIT {
         // Keyless reads of a sharded table: each runs on every shard.
         let s = client
-            .prepare(&format!("SELECT count(*) AS n{i} FROM accounts WHERE balance > $1"))
+            .prepare(&format!(
+                "SELECT count(*) AS n{i} FROM accounts WHERE balance > $1"
+            ))
             .await
             .unwrap();
         let n: i64 = client.query_one(&s, &[&0i32]).await.unwrap().get(0);

@@ -435,9 +435,11 @@ impl Session {
             }
         }
         // A CancelRequest from this client now reaches every shard of the statement (`listener::forward_cancel`).
-        self.registration
-            .info
-            .set_fanout(lent.iter().map(|(_, s)| (s.addr, s.cancel_key, s.id)).collect());
+        self.registration.info.set_fanout(
+            lent.iter()
+                .map(|(_, s)| (s.addr, s.cancel_key, s.id))
+                .collect(),
+        );
         let copy = matches!(f.kind, FanoutKind::CopyIn(..) | FanoutKind::CopyOut { .. });
         let mut copied = false;
         let mut ended = Ok(());
@@ -608,9 +610,14 @@ impl<'s> ClientSink<'s> {
         }
     }
 
-    /// Queues `bytes` for the client and writes out what is queued.
-    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), ScatterError> {
-        self.session.cout.extend_from_slice(bytes);
+    /// Queues `bytes` for the client and writes out what is queued. Taken by value: with nothing else queued the
+    /// buffer itself becomes the client's, so a large message is not copied once more.
+    pub async fn send(&mut self, bytes: bytes::BytesMut) -> Result<(), ScatterError> {
+        if self.session.cout.is_empty() {
+            self.session.cout = bytes;
+        } else {
+            self.session.cout.extend_from_slice(&bytes);
+        }
         match self.session.flush_client().await {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -630,7 +637,7 @@ impl MergeSink for ClientSink<'_> {
     {
         Box::pin(async move {
             let chunk = out.split();
-            self.send(&chunk).await
+            self.send(chunk).await
         })
     }
 }

@@ -7,9 +7,9 @@
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 
+use super::sharded::ClientSink;
 use super::sharded_batch::{bind_parts, write_shard_bind, ExtendedBatch};
 use super::sharded_extended::{forget_unnamed, read_forgotten, read_replies, Lent};
-use super::sharded::ClientSink;
 use super::{Session, SessionError};
 use crate::backend::server::ServerIoError;
 use crate::backend::ServerConn;
@@ -241,7 +241,7 @@ impl Answer<'_, '_, '_> {
         if out.is_empty() {
             return Ok(());
         }
-        self.sink.send(&out).await
+        self.sink.send(out).await
     }
 }
 
@@ -255,7 +255,7 @@ impl MergeSink for Answer<'_, '_, '_> {
             let converted = self.convert(out);
             out.clear();
             let converted = converted?;
-            self.sink.send(&converted).await
+            self.sink.send(converted).await
         })
     }
 }
@@ -404,13 +404,14 @@ fn binary_row(row: &Frame, fields: &[Field]) -> Result<BytesMut, ScatterError> {
             continue;
         };
         if f.format == 1 {
-            let bin = binary::text_to_binary(f.type_oid, text).ok_or_else(|| ScatterError::Data {
-                code: "22P03",
-                message: format!(
-                    "could not convert a value of column \"{}\" to binary format",
-                    String::from_utf8_lossy(&f.name)
-                ),
-            })?;
+            let bin =
+                binary::text_to_binary(f.type_oid, text).ok_or_else(|| ScatterError::Data {
+                    code: "22P03",
+                    message: format!(
+                        "could not convert a value of column \"{}\" to binary format",
+                        String::from_utf8_lossy(&f.name)
+                    ),
+                })?;
             *v = Some(Bytes::from(bin));
         }
     }

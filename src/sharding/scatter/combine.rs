@@ -578,12 +578,14 @@ mod tests {
     #[test]
     fn sums_overflow_like_postgres() {
         let fields = vec![field(oid::INT8)];
-        let mut agg = Aggregator::new(&[MergedColumn::Count(0)], 1, &fields, Limits::UNLIMITED).unwrap();
+        let mut agg =
+            Aggregator::new(&[MergedColumn::Count(0)], 1, &fields, Limits::UNLIMITED).unwrap();
         agg.add(0, &row(&[Some("9223372036854775807")])).unwrap();
         let err = agg.add(1, &row(&[Some("1")])).unwrap_err();
         assert!(matches!(err, ScatterError::Data { code: "22003", .. }));
         let fields = vec![field(oid::FLOAT8)];
-        let mut agg = Aggregator::new(&[MergedColumn::Sum(0)], 1, &fields, Limits::UNLIMITED).unwrap();
+        let mut agg =
+            Aggregator::new(&[MergedColumn::Sum(0)], 1, &fields, Limits::UNLIMITED).unwrap();
         agg.add(0, &row(&[Some("1e+308")])).unwrap();
         assert!(agg.add(1, &row(&[Some("1e+308")])).is_err());
     }
@@ -591,7 +593,8 @@ mod tests {
     #[test]
     fn float_sums_keep_a_single_shards_text_and_avg_real_is_refused() {
         let fields = vec![field(oid::FLOAT8)];
-        let mut agg = Aggregator::new(&[MergedColumn::Sum(0)], 1, &fields, Limits::UNLIMITED).unwrap();
+        let mut agg =
+            Aggregator::new(&[MergedColumn::Sum(0)], 1, &fields, Limits::UNLIMITED).unwrap();
         agg.add(0, &row(&[None])).unwrap();
         agg.add(1, &row(&[Some("0.30000000000000004")])).unwrap();
         assert_eq!(
@@ -599,9 +602,14 @@ mod tests {
             [Some("0.30000000000000004".to_owned())]
         );
         let fields = vec![field(oid::FLOAT4), field(oid::INT8)];
-        let err = Aggregator::new(&[MergedColumn::Avg { sum: 0, count: 1 }], 1, &fields, Limits::UNLIMITED)
-            .err()
-            .unwrap();
+        let err = Aggregator::new(
+            &[MergedColumn::Avg { sum: 0, count: 1 }],
+            1,
+            &fields,
+            Limits::UNLIMITED,
+        )
+        .err()
+        .unwrap();
         assert!(matches!(err, ScatterError::Unsupported(_)));
     }
 
