@@ -156,7 +156,7 @@ fn running(shards: &Shards, text: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_multi_shard_select_streams_in_bounded_memory() {
     let shards = filled_shards().await;
-    let proxy = ProxyProcess::start(&shards, "client_stall_timeout = \"3s\"").await;
+    let proxy = ProxyProcess::start(&shards, "").await;
     let client = common::connect(&proxy.url()).await;
     // Warm up: pools, prepared-statement machinery, the allocator's arenas.
     let warm: i64 = client
@@ -250,7 +250,7 @@ async fn a_large_multi_shard_select_streams_in_bounded_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_holds_the_proxy_to_small_buffers_until_the_stall_timeout() {
     let shards = filled_shards().await;
-    let proxy = ProxyProcess::start(&shards, "client_stall_timeout = \"3s\"").await;
+    let proxy = ProxyProcess::start(&shards, "client_stall_timeout = \"10s\"").await;
     let client = common::connect(&proxy.url()).await;
     let warm = client
         .query("SELECT ts FROM events ORDER BY ts LIMIT 1", &[])
