@@ -165,7 +165,7 @@ struct Answer<'b, 's, 'c> {
 }
 
 impl Answer<'_, '_, '_> {
-    /// The replies to the batch's messages from `from` up to (not including) its Execute, or to its end.
+    /// The replies to the batch's messages before its (single) Execute, or, with `after_execute`, after it.
     fn replies(&self, out: &mut BytesMut, after_execute: bool) {
         let mut seen_execute = false;
         for f in self.batch {
