@@ -440,10 +440,11 @@ async fn peak_growth_during(
 
 /// Measurement, run by hand (`cargo test --test scatter_streaming -- --ignored --nocapture`): what a single
 /// 500 MB server message costs the proxy, through the relay (a keyed read) and through the merge (a scatter read).
-/// Such a message is held whole; the assertion is the bound docs/reliability.md states.
+/// Such a message is held whole: the merge hands the bytes it read on to the client without a copy, the relay copies
+/// them once. The assertion is the bound docs/reliability.md states.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: moves 1 GB through the proxy"]
-async fn a_500_mb_row_costs_the_proxy_about_twice_its_size() {
+async fn a_500_mb_row_costs_the_proxy_its_size_through_the_merge_and_twice_through_the_relay() {
     const SIZE: u64 = 500_000_000;
     let (shards, _in_process, _cfg) = shards::start().await;
     // Through the proxy: the row lands on the shard 'big' maps to, the only row of the table.

@@ -198,6 +198,10 @@ impl Answer<'_, '_, '_> {
 
     /// Converts merged messages to what the client gets.
     fn convert(&mut self, merged: &mut BytesMut) -> Result<BytesMut, ScatterError> {
+        if self.description.is_some() && self.fields.is_none() {
+            // Rows as they are: handed on without a copy.
+            return Ok(merged.split());
+        }
         let mut out = BytesMut::with_capacity(merged.len() + 64);
         loop {
             let frame = match split_frame(merged) {

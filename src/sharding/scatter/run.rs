@@ -310,6 +310,29 @@ fn write_row(
     }
 }
 
+/// Writes a row to the output. A row of a chunk or more (a multi-megabyte value) goes to the sink as its own
+/// buffer: the bytes read from the shard become the client's without a copy, so such a message costs the proxy
+/// its size once, not twice.
+async fn emit_row(
+    out: &mut Output<'_>,
+    row: Frame,
+    visible: usize,
+    strip: bool,
+) -> Result<(), ScatterError> {
+    if !strip && row.raw.len() >= SINK_CHUNK {
+        if !out.buf.is_empty() {
+            out.sink.take(&mut out.buf).await?;
+        }
+        let mut whole = row
+            .raw
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        return out.sink.take(&mut whole).await;
+    }
+    write_row(&mut out.buf, &row, visible, strip)?;
+    out.maybe_flush().await
+}
+
 async fn concat(
     shards: &mut [Shard<'_, '_>],
     window: Window,
@@ -324,10 +347,7 @@ async fn concat(
                 break;
             };
             match emit.admit() {
-                Admit::Take => {
-                    write_row(&mut out.buf, &row, visible, strip)?;
-                    out.maybe_flush().await?;
-                }
+                Admit::Take => emit_row(out, row, visible, strip).await?,
                 Admit::Skip => {}
                 Admit::Done => break,
             }
@@ -358,10 +378,7 @@ async fn sorted(
         }
         let Some((_, row)) = merge.pop() else { break };
         match emit.admit() {
-            Admit::Take => {
-                write_row(&mut out.buf, &row, visible, strip)?;
-                out.maybe_flush().await?;
-            }
+            Admit::Take => emit_row(out, row, visible, strip).await?,
             Admit::Skip => {}
             Admit::Done => break,
         }
@@ -436,17 +453,25 @@ impl Shard<'_, '_> {
     async fn next_frame(&mut self) -> Result<Frame, ScatterError> {
         loop {
             match split_frame(&mut self.conn.rbuf) {
-                Ok(Some(frame)) => match frame.tag {
-                    tag::PARAMETER_STATUS => {
-                        if let Some((k, v)) = parse_parameter_status(frame.body()) {
-                            self.conn.reported.insert(k, v);
-                        }
+                Ok(Some(frame)) => {
+                    if frame.raw.len() >= SINK_CHUNK {
+                        // The frame becomes the only owner of its allocation once the read buffer lets go of it
+                        // (what follows it, if anything, is copied: it is less than one read), so it can be handed
+                        // on without a copy.
+                        self.conn.rbuf = BytesMut::from(&self.conn.rbuf[..]);
                     }
-                    tag::NOTICE_RESPONSE => self.notices.push(frame),
-                    // Acknowledgements of an extended-protocol request: the caller answers the client's own.
-                    tag::NOTIFICATION_RESPONSE | tag::PARSE_COMPLETE | tag::BIND_COMPLETE => {}
-                    _ => return Ok(frame),
-                },
+                    match frame.tag {
+                        tag::PARAMETER_STATUS => {
+                            if let Some((k, v)) = parse_parameter_status(frame.body()) {
+                                self.conn.reported.insert(k, v);
+                            }
+                        }
+                        tag::NOTICE_RESPONSE => self.notices.push(frame),
+                        // Acknowledgements of an extended-protocol request: the caller answers the client's own.
+                        tag::NOTIFICATION_RESPONSE | tag::PARSE_COMPLETE | tag::BIND_COMPLETE => {}
+                        _ => return Ok(frame),
+                    }
+                }
                 Ok(None) => {
                     if let Err(source) = self.conn.read_more().await {
                         return Err(self.broken(source));
