@@ -31,6 +31,9 @@ pub struct ClientInfo {
     state: AtomicU8,
     /// The server running this client's current transaction: its address and cancel key.
     server: Mutex<Option<(ServerAddr, CancelKey, u64)>>,
+    /// The servers running this client's current multi-shard statement (one per shard; empty otherwise): a cancel
+    /// goes to each of them.
+    fanout: Mutex<Vec<(ServerAddr, CancelKey, u64)>>,
     /// The task of this client's session while it waits idle, woken at shutdown. One slot per client instead of
     /// every idle session subscribing to a process-wide notifier: that notifier's lock was taken twice per
     /// transaction by both runtime threads, and its wait future made every idle session 120 bytes larger.
@@ -66,6 +69,28 @@ impl ClientInfo {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    pub fn set_fanout(&self, servers: Vec<(ServerAddr, CancelKey, u64)>) {
+        *self.fanout.lock().unwrap_or_else(|p| p.into_inner()) = servers;
+    }
+
+    pub fn fanout(&self) -> Vec<(ServerAddr, CancelKey, u64)> {
+        self.fanout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether server connection `server_id` still runs this client's statement (alone or as one of its shards).
+    pub fn holds_server(&self, server_id: u64) -> bool {
+        self.server().is_some_and(|s| s.2 == server_id)
+            || self
+                .fanout
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|s| s.2 == server_id)
     }
 
     /// Registers the idle session's task to be woken by `Context::begin_shutdown`. Call before checking
@@ -576,6 +601,7 @@ impl Context {
             tls,
             state: AtomicU8::new(ClientState::Idle as u8),
             server: Mutex::new(None),
+            fanout: Mutex::new(Vec::new()),
             idle_waker: Mutex::new(None),
         });
         reg.by_id.insert(id, Arc::clone(&info));

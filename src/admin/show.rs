@@ -856,6 +856,21 @@ fn config(ctx: &Arc<Context>) -> Output {
             g.http_request_timeout.to_string(),
             d.http_request_timeout.to_string(),
         ),
+        (
+            "scatter_max_groups",
+            g.scatter_max_groups.to_string(),
+            d.scatter_max_groups.to_string(),
+        ),
+        (
+            "scatter_max_buffer_bytes",
+            g.scatter_max_buffer_bytes.to_string(),
+            d.scatter_max_buffer_bytes.to_string(),
+        ),
+        (
+            "max_prepared_statements_per_client",
+            g.max_prepared_statements_per_client.to_string(),
+            d.max_prepared_statements_per_client.to_string(),
+        ),
     ];
     let restart_only = [
         "listen",

@@ -199,6 +199,16 @@ pub struct General {
     pub http_listen: Option<String>,
     /// How long an HTTP client has to send its whole request head; a slower one gets 408 and is closed.
     pub http_request_timeout: ConfigDuration,
+    /// Groups a multi-shard aggregate (GROUP BY, or aggregates without it) may hold while merging the shards'
+    /// partial rows; one more ends the statement with SQLSTATE 54000 (0: no limit). Bounds the one merge that must
+    /// hold state: plain and ORDER BY scatters stream.
+    pub scatter_max_groups: usize,
+    /// Bytes (estimated: keys, values and a per-group overhead) a multi-shard aggregate's merged state may hold;
+    /// past it the statement ends with SQLSTATE 54000 (0: no limit).
+    pub scatter_max_buffer_bytes: usize,
+    /// Named prepared statements one client may hold at once; a Parse of one more name gets SQLSTATE 54000 and
+    /// the session goes on (0: no limit).
+    pub max_prepared_statements_per_client: usize,
 }
 
 /// PgBouncer's default `auth_query`: a role's secret unless it has expired, for roles that may log in.
@@ -254,6 +264,9 @@ impl Default for General {
             server_allow_md5: true,
             http_listen: None,
             http_request_timeout: ConfigDuration::secs(5),
+            scatter_max_groups: 1_000_000,
+            scatter_max_buffer_bytes: 256 << 20,
+            max_prepared_statements_per_client: 10_000,
         }
     }
 }

@@ -338,18 +338,41 @@ async fn handle_cancel(ctx: &Arc<Context>, key: crate::protocol::startup::Cancel
     }
 }
 
-/// Forwards a client's cancel to the server running its query, and only to it. The server is held back from other
-/// clients while the cancel is on its way (a released server waits for it before going back to the pool), and the
-/// cancel is not sent if the client no longer holds that server once the connection to its postmaster is open:
-/// otherwise a slow cancel could interrupt whatever the next client runs there.
+/// Forwards a client's cancel to the server running its query, and only to it, or to every shard of a
+/// multi-shard statement. Each server is held back from other clients while the cancel is on its way (a released
+/// server waits for it before going back to the pool), and the cancel is not sent if the client no longer holds that
+/// server once the connection to its postmaster is open: otherwise a slow cancel could interrupt whatever the next
+/// client runs there.
 async fn forward_cancel(ctx: &Arc<Context>, client: &crate::context::ClientInfo) {
-    let Some((_, _, server_id)) = client.server() else {
-        return;
-    };
-    let _in_flight = ctx.begin_cancel(server_id);
-    let still_held = || client.server().filter(|s| s.2 == server_id);
-    let Some((addr, server_key, _)) = still_held() else {
-        return;
-    };
-    cancel_on_server(addr, server_key, || still_held().is_some()).await;
+    let mut targets = client.fanout();
+    targets.extend(client.server());
+    let cancels = targets.into_iter().map(|(_, _, server_id)| async move {
+        let _in_flight = ctx.begin_cancel(server_id);
+        let still_held = || {
+            client
+                .server()
+                .into_iter()
+                .chain(client.fanout())
+                .find(|s| s.2 == server_id)
+        };
+        let Some((addr, server_key, _)) = still_held() else {
+            return;
+        };
+        cancel_on_server(addr, server_key, || client.holds_server(server_id)).await;
+    });
+    futures_join_all(cancels).await;
+}
+
+/// Runs the futures concurrently to their ends (a handful: one per shard).
+async fn futures_join_all<F: std::future::Future<Output = ()>>(futures: impl Iterator<Item = F>) {
+    let mut set: Vec<std::pin::Pin<Box<F>>> = futures.map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        set.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if set.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
 }

@@ -59,6 +59,23 @@ impl ClientStatements {
         def
     }
 
+    /// Whether `name` may be defined under a limit of `limit` names (0: none): a name already defined may always
+    /// be redefined.
+    pub fn admits(&self, name: &[u8], limit: usize) -> bool {
+        limit == 0 || self.map.len() < limit || self.map.contains_key(name)
+    }
+
+    /// The error for a Parse of one name more than `limit` allows.
+    pub fn limit_error(limit: usize) -> crate::error::ClientError {
+        crate::error::ClientError::error(
+            crate::error::sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            format!(
+                "this client already holds {limit} prepared statements, the most max_prepared_statements_per_client \
+                 allows; close (DEALLOCATE) some before preparing more"
+            ),
+        )
+    }
+
     pub fn get(&self, name: &[u8]) -> Option<&Arc<StatementDef>> {
         self.map.get(name)
     }
@@ -94,5 +111,17 @@ mod tests {
         let z = a.define(b"s2", b"SELECT $1", b"\x00\x01\x00\x00\x00\x17");
         assert_ne!(x.server_name, z.server_name);
         assert!(a.close(b"s1") && !a.close(b"s1"));
+    }
+
+    #[test]
+    fn the_limit_admits_redefinitions_but_no_new_name() {
+        let mut a = ClientStatements::default();
+        a.define(b"s1", b"SELECT 1", b"");
+        a.define(b"s2", b"SELECT 2", b"");
+        assert!(!a.admits(b"s3", 2));
+        assert!(a.admits(b"s2", 2));
+        assert!(a.admits(b"s3", 3) && a.admits(b"s3", 0));
+        a.close(b"s1");
+        assert!(a.admits(b"s3", 2));
     }
 }

@@ -12,7 +12,7 @@ use crate::backend::statements::Lookup;
 use crate::backend::ServerConn;
 use crate::config::SessionFeatures;
 use crate::error::{sqlstate, ClientError};
-use crate::frontend::prepared::StatementDef;
+use crate::frontend::prepared::{ClientStatements, StatementDef};
 use crate::frontend::relay::{Expect, Fabricated};
 use crate::protocol::backend::{close_complete, command_complete, ready_for_query};
 use crate::protocol::frontend::{
@@ -218,6 +218,11 @@ impl Session {
     fn forward_parse(&mut self, frame: &Frame) -> Result<(), SessionError> {
         let view = parse_parse(frame.body())
             .ok_or_else(|| protocol_violation("malformed Parse message".into()))?;
+        let limit = self.ctx.config().general.max_prepared_statements_per_client;
+        if !view.name.is_empty() && !self.statements.admits(view.name, limit) {
+            self.refuse_in_line(tag::PARSE, &ClientStatements::limit_error(limit));
+            return Ok(());
+        }
         let sql = sql_text(view.query);
         let found = effects(&sql);
         let pending_before = self.pending_effects.len();
@@ -385,6 +390,11 @@ impl Session {
         let view = parse_parse(frame.body())
             .ok_or_else(|| protocol_violation("malformed Parse message".into()))?;
         if view.name.is_empty() {
+            return Ok(false);
+        }
+        let limit = self.ctx.config().general.max_prepared_statements_per_client;
+        if !self.statements.admits(view.name, limit) {
+            // Refused where a server answers it, in line with the rest of the batch.
             return Ok(false);
         }
         let probe = StatementDef::new(view.query, view.param_types);

@@ -16,6 +16,7 @@ use crate::protocol::frontend::{
 };
 use crate::protocol::{tag, Frame, TxStatus};
 use crate::sharding::router::{list, Placement, ShardRouter};
+use crate::sharding::scatter::{MergeSink, ScatterError};
 
 /// A statement that runs on several shards at once.
 pub(super) struct Fanout {
@@ -248,6 +249,12 @@ impl Session {
                 // A named statement parsed in the batch stays the client's, for later Binds.
                 if let Some(p) = b.frames.first().filter(|f| f.tag == tag::PARSE) {
                     if let Some(v) = parse_parse(p.body()).filter(|v| !v.name.is_empty()) {
+                        let limit = self.ctx.config().general.max_prepared_statements_per_client;
+                        if !self.statements.admits(v.name, limit) {
+                            return Err(crate::frontend::prepared::ClientStatements::limit_error(
+                                limit,
+                            ));
+                        }
                         self.statements.define(v.name, v.query, v.param_types);
                     }
                 }
@@ -426,8 +433,15 @@ impl Session {
                 }
             }
         }
+        // A CancelRequest from this client now reaches every shard of the statement (`listener::forward_cancel`).
+        self.registration.info.set_fanout(
+            lent.iter()
+                .map(|(_, s)| (s.addr.clone(), s.cancel_key, s.id))
+                .collect(),
+        );
         let copy = matches!(f.kind, FanoutKind::CopyIn(..) | FanoutKind::CopyOut { .. });
         let mut copied = false;
+        let mut ended = Ok(());
         if let Some(e) = failure {
             self.home.stats.errors.count(e.code);
             e.write(&mut self.cout);
@@ -438,9 +452,9 @@ impl Session {
                 }
             }
             match (&f.kind, &f.batch) {
-                (FanoutKind::Scatter, None) => self.scatter(&f, &mut lent).await,
+                (FanoutKind::Scatter, None) => ended = self.scatter(&f, &mut lent).await,
                 (FanoutKind::Scatter, Some(b)) => {
-                    Box::pin(self.scatter_extended(b, &mut lent)).await
+                    ended = Box::pin(self.scatter_extended(b, &mut lent)).await
                 }
                 (FanoutKind::Everywhere, None) => self.everywhere(&f, &mut lent).await,
                 (FanoutKind::Everywhere, Some(b)) => {
@@ -457,11 +471,14 @@ impl Session {
                 (FanoutKind::AwaitBatch(..) | FanoutKind::AwaitUnfreeze(..), _) => {}
             }
         }
+        self.registration.info.set_fanout(Vec::new());
         for (pool, server) in lent {
             if server.status == TxStatus::Idle && !server.broken {
-                pool.checkin(server);
+                super::checkin_after_cancels(&self.ctx, &pool, server);
             }
         }
+        // The client could not take a streamed result: its servers are closed (above), the session ends.
+        ended?;
         if copy && f.batch.is_some() {
             // COPY over the extended protocol ends at the client's Sync, which is still to come (Syncs sent during
             // COPY IN are ignored, as Postgres does); after an error, messages up to that Sync are discarded.
@@ -494,7 +511,13 @@ impl Session {
         }
     }
 
-    async fn scatter(&mut self, f: &Fanout, lent: &mut [(Arc<Pool>, Box<ServerConn>)]) {
+    /// A merged read over the simple query protocol, streamed to the client as it is merged. `Err`: the client
+    /// could not take it (the session must end; the shards were cancelled and marked broken).
+    async fn scatter(
+        &mut self,
+        f: &Fanout,
+        lent: &mut [(Arc<Pool>, Box<ServerConn>)],
+    ) -> Result<(), SessionError> {
         if let Some(r) = self.shard_router() {
             r.scatters
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -503,16 +526,27 @@ impl Session {
             Ok(p) => p,
             Err(e) => {
                 e.write_error_response(&mut self.cout);
-                return;
+                return Ok(());
             }
         };
+        let limits = crate::sharding::scatter::Limits::from_config(&self.ctx.config().general);
         let mut servers: Vec<&mut ServerConn> = lent.iter_mut().map(|(_, s)| &mut **s).collect();
-        if let Err(e) =
-            crate::sharding::scatter::scatter_query(&f.sql, &plan, &mut servers, &mut self.cout)
-                .await
-        {
+        let mut sink = ClientSink::new(self);
+        let result = crate::sharding::scatter::scatter_query_into(
+            &f.sql,
+            &plan,
+            &mut servers,
+            &mut sink,
+            limits,
+        )
+        .await;
+        if let Some(e) = sink.failure.take() {
+            return Err(e);
+        }
+        if let Err(e) = result {
             e.write_error_response(&mut self.cout);
         }
+        Ok(())
     }
 
     /// DDL, reference-table and allowed keyless writes: the statement on every shard. Without two-phase commit a
@@ -557,6 +591,54 @@ impl Session {
             }
             Some(_) => write_fanout_failure(&mut self.cout, &failed, &ok),
         }
+    }
+}
+
+/// Streams merged messages to the client as the merge produces them: the flush waits while the client does not
+/// read (so the shards are read no faster), bounded by `client_stall_timeout`.
+pub(super) struct ClientSink<'s> {
+    session: &'s mut Session,
+    /// Why the client could not take the result; the session ends with it.
+    pub failure: Option<SessionError>,
+}
+
+impl<'s> ClientSink<'s> {
+    pub fn new(session: &'s mut Session) -> ClientSink<'s> {
+        ClientSink {
+            session,
+            failure: None,
+        }
+    }
+
+    /// Queues `bytes` for the client and writes out what is queued. Taken by value: with nothing else queued the
+    /// buffer itself becomes the client's, so a large message is not copied once more.
+    pub async fn send(&mut self, bytes: bytes::BytesMut) -> Result<(), ScatterError> {
+        if self.session.cout.is_empty() {
+            self.session.cout = bytes;
+        } else {
+            self.session.cout.extend_from_slice(&bytes);
+        }
+        match self.session.flush_client().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let reason = e.to_string();
+                self.failure = Some(e);
+                Err(ScatterError::Client(reason))
+            }
+        }
+    }
+}
+
+impl MergeSink for ClientSink<'_> {
+    fn take<'a>(
+        &'a mut self,
+        out: &'a mut bytes::BytesMut,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ScatterError>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let chunk = out.split();
+            self.send(chunk).await
+        })
     }
 }
 

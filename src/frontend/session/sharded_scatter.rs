@@ -7,9 +7,10 @@
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 
+use super::sharded::ClientSink;
 use super::sharded_batch::{bind_parts, write_shard_bind, ExtendedBatch};
 use super::sharded_extended::{forget_unnamed, read_forgotten, read_replies, Lent};
-use super::Session;
+use super::{Session, SessionError};
 use crate::backend::server::ServerIoError;
 use crate::backend::ServerConn;
 use crate::error::sqlstate;
@@ -20,29 +21,44 @@ use crate::protocol::frontend::{
 };
 use crate::protocol::{tag, Frame};
 use crate::sharding::scatter::wire::{
-    data_row_values, parse_row_description, write_data_row, write_row_description,
+    data_row_values, parse_row_description, write_data_row, write_row_description, Field,
 };
-use crate::sharding::scatter::{binary, Plan, PlanKind, ScatterError};
+use crate::sharding::scatter::{binary, Limits, MergeSink, Plan, PlanKind, ScatterError};
 
 impl Session {
-    /// A merged read over the extended protocol.
-    pub(super) async fn scatter_extended(&mut self, b: &ExtendedBatch, lent: &mut Lent) {
+    /// A merged read over the extended protocol, streamed to the client as it is merged. `Err`: the client could
+    /// not take it (the session must end; the shards were cancelled and marked broken).
+    pub(super) async fn scatter_extended(
+        &mut self,
+        b: &ExtendedBatch,
+        lent: &mut Lent,
+    ) -> Result<(), SessionError> {
         if let Some(r) = self.shard_router() {
             r.scatters
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        match scatter_answer(b, lent).await {
-            Ok(answer) => {
-                self.cout.extend_from_slice(&answer);
-                self.forget_closed_statements(b);
-            }
+        let limits = Limits::from_config(&self.ctx.config().general);
+        let mut sink = ClientSink::new(self);
+        let result = scatter_answer(b, lent, &mut sink, limits).await;
+        if let Some(e) = sink.failure.take() {
+            return Err(e);
+        }
+        match result {
+            Ok(()) => self.forget_closed_statements(b),
             Err(e) => e.write_error_response(&mut self.cout),
         }
+        Ok(())
     }
 }
 
-/// The client's whole answer to the batch, or the error that replaces it.
-async fn scatter_answer(b: &ExtendedBatch, lent: &mut Lent) -> Result<BytesMut, ScatterError> {
+/// Streams the client's answer to the batch: the merged result goes out as it is merged, framed by the replies to
+/// the batch's other messages. On error the ErrorResponse follows whatever was sent.
+async fn scatter_answer(
+    b: &ExtendedBatch,
+    lent: &mut Lent,
+    sink: &mut ClientSink<'_>,
+    limits: Limits,
+) -> Result<(), ScatterError> {
     let bad = |m: &str| ScatterError::Data {
         code: sqlstate::PROTOCOL_VIOLATION,
         message: m.to_owned(),
@@ -99,12 +115,25 @@ async fn scatter_answer(b: &ExtendedBatch, lent: &mut Lent) -> Result<BytesMut, 
     });
     write_sync(&mut request);
     forget_unnamed(&mut request);
-    let mut merged = BytesMut::new();
+    let mut answer = Answer {
+        batch: &b.frames,
+        described: described.as_ref(),
+        binary: (wants_binary && !concat).then_some(&parts.result_formats[..]),
+        fields: None,
+        description: None,
+        sink,
+    };
     let mut servers: Vec<&mut ServerConn> = lent.iter_mut().map(|(_, s)| &mut **s).collect();
-    let result =
-        crate::sharding::scatter::scatter_request(&plan, &request, &mut servers, &mut merged, true)
-            .await;
-    // Every shard was sent the request and read to its first ReadyForQuery unless I/O failed.
+    let result = crate::sharding::scatter::scatter_request(
+        &plan,
+        &request,
+        &mut servers,
+        &mut answer,
+        true,
+        limits,
+    )
+    .await;
+    // Every shard was sent the request and read to its first ReadyForQuery unless I/O failed (or the client did).
     if result
         .as_ref()
         .map_or_else(|e| e.servers_reusable(), |_| true)
@@ -118,46 +147,121 @@ async fn scatter_answer(b: &ExtendedBatch, lent: &mut Lent) -> Result<BytesMut, 
         }
     }
     result?;
-    let mut frames = Vec::new();
-    while let Ok(Some(f)) = split_frame(&mut merged) {
-        frames.push(f);
-    }
-    let (description, rest) = match frames.split_first() {
-        Some((d, rest)) if d.tag == tag::ROW_DESCRIPTION => (d.clone(), rest.to_vec()),
-        _ => {
-            return Err(ScatterError::protocol(
-                0,
-                "merged result without RowDescription",
-            ))
-        }
-    };
-    let (description, rest) = if wants_binary && !concat {
-        to_binary(&description, &rest, &parts.result_formats)?
-    } else {
-        (description, rest)
-    };
-    let mut answer = BytesMut::new();
-    for f in &b.frames {
-        match f.tag {
-            tag::PARSE => parse_complete(&mut answer),
-            tag::BIND => put_message(&mut answer, tag::BIND_COMPLETE, |_| {}),
-            tag::DESCRIBE if f.body().first() == Some(&b'S') => {
-                if let Some((p, r)) = &described {
-                    answer.extend_from_slice(&p.raw);
-                    answer.extend_from_slice(&r.raw);
-                }
+    answer.finish().await
+}
+
+/// The client's answer to a scatter batch, written as the merged result arrives: the replies owed for the batch's
+/// messages before its Execute go out with the merged RowDescription, the rows as the Execute's, the rest at the
+/// end. Values are converted to binary where the client asked (a merge that reads values gets text from shards).
+struct Answer<'b, 's, 'c> {
+    batch: &'b [Frame],
+    described: Option<&'b (Frame, Frame)>,
+    /// The client's result formats, when rows must be converted.
+    binary: Option<&'b [i16]>,
+    /// The converted columns (with the client's formats), once the RowDescription is in.
+    fields: Option<Vec<Field>>,
+    description: Option<Frame>,
+    sink: &'s mut ClientSink<'c>,
+}
+
+impl Answer<'_, '_, '_> {
+    /// The replies to the batch's messages before its (single) Execute, or, with `after_execute`, after it.
+    fn replies(&self, out: &mut BytesMut, after_execute: bool) {
+        let mut seen_execute = false;
+        for f in self.batch {
+            if f.tag == tag::EXECUTE {
+                seen_execute = true;
+                continue;
             }
-            tag::DESCRIBE => answer.extend_from_slice(&description.raw),
-            tag::EXECUTE => {
-                for r in &rest {
-                    answer.extend_from_slice(&r.raw);
-                }
+            if seen_execute != after_execute {
+                continue;
             }
-            tag::CLOSE => close_complete(&mut answer),
-            _ => {}
+            match f.tag {
+                tag::PARSE => parse_complete(out),
+                tag::BIND => put_message(out, tag::BIND_COMPLETE, |_| {}),
+                tag::DESCRIBE if f.body().first() == Some(&b'S') => {
+                    if let Some((p, r)) = self.described {
+                        out.extend_from_slice(&p.raw);
+                        out.extend_from_slice(&r.raw);
+                    }
+                }
+                tag::DESCRIBE => {
+                    if let Some(d) = &self.description {
+                        out.extend_from_slice(&d.raw);
+                    }
+                }
+                tag::CLOSE => close_complete(out),
+                _ => {}
+            }
         }
     }
-    Ok(answer)
+
+    /// Converts merged messages to what the client gets.
+    fn convert(&mut self, merged: &mut BytesMut) -> Result<BytesMut, ScatterError> {
+        if self.description.is_some() && self.fields.is_none() {
+            // Rows as they are: handed on without a copy.
+            return Ok(merged.split());
+        }
+        let mut out = BytesMut::with_capacity(merged.len() + 64);
+        loop {
+            let frame = match split_frame(merged) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return Err(ScatterError::protocol(0, e.to_string())),
+            };
+            if self.description.is_none() {
+                if frame.tag != tag::ROW_DESCRIPTION {
+                    return Err(ScatterError::protocol(
+                        0,
+                        "merged result without RowDescription",
+                    ));
+                }
+                let description = match self.binary {
+                    Some(formats) => {
+                        let (d, fields) = binary_description(&frame, formats)?;
+                        self.fields = Some(fields);
+                        d
+                    }
+                    None => frame,
+                };
+                self.description = Some(description);
+                self.replies(&mut out, false);
+                continue;
+            }
+            match &self.fields {
+                Some(fields) if frame.tag == tag::DATA_ROW => {
+                    out.extend_from_slice(&binary_row(&frame, fields)?)
+                }
+                _ => out.extend_from_slice(&frame.raw),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The replies owed after the Execute's.
+    async fn finish(&mut self) -> Result<(), ScatterError> {
+        let mut out = BytesMut::new();
+        self.replies(&mut out, true);
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.sink.send(out).await
+    }
+}
+
+impl MergeSink for Answer<'_, '_, '_> {
+    fn take<'a>(
+        &'a mut self,
+        out: &'a mut BytesMut,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ScatterError>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let converted = self.convert(out);
+            out.clear();
+            let converted = converted?;
+            self.sink.send(converted).await
+        })
+    }
 }
 
 /// Parse and Describe of the client's own statement on one shard: its ParameterDescription and its RowDescription
@@ -251,13 +355,12 @@ fn param_integer(
     }
 }
 
-/// Converts a merged text result to the client's result formats: the RowDescription's format codes and every
-/// binary column of every row. A column the client wants binary whose type has no exact conversion is refused.
-fn to_binary(
+/// The merged RowDescription with the client's result formats; a column the client wants binary whose type has no
+/// exact conversion is refused. Returns it and its fields, for [`binary_row`].
+fn binary_description(
     description: &Frame,
-    rest: &[Frame],
     formats: &[i16],
-) -> Result<(Frame, Vec<Frame>), ScatterError> {
+) -> Result<(Frame, Vec<Field>), ScatterError> {
     let mut fields =
         parse_row_description(description).map_err(|e| ScatterError::protocol(0, e.to_string()))?;
     let format_of = |i: usize| match formats {
@@ -294,37 +397,31 @@ fn to_binary(
         tag: tag::ROW_DESCRIPTION,
         raw: buf.split().freeze(),
     };
-    let mut rows = Vec::with_capacity(rest.len());
-    for r in rest {
-        if r.tag != tag::DATA_ROW {
-            rows.push(r.clone());
+    Ok((desc, fields))
+}
+
+/// A merged text DataRow with the columns `fields` marks binary converted.
+fn binary_row(row: &Frame, fields: &[Field]) -> Result<BytesMut, ScatterError> {
+    let mut values = data_row_values(row).map_err(|e| ScatterError::protocol(0, e.to_string()))?;
+    for (i, v) in values.iter_mut().enumerate() {
+        let (Some(text), Some(f)) = (v.as_ref(), fields.get(i)) else {
             continue;
+        };
+        if f.format == 1 {
+            let bin =
+                binary::text_to_binary(f.type_oid, text).ok_or_else(|| ScatterError::Data {
+                    code: "22P03",
+                    message: format!(
+                        "could not convert a value of column \"{}\" to binary format",
+                        String::from_utf8_lossy(&f.name)
+                    ),
+                })?;
+            *v = Some(Bytes::from(bin));
         }
-        let mut values =
-            data_row_values(r).map_err(|e| ScatterError::protocol(0, e.to_string()))?;
-        for (i, v) in values.iter_mut().enumerate() {
-            let (Some(text), Some(f)) = (v.as_ref(), fields.get(i)) else {
-                continue;
-            };
-            if f.format == 1 {
-                let bin =
-                    binary::text_to_binary(f.type_oid, text).ok_or_else(|| ScatterError::Data {
-                        code: "22P03",
-                        message: format!(
-                            "could not convert a value of column \"{}\" to binary format",
-                            String::from_utf8_lossy(&f.name)
-                        ),
-                    })?;
-                *v = Some(Bytes::from(bin));
-            }
-        }
-        write_data_row(&mut buf, &values);
-        rows.push(Frame {
-            tag: tag::DATA_ROW,
-            raw: buf.split().freeze(),
-        });
     }
-    Ok((desc, rows))
+    let mut buf = BytesMut::new();
+    write_data_row(&mut buf, &values);
+    Ok(buf)
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use super::numeric::{format_float4, format_float8, parse_float, Numeric};
 use super::plan::MergedColumn;
 use super::value::{group_key, oid, type_name, SortValue, TypeClass};
 use super::wire::{data_row_values, Field};
-use super::{ScatterError, NUMERIC_OUT_OF_RANGE};
+use super::{Limits, ScatterError, NUMERIC_OUT_OF_RANGE};
 use crate::protocol::Frame;
 
 /// How one merged column combines, bound to the shard result's column types.
@@ -65,13 +65,22 @@ pub struct Aggregator {
     pub type_oids: Vec<u32>,
     /// The RowDescription fields of the client's columns.
     pub fields: Vec<Field>,
+    limits: Limits,
+    /// Estimated bytes held: keys, kept values and a per-group overhead.
+    held: usize,
 }
+
+/// Bytes a group costs beyond its key and values: its map entry, its row vector and one accumulator per column
+/// (an estimate: what matters is that it grows with the groups).
+const GROUP_OVERHEAD: usize = 64;
+const ACC_OVERHEAD: usize = std::mem::size_of::<Acc>();
 
 impl Aggregator {
     pub fn new(
         columns: &[MergedColumn],
         visible: usize,
         shard_fields: &[Field],
+        limits: Limits,
     ) -> Result<Aggregator, ScatterError> {
         let type_of = |col: usize| {
             shard_fields.get(col).map(|f| f.type_oid).ok_or_else(|| {
@@ -104,13 +113,19 @@ impl Aggregator {
             rows: Vec::new(),
             type_oids,
             fields,
+            limits,
+            held: 0,
         })
     }
 
     /// Adds one partial row from a shard.
     pub fn add(&mut self, shard: usize, frame: &Frame) -> Result<(), ScatterError> {
-        let values =
-            data_row_values(frame).map_err(|e| ScatterError::protocol(shard, e.to_string()))?;
+        // Copied out of the frame: a slice would keep the shard's whole read buffer (64 KiB) alive for each group.
+        let values: Vec<Option<Bytes>> = data_row_values(frame)
+            .map_err(|e| ScatterError::protocol(shard, e.to_string()))?
+            .into_iter()
+            .map(|v| v.map(|b| Bytes::copy_from_slice(&b)))
+            .collect();
         if values.len() != self.width {
             return Err(ScatterError::protocol(
                 shard,
@@ -139,6 +154,24 @@ impl Aggregator {
                 }
             }
             None => {
+                if self.rows.len() >= self.limits.max_groups {
+                    return Err(ScatterError::LimitExceeded {
+                        what: "GROUP BY",
+                        setting: "scatter_max_groups",
+                        limit: self.limits.max_groups,
+                    });
+                }
+                let values_len: usize = values.iter().flatten().map(Bytes::len).sum();
+                self.held = self.held.saturating_add(
+                    GROUP_OVERHEAD + key.len() + values_len + ACC_OVERHEAD * self.combine.len(),
+                );
+                if self.held > self.limits.max_buffer_bytes {
+                    return Err(ScatterError::LimitExceeded {
+                        what: "GROUP BY",
+                        setting: "scatter_max_buffer_bytes",
+                        limit: self.limits.max_buffer_bytes,
+                    });
+                }
                 let accs = self
                     .combine
                     .iter()
@@ -484,7 +517,7 @@ mod tests {
         .into_iter()
         .map(field)
         .collect();
-        let mut agg = Aggregator::new(&columns, 7, &fields).unwrap();
+        let mut agg = Aggregator::new(&columns, 7, &fields, Limits::UNLIMITED).unwrap();
         assert_eq!(agg.fields[6].type_oid, oid::NUMERIC);
         let rows = [
             [
@@ -545,12 +578,14 @@ mod tests {
     #[test]
     fn sums_overflow_like_postgres() {
         let fields = vec![field(oid::INT8)];
-        let mut agg = Aggregator::new(&[MergedColumn::Count(0)], 1, &fields).unwrap();
+        let mut agg =
+            Aggregator::new(&[MergedColumn::Count(0)], 1, &fields, Limits::UNLIMITED).unwrap();
         agg.add(0, &row(&[Some("9223372036854775807")])).unwrap();
         let err = agg.add(1, &row(&[Some("1")])).unwrap_err();
         assert!(matches!(err, ScatterError::Data { code: "22003", .. }));
         let fields = vec![field(oid::FLOAT8)];
-        let mut agg = Aggregator::new(&[MergedColumn::Sum(0)], 1, &fields).unwrap();
+        let mut agg =
+            Aggregator::new(&[MergedColumn::Sum(0)], 1, &fields, Limits::UNLIMITED).unwrap();
         agg.add(0, &row(&[Some("1e+308")])).unwrap();
         assert!(agg.add(1, &row(&[Some("1e+308")])).is_err());
     }
@@ -558,7 +593,8 @@ mod tests {
     #[test]
     fn float_sums_keep_a_single_shards_text_and_avg_real_is_refused() {
         let fields = vec![field(oid::FLOAT8)];
-        let mut agg = Aggregator::new(&[MergedColumn::Sum(0)], 1, &fields).unwrap();
+        let mut agg =
+            Aggregator::new(&[MergedColumn::Sum(0)], 1, &fields, Limits::UNLIMITED).unwrap();
         agg.add(0, &row(&[None])).unwrap();
         agg.add(1, &row(&[Some("0.30000000000000004")])).unwrap();
         assert_eq!(
@@ -566,9 +602,47 @@ mod tests {
             [Some("0.30000000000000004".to_owned())]
         );
         let fields = vec![field(oid::FLOAT4), field(oid::INT8)];
-        let err = Aggregator::new(&[MergedColumn::Avg { sum: 0, count: 1 }], 1, &fields)
-            .err()
-            .unwrap();
+        let err = Aggregator::new(
+            &[MergedColumn::Avg { sum: 0, count: 1 }],
+            1,
+            &fields,
+            Limits::UNLIMITED,
+        )
+        .err()
+        .unwrap();
         assert!(matches!(err, ScatterError::Unsupported(_)));
+    }
+
+    #[test]
+    fn groups_past_either_limit_are_refused_naming_the_setting() {
+        let fields = vec![field(oid::INT4), field(oid::INT8)];
+        let columns = [MergedColumn::Group(0), MergedColumn::Count(1)];
+        let limits = Limits {
+            max_groups: 2,
+            max_buffer_bytes: usize::MAX,
+        };
+        let mut agg = Aggregator::new(&columns, 2, &fields, limits).unwrap();
+        agg.add(0, &row(&[Some("1"), Some("5")])).unwrap();
+        agg.add(1, &row(&[Some("2"), Some("5")])).unwrap();
+        // Existing groups still merge at the limit.
+        agg.add(1, &row(&[Some("1"), Some("5")])).unwrap();
+        let err = agg.add(0, &row(&[Some("3"), Some("5")])).unwrap_err();
+        assert!(matches!(
+            err,
+            ScatterError::LimitExceeded {
+                setting: "scatter_max_groups",
+                limit: 2,
+                ..
+            }
+        ));
+        let limits = Limits {
+            max_groups: usize::MAX,
+            max_buffer_bytes: 1000,
+        };
+        let mut agg = Aggregator::new(&columns, 2, &fields, limits).unwrap();
+        let added = (0..1000)
+            .take_while(|i| agg.add(0, &row(&[Some(&i.to_string()), Some("1")])).is_ok())
+            .count();
+        assert!((1..20).contains(&added), "{added} groups fit in 1000 bytes");
     }
 }

@@ -38,11 +38,41 @@ mod items;
 mod scan;
 
 pub use plan::{ColumnRef, MergedColumn, Plan, PlanKind, SortKey, Window};
-pub use run::{scatter_query, scatter_request, ScatterOutcome};
+pub use run::{
+    scatter_query, scatter_query_into, scatter_request, MergeSink, ScatterOutcome, SINK_CHUNK,
+};
 
 use crate::backend::server::ServerIoError;
 use crate::protocol::backend::{error_response, put_cstr, put_message, Severity};
 use crate::protocol::tag;
+
+/// SQLSTATE program_limit_exceeded.
+const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+
+/// Bounds on the state a merge may hold (only aggregation holds any; 0 or `usize::MAX`: no bound).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Groups at most (`general.scatter_max_groups`).
+    pub max_groups: usize,
+    /// Estimated bytes of merged state at most (`general.scatter_max_buffer_bytes`).
+    pub max_buffer_bytes: usize,
+}
+
+impl Limits {
+    pub const UNLIMITED: Limits = Limits {
+        max_groups: usize::MAX,
+        max_buffer_bytes: usize::MAX,
+    };
+
+    /// The configured limits, with 0 meaning none.
+    pub fn from_config(general: &crate::config::General) -> Limits {
+        let or_max = |n: usize| if n == 0 { usize::MAX } else { n };
+        Limits {
+            max_groups: or_max(general.scatter_max_groups),
+            max_buffer_bytes: or_max(general.scatter_max_buffer_bytes),
+        }
+    }
+}
 
 /// SQLSTATE feature_not_supported.
 const FEATURE_NOT_SUPPORTED: &str = "0A000";
@@ -78,6 +108,17 @@ pub enum ScatterError {
     /// Postgres would have raised.
     #[error("{message}")]
     Data { code: &'static str, message: String },
+    /// The merge needed more state than a configured limit allows (`setting` names it).
+    #[error("a multi-shard {what} needs more than {setting} ({limit}) allows")]
+    LimitExceeded {
+        what: &'static str,
+        setting: &'static str,
+        limit: usize,
+    },
+    /// The client could not take the merged result (gone, or stalled past client_stall_timeout); the caller holds
+    /// the reason.
+    #[error("the client stopped taking the result: {0}")]
+    Client(String),
 }
 
 impl ScatterError {
@@ -94,7 +135,7 @@ impl ScatterError {
 
     /// Whether the servers may still be usable (every error but I/O leaves them drained to ReadyForQuery).
     pub fn servers_reusable(&self) -> bool {
-        !matches!(self, ScatterError::Io { .. })
+        !matches!(self, ScatterError::Io { .. } | ScatterError::Client(_))
     }
 
     /// The ErrorResponse a client sees: a shard's own error keeps its SQLSTATE and message, with the shard named in
@@ -114,6 +155,22 @@ impl ScatterError {
             ScatterError::Data { code, message } => {
                 error_response(buf, Severity::Error, code, message, None)
             }
+            ScatterError::LimitExceeded { setting, .. } => error_response(
+                buf,
+                Severity::Error,
+                PROGRAM_LIMIT_EXCEEDED,
+                &self.to_string(),
+                Some(&format!(
+                    "shardpool merges the shards' partial results in memory, bounded by general.{setting}"
+                )),
+            ),
+            ScatterError::Client(_) => error_response(
+                buf,
+                Severity::Error,
+                "08006",
+                "the client stopped reading the result",
+                None,
+            ),
             ScatterError::Io { shard, .. } => error_response(
                 buf,
                 Severity::Error,

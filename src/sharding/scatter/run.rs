@@ -1,15 +1,23 @@
 //! Running a planned scatter/gather query over logged-in shard connections: one simple-protocol Query to every
-//! shard, then the replies read and merged into `out` as RowDescription, DataRows and `SELECT n` (the caller adds
-//! ReadyForQuery, as for any statement of a batch).
+//! shard, then the replies read and merged into a [`MergeSink`] as RowDescription, DataRows and `SELECT n` (the
+//! caller adds ReadyForQuery, as for any statement of a batch).
 //!
 //! Rows stream: concatenation forwards each shard's DataRow frames as they are read, the k-way merge holds one row
-//! per shard, and only aggregation holds state (one row per group). Shards that are not being read meanwhile
-//! execute and block on their socket buffers.
+//! per shard, and only aggregation holds state (one row per group, bounded by [`Limits`]). Merged messages go to
+//! the sink every [`SINK_CHUNK`] bytes, and the sink (the client's socket) takes them only as fast as the client
+//! reads: shards are read no faster than that, so they wait on their socket buffers and memory stays at a chunk
+//! plus one message per shard, however large the result.
 //!
-//! Failure handling: the first ErrorResponse (in shard order of reading) or merge error becomes the result and
-//! anything already written to `out` is taken back; every shard that was sent the query is then read up to its
-//! ReadyForQuery, so each connection is left idle (or in its transaction) and reusable. Only an I/O or framing
-//! failure leaves a connection marked broken. A merge that ends early (LIMIT reached) also drains the rest.
+//! Failure handling: the first ErrorResponse (in shard order of reading) or merge error becomes the result; what
+//! the sink has not taken yet is dropped (what it took stays sent, as rows before an error do from Postgres).
+//! Every shard that was sent the query is then read up to its ReadyForQuery, so each connection is left idle (or
+//! in its transaction) and reusable; a shard still producing rows after a limit was exceeded is cancelled first,
+//! so the drain is short. Only an I/O or framing failure leaves a connection marked broken, and so does a sink
+//! failure (the client is gone or stalled): those shards are cancelled and not reused. A merge that ends early
+//! (LIMIT reached) also drains the rest.
+
+use std::future::Future;
+use std::pin::Pin;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -21,12 +29,16 @@ use super::value::type_name;
 use super::wire::{
     parse_row_description, write_data_row, write_data_row_prefix, write_row_description, Field,
 };
-use super::{ScatterError, ShardErrorFields};
+use super::{Limits, ScatterError, ShardErrorFields};
 use crate::backend::server::{ServerConn, ServerIoError};
 use crate::protocol::backend::{command_complete, parse_parameter_status, parse_ready_for_query};
 use crate::protocol::framing::split_frame;
 use crate::protocol::frontend::write_query;
 use crate::protocol::{tag, Frame};
+
+/// Merged bytes collected before they are handed to the sink: large enough that a result goes out in few writes,
+/// small enough to be the proxy's whole per-statement buffer.
+pub const SINK_CHUNK: usize = 64 * 1024;
 
 /// What a successful scatter/gather query produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,14 +47,67 @@ pub struct ScatterOutcome {
     pub rows: u64,
 }
 
+/// Where merged messages go as they are produced.
+pub trait MergeSink: Send {
+    /// Takes every (whole) message in `out`, leaving it empty; may wait while the client is not reading. An error
+    /// means the client cannot take the result: the merge stops and its shards are closed.
+    fn take<'a>(
+        &'a mut self,
+        out: &'a mut BytesMut,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ScatterError>> + Send + 'a>>;
+}
+
+/// Collects the whole merged result (tests, and callers that must see all of it before answering).
+impl MergeSink for BytesMut {
+    fn take<'a>(
+        &'a mut self,
+        out: &'a mut BytesMut,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ScatterError>> + Send + 'a>> {
+        self.extend_from_slice(out);
+        out.clear();
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// The merge's output: a chunk of merged messages, handed to the sink whenever it fills.
+struct Output<'s> {
+    buf: BytesMut,
+    sink: &'s mut dyn MergeSink,
+}
+
+impl Output<'_> {
+    async fn maybe_flush(&mut self) -> Result<(), ScatterError> {
+        if self.buf.len() >= SINK_CHUNK {
+            self.sink.take(&mut self.buf).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Runs `plan` (made from the client's `sql`) on every server of `servers` (shard i is `servers[i]`) and writes the
-/// merged result into `out`. On error nothing is left in `out` and, unless the error is I/O, every server is at
-/// ReadyForQuery.
+/// merged result into `out`, with no limit on aggregate state. On error nothing is left in `out` and, unless the
+/// error is I/O, every server is at ReadyForQuery.
 pub async fn scatter_query(
     sql: &str,
     plan: &Plan,
     servers: &mut [&mut ServerConn],
     out: &mut BytesMut,
+) -> Result<ScatterOutcome, ScatterError> {
+    let mut collected = BytesMut::new();
+    let result = scatter_query_into(sql, plan, servers, &mut collected, Limits::UNLIMITED).await;
+    if result.is_ok() {
+        out.extend_from_slice(&collected);
+    }
+    result
+}
+
+/// [`scatter_query`] into a sink, with aggregate state bounded by `limits`.
+pub async fn scatter_query_into(
+    sql: &str,
+    plan: &Plan,
+    servers: &mut [&mut ServerConn],
+    sink: &mut dyn MergeSink,
+    limits: Limits,
 ) -> Result<ScatterOutcome, ScatterError> {
     let shard_sql = plan.shard_sql(sql);
     tracing::debug!(
@@ -53,21 +118,21 @@ pub async fn scatter_query(
     );
     let mut msg = BytesMut::with_capacity(shard_sql.len() + 6);
     write_query(&mut msg, shard_sql);
-    scatter_request(plan, &msg, servers, out, false).await
+    scatter_request(plan, &msg, servers, sink, false, limits).await
 }
 
-/// Like [`scatter_query`], with `request` (the same bytes for every shard) already written: a simple Query, or an
-/// extended-protocol Parse, Bind, Describe portal, Execute, Sync (whose ParseComplete and BindComplete are skipped;
-/// the portal's RowDescription plays the Query's). `binary_concat`: a concatenation may pass binary-format columns
-/// through, since it never reads a value.
+/// Like [`scatter_query_into`], with `request` (the same bytes for every shard) already written: a simple Query, or
+/// an extended-protocol Parse, Bind, Describe portal, Execute, Sync (whose ParseComplete and BindComplete are
+/// skipped; the portal's RowDescription plays the Query's). `binary_concat`: a concatenation may pass binary-format
+/// columns through, since it never reads a value. On error, what the sink took stays taken; the rest is dropped.
 pub async fn scatter_request(
     plan: &Plan,
     request: &[u8],
     servers: &mut [&mut ServerConn],
-    out: &mut BytesMut,
+    sink: &mut dyn MergeSink,
     binary_concat: bool,
+    limits: Limits,
 ) -> Result<ScatterOutcome, ScatterError> {
-    let start = out.len();
     let allow_binary = binary_concat && matches!(plan.kind, PlanKind::Concat { .. });
     let mut shards: Vec<Shard> = servers
         .iter_mut()
@@ -79,10 +144,34 @@ pub async fn scatter_request(
             notices: Vec::new(),
         })
         .collect();
+    let mut out = Output {
+        buf: BytesMut::new(),
+        sink,
+    };
     let mut result = match send(&mut shards, request).await {
-        Ok(()) => merge(plan, &mut shards, out, allow_binary).await,
+        Ok(()) => merge(plan, &mut shards, &mut out, allow_binary, limits).await,
         Err(e) => Err(e),
     };
+    match &result {
+        Err(ScatterError::Client(_)) => {
+            // Nobody will read the rest: stop the shards and close them.
+            for shard in &mut shards {
+                if shard.state != State::Idle && shard.state != State::Broken {
+                    shard.cancel().await;
+                    shard.conn.broken = true;
+                    shard.state = State::Broken;
+                }
+            }
+        }
+        Err(ScatterError::LimitExceeded { .. }) => {
+            for shard in &mut shards {
+                if matches!(shard.state, State::Description | State::Rows) {
+                    shard.cancel().await;
+                }
+            }
+        }
+        _ => {}
+    }
     for shard in &mut shards {
         if let Err(e) = shard.drain().await {
             tracing::debug!(shard = shard.index, error = %e, "scatter/gather: shard failed while draining");
@@ -95,15 +184,15 @@ pub async fn scatter_request(
         Ok(rows) => {
             for shard in &mut shards {
                 for notice in shard.notices.drain(..) {
-                    out.extend_from_slice(&notice.raw);
+                    out.buf.extend_from_slice(&notice.raw);
                 }
+            }
+            if !out.buf.is_empty() {
+                out.sink.take(&mut out.buf).await?;
             }
             Ok(ScatterOutcome { rows })
         }
-        Err(e) => {
-            out.truncate(start);
-            Err(e)
-        }
+        Err(e) => Err(e),
     }
 }
 
@@ -126,8 +215,9 @@ async fn send(shards: &mut [Shard<'_, '_>], msg: &[u8]) -> Result<(), ScatterErr
 async fn merge(
     plan: &Plan,
     shards: &mut [Shard<'_, '_>],
-    out: &mut BytesMut,
+    out: &mut Output<'_>,
     allow_binary: bool,
+    limits: Limits,
 ) -> Result<u64, ScatterError> {
     let fields = describe(shards, allow_binary).await?;
     let visible = fields.len().checked_sub(plan.hidden).ok_or_else(|| {
@@ -135,13 +225,13 @@ async fn merge(
     })?;
     let rows = match &plan.kind {
         PlanKind::Concat { window } => {
-            write_row_description(out, &fields[..visible]);
+            write_row_description(&mut out.buf, &fields[..visible]);
             concat(shards, *window, visible, plan.hidden > 0, out).await?
         }
         PlanKind::Sorted { keys, window } => {
             let oids: Vec<u32> = fields.iter().map(|f| f.type_oid).collect();
             let keys = bind_keys(keys, visible, &oids)?;
-            write_row_description(out, &fields[..visible]);
+            write_row_description(&mut out.buf, &fields[..visible]);
             sorted(shards, keys, *window, visible, plan.hidden > 0, out).await?
         }
         PlanKind::Aggregate {
@@ -150,11 +240,11 @@ async fn merge(
             order,
             window,
         } => {
-            let agg = Aggregator::new(columns, *visible, &fields)?;
+            let agg = Aggregator::new(columns, *visible, &fields, limits)?;
             aggregate(shards, agg, order, *visible, *window, out).await?
         }
     };
-    command_complete(out, &format!("SELECT {rows}"));
+    command_complete(&mut out.buf, &format!("SELECT {rows}"));
     Ok(rows)
 }
 
@@ -220,12 +310,35 @@ fn write_row(
     }
 }
 
+/// Writes a row to the output. A row of a chunk or more (a multi-megabyte value) goes to the sink as its own
+/// buffer: the bytes read from the shard become the client's without a copy, so such a message costs the proxy
+/// its size once, not twice.
+async fn emit_row(
+    out: &mut Output<'_>,
+    row: Frame,
+    visible: usize,
+    strip: bool,
+) -> Result<(), ScatterError> {
+    if !strip && row.raw.len() >= SINK_CHUNK {
+        if !out.buf.is_empty() {
+            out.sink.take(&mut out.buf).await?;
+        }
+        let mut whole = row
+            .raw
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        return out.sink.take(&mut whole).await;
+    }
+    write_row(&mut out.buf, &row, visible, strip)?;
+    out.maybe_flush().await
+}
+
 async fn concat(
     shards: &mut [Shard<'_, '_>],
     window: Window,
     visible: usize,
     strip: bool,
-    out: &mut BytesMut,
+    out: &mut Output<'_>,
 ) -> Result<u64, ScatterError> {
     let mut emit = Emitter::new(window);
     for shard in shards.iter_mut() {
@@ -234,7 +347,7 @@ async fn concat(
                 break;
             };
             match emit.admit() {
-                Admit::Take => write_row(out, &row, visible, strip)?,
+                Admit::Take => emit_row(out, row, visible, strip).await?,
                 Admit::Skip => {}
                 Admit::Done => break,
             }
@@ -252,7 +365,7 @@ async fn sorted(
     window: Window,
     visible: usize,
     strip: bool,
-    out: &mut BytesMut,
+    out: &mut Output<'_>,
 ) -> Result<u64, ScatterError> {
     let mut emit = Emitter::new(window);
     let mut merge = KWayMerge::new(keys, shards.len());
@@ -265,7 +378,7 @@ async fn sorted(
         }
         let Some((_, row)) = merge.pop() else { break };
         match emit.admit() {
-            Admit::Take => write_row(out, &row, visible, strip)?,
+            Admit::Take => emit_row(out, row, visible, strip).await?,
             Admit::Skip => {}
             Admit::Done => break,
         }
@@ -279,7 +392,7 @@ async fn aggregate(
     order: &[SortKey],
     visible: usize,
     window: Window,
-    out: &mut BytesMut,
+    out: &mut Output<'_>,
 ) -> Result<u64, ScatterError> {
     for shard in shards.iter_mut() {
         while let Some(row) = shard.next_row().await? {
@@ -301,11 +414,14 @@ async fn aggregate(
         keyed.sort_by(|a, b| compare_rows(&keys, &a.0, &b.0));
         keyed
     };
-    write_row_description(out, &fields);
+    write_row_description(&mut out.buf, &fields);
     let mut emit = Emitter::new(window);
     for (_, row) in &rows {
         match emit.admit() {
-            Admit::Take => write_data_row(out, &row[..visible]),
+            Admit::Take => {
+                write_data_row(&mut out.buf, &row[..visible]);
+                out.maybe_flush().await?;
+            }
             Admit::Skip => {}
             Admit::Done => break,
         }
@@ -337,17 +453,25 @@ impl Shard<'_, '_> {
     async fn next_frame(&mut self) -> Result<Frame, ScatterError> {
         loop {
             match split_frame(&mut self.conn.rbuf) {
-                Ok(Some(frame)) => match frame.tag {
-                    tag::PARAMETER_STATUS => {
-                        if let Some((k, v)) = parse_parameter_status(frame.body()) {
-                            self.conn.reported.insert(k, v);
-                        }
+                Ok(Some(frame)) => {
+                    if frame.raw.len() >= SINK_CHUNK {
+                        // The frame becomes the only owner of its allocation once the read buffer lets go of it
+                        // (what follows it, if anything, is copied: it is less than one read), so it can be handed
+                        // on without a copy.
+                        self.conn.rbuf = BytesMut::from(&self.conn.rbuf[..]);
                     }
-                    tag::NOTICE_RESPONSE => self.notices.push(frame),
-                    // Acknowledgements of an extended-protocol request: the caller answers the client's own.
-                    tag::NOTIFICATION_RESPONSE | tag::PARSE_COMPLETE | tag::BIND_COMPLETE => {}
-                    _ => return Ok(frame),
-                },
+                    match frame.tag {
+                        tag::PARAMETER_STATUS => {
+                            if let Some((k, v)) = parse_parameter_status(frame.body()) {
+                                self.conn.reported.insert(k, v);
+                            }
+                        }
+                        tag::NOTICE_RESPONSE => self.notices.push(frame),
+                        // Acknowledgements of an extended-protocol request: the caller answers the client's own.
+                        tag::NOTIFICATION_RESPONSE | tag::PARSE_COMPLETE | tag::BIND_COMPLETE => {}
+                        _ => return Ok(frame),
+                    }
+                }
                 Ok(None) => {
                     if let Err(source) = self.conn.read_more().await {
                         return Err(self.broken(source));
@@ -356,6 +480,18 @@ impl Shard<'_, '_> {
                 Err(e) => return Err(self.broken(ServerIoError::Protocol(e.to_string()))),
             }
         }
+    }
+
+    /// Asks the shard's postmaster to cancel what this connection runs; returns once the signal is sent, so a
+    /// drain after it cannot end before the cancel has landed (it reaches this statement or an idle backend, which
+    /// ignores it, never a later client's).
+    async fn cancel(&self) {
+        crate::frontend::session::cancel_on_server(
+            self.conn.addr.clone(),
+            self.conn.cancel_key,
+            || true,
+        )
+        .await;
     }
 
     fn broken(&mut self, source: ServerIoError) -> ScatterError {
