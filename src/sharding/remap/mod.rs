@@ -16,4 +16,4 @@ pub mod run;
 pub mod state;
 pub mod verify;
 
-pub use run::{RemapError, RemapOptions, Remapper, ShardAccess};
+pub use run::{Progress, ProgressSink, RemapError, RemapOptions, Remapper, ShardAccess};
