@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 use remap_kit::*;
 use shardpool::sharding::remap::cutover::CutoverError;
 use shardpool::sharding::remap::state::Phase;
-use shardpool::sharding::remap::RemapError;
+use shardpool::sharding::remap::{Progress, RemapError};
 
 /// What the writer through the in-process instance committed.
 #[derive(Default)]
@@ -101,16 +101,23 @@ async fn an_instance_stopped_during_the_flip_makes_the_cutover_resume_on_the_sou
     opts.max_pause = Duration::from_secs(3);
     opts.cutover_attempts = 1;
     let mut r = s.remapper(opts, log.clone()).await;
-    let lines = log.clone();
-    r.log = Box::new(move |l: &str| {
-        if l == "cutover: drain" {
-            kill(pid, Signal::SIGSTOP).unwrap();
+    let steps = Arc::new(Mutex::new(Vec::new()));
+    let seen = steps.clone();
+    r.progress = Some(Box::new(move |p: &Progress<'_>| {
+        if let Progress::Step(step) = p {
+            if *step == "cutover: drain" {
+                kill(pid, Signal::SIGSTOP).unwrap();
+            }
+            seen.lock().unwrap().push(step.to_string());
         }
-        lines.lock().unwrap().push(l.to_owned());
-    });
+    }));
     let started = Instant::now();
     let err = r.start(&moving, 1).await.unwrap_err();
-    let text = log.lock().unwrap().join("\n");
+    let text = format!(
+        "{}\n{}",
+        log.lock().unwrap().join("\n"),
+        steps.lock().unwrap().join("\n")
+    );
     match &err {
         RemapError::Cutover(CutoverError::PauseExceeded { step, .. }) => {
             assert!(
@@ -120,8 +127,18 @@ async fn an_instance_stopped_during_the_flip_makes_the_cutover_resume_on_the_sou
         }
         other => panic!("{other}\n{text}"),
     }
-    assert!(text.contains("cutover: flip\n"), "{text}");
-    assert!(text.contains("cutover: flip undone"), "{text}");
+    assert_eq!(
+        steps.lock().unwrap()[..],
+        [
+            "cutover: freeze",
+            "cutover: freeze acknowledged",
+            "cutover: fence",
+            "cutover: drain",
+            "cutover: flip",
+            "cutover: flip undone, writes resume on the source"
+        ],
+        "{text}"
+    );
 
     // Back as before the cutover: placement on the source, no freeze, no recorded drained point.
     assert_eq!(placement(&catalog, &moving).await, vec![0; 16]);
@@ -166,6 +183,7 @@ async fn an_instance_stopped_during_the_flip_makes_the_cutover_resume_on_the_sou
 
     // Run again at a quieter moment: the remap completes, and every committed row is on the target exactly once.
     r.opts.cutover_attempts = 5;
+    r.progress = None;
     let row = r
         .start(&moving, 1)
         .await

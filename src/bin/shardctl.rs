@@ -527,14 +527,31 @@ async fn remapper(
         max_pause: parse_duration(max_pause)?,
         ..RemapOptions::default()
     };
-    Ok(Remapper {
+    let mut r = Remapper {
         cfg,
         catalog: t.client,
         shards,
         opts,
         log: Box::new(|line: &str| println!("{line}")),
         progress: None,
-    })
+    };
+    // On a terminal, a live block (phase, a bar per table, lag, ETA) with the log lines above it; otherwise the log
+    // lines alone, one per phase, for scripts and log files.
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        use shardpool::sharding::remap::display::Display;
+        use std::sync::{Arc, Mutex, PoisonError};
+        let display = Arc::new(Mutex::new(Display::new(Box::new(std::io::stdout()))));
+        let d = Arc::clone(&display);
+        r.log =
+            Box::new(move |line: &str| d.lock().unwrap_or_else(PoisonError::into_inner).line(line));
+        r.progress = Some(Box::new(move |event| {
+            display
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .event(event)
+        }));
+    }
+    Ok(r)
 }
 
 async fn rebalance(args: &RebalanceArgs, url: Option<String>) -> anyhow::Result<()> {

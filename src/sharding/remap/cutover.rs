@@ -267,7 +267,7 @@ pub struct Cutover<'a> {
     pub snapshot: Option<&'a Client>,
     /// Fences of earlier remaps on the target to narrow, because some of their vshards come back.
     pub refence: Vec<Refence>,
-    /// Told each step as it completes (`cutover: fence installed`...): progress for the operator.
+    /// Told each step as it completes (`cutover: fence`...): progress for the operator.
     pub on_step: &'a mut (dyn FnMut(&str) + Send + Sync),
 }
 

@@ -7,6 +7,7 @@
 //! together, persisting the phase in the catalog (`state`) after each, so that running it again resumes.
 
 pub mod cutover;
+pub mod display;
 pub mod filter;
 pub mod plan;
 pub mod preflight;

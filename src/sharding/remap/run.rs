@@ -109,6 +109,8 @@ pub enum Progress<'a> {
     },
     /// The catch-up: bytes of WAL the target is behind.
     Lag(i64),
+    /// A step of the cutover just completed (`cutover: fence`, `cutover: flip`...).
+    Step(&'a str),
 }
 
 /// Where a remap's progress events go.
@@ -423,6 +425,7 @@ impl Remapper {
         let outcome = loop {
             attempt += 1;
             let refence = self.refences(c, row).await?;
+            let progress = &mut self.progress;
             let result = Cutover {
                 catalog: &mut self.catalog,
                 source,
@@ -432,7 +435,11 @@ impl Remapper {
                 max_pause: self.opts.max_pause,
                 snapshot: Some(&snapshot),
                 refence,
-                on_step: &mut *self.log,
+                on_step: &mut |step: &str| {
+                    if let Some(p) = progress.as_mut() {
+                        p(&Progress::Step(step));
+                    }
+                },
             }
             .run()
             .await;
