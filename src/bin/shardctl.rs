@@ -57,16 +57,23 @@ enum Command {
     },
     /// Move vshards to another shard under live traffic (see docs/remap.md), or act on the remap in progress.
     Remap(RemapArgs),
-    /// Measure rows or bytes per vshard on the shards and propose (or, without --dry-run, run) the fewest remaps
-    /// that even the shards out.
+    /// Measure rows or bytes per vshard on the shards, or statements per vshard on the shardpool instances, and
+    /// propose (or, without --dry-run, run) the fewest remaps that even the shards out.
     Rebalance(RebalanceArgs),
 }
 
 #[derive(Args)]
 struct RebalanceArgs {
-    /// What to even out.
+    /// What to even out: rows or bytes stored per vshard (measured on the shards), or load (statements per vshard,
+    /// counted by the shardpool instances named with --instance).
     #[arg(long, value_enum, default_value = "rows")]
     by: shardpool::sharding::remap::rebalance::Measure,
+    /// --by load: the admin console of a shardpool instance (repeat for every instance); default: --url.
+    #[arg(long = "instance")]
+    instances: Vec<String>,
+    /// --by load: count statements during this window, e.g. 30s; 0s uses the counters since each instance started.
+    #[arg(long, default_value = "10s")]
+    sample: String,
     /// Print the proposal, change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -173,7 +180,7 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => directory_set(&target, &map, &key, vshard).await,
         Command::Remap(args) => remap(&args).await,
-        Command::Rebalance(args) => rebalance(&args).await,
+        Command::Rebalance(args) => rebalance(&args, cli.url).await,
     }
 }
 
@@ -520,23 +527,56 @@ async fn remapper(
         max_pause: parse_duration(max_pause)?,
         ..RemapOptions::default()
     };
-    Ok(Remapper {
+    let mut r = Remapper {
         cfg,
         catalog: t.client,
         shards,
         opts,
         log: Box::new(|line: &str| println!("{line}")),
-    })
+        progress: None,
+    };
+    // On a terminal, a live block (phase, a bar per table, lag, ETA) with the log lines above it; otherwise the log
+    // lines alone, one per phase, for scripts and log files.
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        use shardpool::sharding::remap::display::Display;
+        use std::sync::{Arc, Mutex, PoisonError};
+        let display = Arc::new(Mutex::new(Display::new(Box::new(std::io::stdout()))));
+        let d = Arc::clone(&display);
+        r.log =
+            Box::new(move |line: &str| d.lock().unwrap_or_else(PoisonError::into_inner).line(line));
+        r.progress = Some(Box::new(move |event| {
+            display
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .event(event)
+        }));
+    }
+    Ok(r)
 }
 
-async fn rebalance(args: &RebalanceArgs) -> anyhow::Result<()> {
+async fn rebalance(args: &RebalanceArgs, url: Option<String>) -> anyhow::Result<()> {
     use shardpool::sharding::remap::plan::format_vshards;
+    use shardpool::sharding::remap::rebalance::{self, Measure};
     let mut r = remapper(&args.target, args.shard_user.as_deref(), &args.max_pause).await?;
-    let p = r.rebalance(args.by).await?;
-    let unit = match args.by {
-        shardpool::sharding::remap::rebalance::Measure::Rows => "rows",
-        shardpool::sharding::remap::rebalance::Measure::Bytes => "bytes",
+    let p = if args.by == Measure::Load {
+        let mut instances = args.instances.clone();
+        if instances.is_empty() {
+            instances.extend(url);
+        }
+        let sample = parse_duration(&args.sample)?;
+        if !sample.is_zero() {
+            println!(
+                "counting statements per vshard on {} instance(s) for {}",
+                instances.len(),
+                args.sample
+            );
+        }
+        let weights = rebalance::measure_load(&instances, &args.target.database, sample).await?;
+        r.propose(&weights).await?
+    } else {
+        r.rebalance(args.by).await?
     };
+    let unit = args.by.unit();
     println!("per shard ({unit}): now -> after the moves");
     for (i, (b, a)) in p.before.iter().zip(&p.after).enumerate() {
         println!("  shard {i}: {b} -> {a}");

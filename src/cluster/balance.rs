@@ -34,6 +34,9 @@ pub struct Floor {
     pub lsn: u64,
     /// A member exempt from `lsn`: the one the session last read from, whose replay cannot have gone back.
     pub except: Option<usize>,
+    /// What every replica must have replayed, no member exempt: where this shard was when the vshards a remap moved
+    /// onto it had all their rows (0: none). See `remap::state::read_floor`.
+    pub moved_in: u64,
 }
 
 impl Cluster {
@@ -66,6 +69,9 @@ impl Cluster {
             && floor.lsn > 0
             && !(known && m.lsn.load(Ordering::Relaxed) >= floor.lsn)
         {
+            return false;
+        }
+        if floor.moved_in > 0 && !(known && m.lsn.load(Ordering::Relaxed) >= floor.moved_in) {
             return false;
         }
         match need {
@@ -219,12 +225,14 @@ mod tests {
         let floor = Floor {
             lsn: 80,
             except: None,
+            moved_in: 0,
         };
         assert_eq!(c.pick_reader(Freshness::Any, floor, &[]), Some(1));
         // Not known yet how far the last read's replica (2) had got: only it qualifies.
         let floor = Floor {
             lsn: u64::MAX,
             except: Some(2),
+            moved_in: 0,
         };
         assert_eq!(shares_with(&c, Freshness::Any, floor, 10), [0, 0, 10]);
         // The primary's position is asked first; as such nothing qualifies.
@@ -232,6 +240,24 @@ mod tests {
             c.pick_reader(Freshness::CaughtUpWithPrimary, Floor::default(), &[]),
             None
         );
+    }
+
+    #[test]
+    fn a_remap_floor_binds_every_replica_even_the_last_one_read() {
+        let c = cluster("");
+        c.members[1].lsn.store(100, Ordering::Relaxed);
+        c.members[2].lsn.store(50, Ordering::Relaxed);
+        let floor = Floor {
+            lsn: 0,
+            except: Some(2),
+            moved_in: 80,
+        };
+        assert_eq!(shares_with(&c, Freshness::Any, floor, 10), [0, 10, 0]);
+        let floor = Floor {
+            moved_in: 120,
+            ..floor
+        };
+        assert_eq!(c.pick_reader(Freshness::Any, floor, &[]), None);
     }
 
     fn shares_with(c: &Cluster, need: Freshness, floor: Floor, n: usize) -> [usize; 3] {

@@ -73,9 +73,10 @@ pub struct ShardRouter {
     pub scatters: AtomicU64,
     /// Writes held while a remap froze their vshards (see [`ShardRouter::place_or_hold`]).
     pub holds: HoldStats,
-    /// The freeze being honoured (remap id) and when this instance first saw it: holding ends a little after
-    /// that plus the remap's `max_pause`, whatever the catalog says, so a remap that died cannot hold writes forever.
-    freeze_seen: Mutex<(i64, Instant)>,
+    /// The freeze being honoured (remap id, and the epoch that set it: each cutover attempt freezes anew) and when
+    /// this instance first saw it: holding ends a little after that plus the remap's `max_pause`, whatever the
+    /// catalog says, so a remap that died cannot hold writes forever.
+    freeze_seen: Mutex<(i64, i64, Instant)>,
 }
 
 /// How long writes waited for a remap's cutover on this instance.
@@ -144,7 +145,7 @@ impl ShardRouter {
             shard_queries: counters(config.shards.len()),
             scatters: AtomicU64::new(0),
             holds: HoldStats::default(),
-            freeze_seen: Mutex::new((0, Instant::now())),
+            freeze_seen: Mutex::new((0, 0, Instant::now())),
             config: config.clone(),
         }))
     }
@@ -405,18 +406,20 @@ impl ShardRouter {
         stmt: &StatementShards,
         params: Option<Params<'_>>,
     ) -> Result<Placement, ClientError> {
-        self.place_body(stmt, params, None)
+        self.place_body(stmt, params, None, true)
     }
 
     /// [`ShardRouter::place`], except that a write (anything but a read) routed by key to a vshard that a remap has
-    /// frozen is not placed but held: the caller waits for the catalog to change and routes it again.
+    /// frozen is not placed but held: the caller waits for the catalog to change and routes it again. Not counted in
+    /// the per-vshard counters: the session places the statement again with `place` once attached (checking its
+    /// transaction's shard), and that is where each statement is counted, once.
     pub fn place_or_hold(
         &self,
         stmt: &StatementShards,
         params: Option<Params<'_>>,
     ) -> Result<Result<Placement, Held>, ClientError> {
         let mut held = None;
-        let placement = self.place_body(stmt, params, Some(&mut held))?;
+        let placement = self.place_body(stmt, params, Some(&mut held), false)?;
         Ok(match held {
             Some(h) => Err(h),
             None => Ok(placement),
@@ -426,10 +429,10 @@ impl ShardRouter {
     /// Until when writes to `freeze`'s vshards are held here.
     fn hold_until(&self, freeze: &super::remap::state::Freeze) -> Instant {
         let mut seen = self.freeze_seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.0 != freeze.remap {
-            *seen = (freeze.remap, Instant::now());
+        if (seen.0, seen.1) != (freeze.remap, freeze.since) {
+            *seen = (freeze.remap, freeze.since, Instant::now());
         }
-        seen.1 + Duration::from_millis(u64::from(freeze.max_pause_ms)) + HOLD_SLACK
+        seen.2 + Duration::from_millis(u64::from(freeze.max_pause_ms)) + HOLD_SLACK
     }
 
     /// A hold for a write to any of `vshards` while a remap freezes them, unless this instance has held them long
@@ -458,6 +461,7 @@ impl ShardRouter {
         stmt: &StatementShards,
         params: Option<Params<'_>>,
         hold: Option<&mut Option<Held>>,
+        count: bool,
     ) -> Result<Placement, ClientError> {
         let default = Placement::One {
             shard: self.config.default_shard,
@@ -573,7 +577,7 @@ impl ShardRouter {
                 return Ok(default);
             }
         }
-        for v in &vshards {
+        for v in vshards.iter().filter(|_| count) {
             if let Some(c) = self.vshard_queries.get(*v as usize) {
                 c.fetch_add(1, Ordering::Relaxed);
             }

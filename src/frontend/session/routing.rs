@@ -276,6 +276,21 @@ impl Session {
         }
     }
 
+    /// The position a replica of this shard must have replayed because a remap moved vshards onto it: their rows,
+    /// however long ago they were written, are there only from that point (0 when unsharded or nothing moved in).
+    fn remap_floor(&self, cluster: &Cluster) -> u64 {
+        let (Some(shard), Some(router)) = (cluster.shard, self.shard_router()) else {
+            return 0;
+        };
+        router.catalog().map_or(0, |c| {
+            crate::sharding::remap::state::read_floor(
+                &c.remaps,
+                shard,
+                crate::sharding::remap::state::unix_ms(),
+            )
+        })
+    }
+
     /// Monotonic reads: the floor a replica must meet for this session's next read. While the position the last
     /// transaction saw is not known yet (no poll of its server has answered since it ended), only that server (or
     /// the primary) will do.
@@ -293,10 +308,12 @@ impl Session {
             None => Floor {
                 lsn: r.floor_lsn,
                 except: None,
+                moved_in: 0,
             },
             Some((m, _)) => Floor {
                 lsn: u64::MAX,
                 except: cluster.members.iter().position(|x| Arc::ptr_eq(x, m)),
+                moved_in: 0,
             },
         }
     }
@@ -384,11 +401,13 @@ impl Session {
             }
             f => f,
         };
+        let moved_in = self.remap_floor(&cluster);
         let mut floor = if need.monotonic {
             self.monotonic_floor(&cluster)
         } else {
             Floor::default()
         };
+        floor.moved_in = moved_in;
         if let Some(i) = cluster.pick_reader(freshness, floor, &excluded) {
             return Ok(i);
         }
@@ -405,6 +424,7 @@ impl Session {
                 let _ = tokio::time::timeout_at(deadline.min(next_kick), rounds.changed()).await;
                 if need.monotonic {
                     floor = self.monotonic_floor(&cluster);
+                    floor.moved_in = moved_in;
                 }
                 if let Some(i) = cluster.pick_reader(freshness, floor, &excluded) {
                     return Ok(i);
@@ -859,11 +879,12 @@ impl Session {
                 None,
             ),
             Route::Replica(need) => {
-                let floor = if need.monotonic {
+                let mut floor = if need.monotonic {
                     self.monotonic_floor(&cluster)
                 } else {
                     Floor::default()
                 };
+                floor.moved_in = self.remap_floor(&cluster);
                 let server = cluster
                     .pick_reader(need.freshness, floor, &[])
                     .map(|i| cluster.members[i].addr_text());

@@ -6,13 +6,16 @@
 //!    them (SQLSTATE 40001). Creating it locks each table in SHARE ROW EXCLUSIVE mode, which waits for the
 //!    transactions that were writing it to end, so after the fence commits nothing more is written to the moving rows.
 //! 3. **Drain.** Insert a marker row on the source after the fence and wait until the target has applied it: changes
-//!    are applied in commit order, so the target then has every change to the moving rows.
+//!    are applied in commit order, so the target then has every change to the moving rows. The target's WAL position
+//!    at that point is recorded with the flip: reads of the target need a replica that replayed it.
 //! 4. **Flip.** The placement of the moving vshards points at the target (catalog change), still frozen; wait until
-//!    every live instance routes by it (or its lease expired).
+//!    every live instance routes by it (an instance whose lease expires meanwhile is not waited for).
 //! 5. **Release.** `frozen = false` (catalog change): instances send the held writes, to the target.
 //!
-//! Steps 1 to 3 must fit in `max_pause`; otherwise the fence is disarmed and the freeze lifted, and writes resume on
-//! the source (the remap stays in catch-up, ready for another try). After the flip there is no going back here.
+//! Steps 1 to 4 must fit in `max_pause`. Before the flip, exceeding it disarms the fence and lifts the freeze; after
+//! the flip, it undoes the flip first (placement back to the source, still frozen), then does the same. Either way
+//! the held writes resume on the source and the remap stays in catch-up, ready for another try. Nothing was written
+//! to the target in between by the writes that are held: every instance that saw the flip was still holding them.
 
 use std::time::{Duration, Instant};
 
@@ -173,14 +176,20 @@ pub async fn set_frozen(
 ) -> Result<i64, CatalogError> {
     let tx = catalog.transaction().await?;
     let (epoch, _) = catalog::begin_change(&tx).await?;
-    state::set_frozen(&tx, id, frozen, phase).await?;
+    state::set_frozen(&tx, id, frozen, phase, epoch).await?;
     catalog::notify(&tx, epoch).await?;
     tx.commit().await?;
     Ok(epoch)
 }
 
-/// Points the moving vshards at the target and records the fence, in one catalog change (still frozen).
-async fn flip(catalog: &mut Client, plan: &Plan, id: i64) -> Result<i64, CatalogError> {
+/// Points the moving vshards at the target, records the fence and the target's drained position, in one catalog change
+/// (still frozen).
+async fn flip(
+    catalog: &mut Client,
+    plan: &Plan,
+    id: i64,
+    drained: u64,
+) -> Result<i64, CatalogError> {
     let v: Vec<i32> = plan.vshards.iter().map(|&v| v as i32).collect();
     let tx = catalog.transaction().await?;
     let (epoch, _) = catalog::begin_change(&tx).await?;
@@ -190,13 +199,47 @@ async fn flip(catalog: &mut Client, plan: &Plan, id: i64) -> Result<i64, Catalog
     )
     .await?;
     tx.execute(
-        "UPDATE shardpool.remaps SET phase = 'switched', fenced = $2, updated_at = now() WHERE id = $1",
-        &[&id, &v],
+        "UPDATE shardpool.remaps SET phase = 'switched', fenced = $2, drained_lsn = $3::text::pg_lsn, \
+         drained_at = now(), updated_at = now() WHERE id = $1",
+        &[&id, &v, &crate::cluster::lsn::format(drained)],
     )
     .await?;
     catalog::notify(&tx, epoch).await?;
     tx.commit().await?;
     Ok(epoch)
+}
+
+/// Undoes `flip`: the vshards back on the source, still frozen, in the phase a run that dies next resumes from
+/// (`cutting_over`: it disarms the fence and lifts the freeze).
+async fn unflip(catalog: &mut Client, plan: &Plan, id: i64) -> Result<i64, CatalogError> {
+    let v: Vec<i32> = plan.vshards.iter().map(|&v| v as i32).collect();
+    let tx = catalog.transaction().await?;
+    let (epoch, _) = catalog::begin_change(&tx).await?;
+    tx.execute(
+        "UPDATE shardpool.placement SET shard = $2 WHERE vshard = ANY ($1)",
+        &[&v, &i32::from(plan.source)],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE shardpool.remaps SET phase = 'cutting_over', fenced = '{}', drained_lsn = NULL, drained_at = NULL, \
+         updated_at = now() WHERE id = $1",
+        &[&id],
+    )
+    .await?;
+    catalog::notify(&tx, epoch).await?;
+    tx.commit().await?;
+    Ok(epoch)
+}
+
+/// The target's position once the marker is applied: the apply worker's commits are in its WAL by then, though
+/// perhaps not flushed yet (subscriptions commit asynchronously), so the insert position is the one sure to cover
+/// them; replicas reach it as soon as the WAL writer flushes.
+async fn drained_position(target: &Client) -> Result<u64, tokio_postgres::Error> {
+    let row = target
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await?;
+    let text: String = row.try_get(0)?;
+    Ok(crate::cluster::lsn::parse(&text).unwrap_or(0))
 }
 
 /// What the cutover measured.
@@ -217,14 +260,15 @@ pub struct Cutover<'a> {
     pub target: &'a Client,
     pub plan: &'a Plan,
     pub id: i64,
+    /// Bounds the whole pause, from the freeze to the release.
     pub max_pause: Duration,
-    /// How long to wait for every instance to acknowledge the flip (their leases bound it anyway).
-    pub ack_timeout: Duration,
     /// Opened at the drained point, before the flip, as a REPEATABLE READ snapshot of the target: verification then
     /// compares exactly what was copied, whatever is written after the release.
     pub snapshot: Option<&'a Client>,
     /// Fences of earlier remaps on the target to narrow, because some of their vshards come back.
     pub refence: Vec<Refence>,
+    /// Told each step as it completes (`cutover: fence`...): progress for the operator.
+    pub on_step: &'a mut (dyn FnMut(&str) + Send + Sync),
 }
 
 /// An earlier remap's fence on this remap's target, narrowed to the vshards that stay away.
@@ -238,21 +282,43 @@ pub struct Refence {
 }
 
 impl Cutover<'_> {
+    fn exceeded(&self, step: &str) -> CutoverError {
+        CutoverError::PauseExceeded {
+            max: self.max_pause,
+            step: step.to_string(),
+        }
+    }
+
+    fn step(
+        &mut self,
+        name: &'static str,
+        mark: &mut Instant,
+        steps: &mut Vec<(&'static str, Duration)>,
+    ) {
+        steps.push((name, mark.elapsed()));
+        *mark = Instant::now();
+        (self.on_step)(&format!("cutover: {name}"));
+    }
+
     pub async fn run(mut self) -> Result<Outcome, CutoverError> {
         state::forget_dead(&*self.catalog).await?;
         let started = Instant::now();
         let deadline = started + self.max_pause;
         let epoch = set_frozen(self.catalog, self.id, true, Phase::CuttingOver).await?;
-        let mut steps = vec![("freeze", started.elapsed())];
-        let result = self.drain(epoch, deadline, &mut steps).await;
-        if let Err(e) = result {
-            // Nothing flipped: open the source again, then let the held writes go there.
-            let _ = disarm_fence(self.source, self.plan, self.id).await;
-            set_frozen(self.catalog, self.id, false, Phase::CatchingUp).await?;
-            return Err(e);
-        }
-        let mark = Instant::now();
-        let epoch = match flip(self.catalog, self.plan, self.id).await {
+        let mut steps = Vec::new();
+        let mut mark = started;
+        self.step("freeze", &mut mark, &mut steps);
+        let drained = match self.drain(epoch, deadline, &mut mark, &mut steps).await {
+            Ok(drained) => drained,
+            Err(e) => {
+                // Nothing flipped: open the source again, then let the held writes go there.
+                self.end_snapshot().await;
+                let _ = disarm_fence(self.source, self.plan, self.id).await;
+                set_frozen(self.catalog, self.id, false, Phase::CatchingUp).await?;
+                return Err(e);
+            }
+        };
+        let epoch = match flip(self.catalog, self.plan, self.id, drained).await {
             Ok(epoch) => epoch,
             Err(e) => {
                 // The commit may have happened with only its answer lost: undo only what certainly did not flip.
@@ -260,14 +326,31 @@ impl Cutover<'_> {
                     .await?
                     .is_some_and(|r| r.phase != Phase::CuttingOver);
                 if !flipped {
+                    self.end_snapshot().await;
                     let _ = disarm_fence(self.source, self.plan, self.id).await;
                     set_frozen(self.catalog, self.id, false, Phase::CatchingUp).await?;
                 }
                 return Err(e.into());
             }
         };
-        steps.push(("flip", mark.elapsed()));
-        let mark = Instant::now();
+        self.step("flip", &mut mark, &mut steps);
+        if wait_acknowledged(self.catalog, epoch, deadline)
+            .await?
+            .is_none()
+        {
+            // A live instance (its lease runs past the pause) still routes by the old placement, so the held writes
+            // cannot go to the target yet: go back to the source rather than pause longer.
+            let late = state::laggards(self.catalog, epoch).await?;
+            self.end_snapshot().await;
+            unflip(self.catalog, self.plan, self.id).await?;
+            disarm_fence(self.source, self.plan, self.id).await?;
+            set_frozen(self.catalog, self.id, false, Phase::CatchingUp).await?;
+            (self.on_step)("cutover: flip undone, writes resume on the source");
+            return Err(self.exceeded(&format!(
+                "waiting for instances {late:?} to acknowledge the new placement (the flip was undone)"
+            )));
+        }
+        self.step("flip acknowledged", &mut mark, &mut steps);
         // Writes are still held: nobody writes the returning vshards on the target before its old fences let them.
         for r in &self.refence {
             self.target
@@ -281,19 +364,8 @@ impl Cutover<'_> {
                 )
                 .await?;
         }
-        if wait_acknowledged(self.catalog, epoch, Instant::now() + self.ack_timeout)
-            .await?
-            .is_none()
-        {
-            tracing::warn!(
-                epoch,
-                "some instances did not acknowledge the flip in time; the fence protects the old location"
-            );
-        }
-        steps.push(("flip acknowledged", mark.elapsed()));
-        let mark = Instant::now();
         let release = set_frozen(self.catalog, self.id, false, Phase::Switched).await?;
-        steps.push(("release", mark.elapsed()));
+        self.step("release", &mut mark, &mut steps);
         let pause = started.elapsed();
         tracing::info!(epoch, release, ?pause, "cutover done");
         Ok(Outcome {
@@ -303,56 +375,54 @@ impl Cutover<'_> {
         })
     }
 
-    /// Steps 1 to 3, inside the deadline.
+    /// Closes the verification snapshot of an attempt that gave up: the next attempt opens its own.
+    async fn end_snapshot(&self) {
+        if let Some(s) = self.snapshot {
+            let _ = s.batch_execute("ROLLBACK").await;
+        }
+    }
+
+    /// Steps 1 to 3, inside the deadline; returns the target's drained position.
     async fn drain(
         &mut self,
         frozen: i64,
         deadline: Instant,
+        mark: &mut Instant,
         steps: &mut Vec<(&'static str, Duration)>,
-    ) -> Result<(), CutoverError> {
-        let mut mark = Instant::now();
-        let mut step = |name: &'static str, steps: &mut Vec<(&'static str, Duration)>| {
-            steps.push((name, mark.elapsed()));
-            mark = Instant::now();
-        };
-        let exceeded = |step: &str| CutoverError::PauseExceeded {
-            max: self.max_pause,
-            step: step.to_string(),
-        };
+    ) -> Result<u64, CutoverError> {
         if wait_acknowledged(self.catalog, frozen, deadline)
             .await?
             .is_none()
         {
             let late = state::laggards(self.catalog, frozen).await?;
-            return Err(exceeded(&format!(
-                "waiting for instances {late:?} to hold writes"
-            )));
+            return Err(self.exceeded(&format!("waiting for instances {late:?} to hold writes")));
         }
-        step("freeze acknowledged", steps);
+        self.step("freeze acknowledged", mark, steps);
         let left = deadline.saturating_duration_since(Instant::now());
         if let Err(e) = install_fence(self.source, self.plan, self.id, left).await {
             if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
-                return Err(exceeded(
-                    "fencing the source (a transaction kept writing a moving table)",
-                ));
+                return Err(
+                    self.exceeded("fencing the source (a transaction kept writing a moving table)")
+                );
             }
             return Err(e.into());
         }
-        step("fence", steps);
+        self.step("fence", mark, steps);
         let token = replicate::send_marker(self.source, self.id).await?;
         while !replicate::marker_applied(self.target, self.id, token).await? {
             if Instant::now() >= deadline {
-                return Err(exceeded("the target applied the last changes"));
+                return Err(self.exceeded("the target applied the last changes"));
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        step("drain", steps);
+        let drained = drained_position(self.target).await?;
         if let Some(s) = self.snapshot {
             s.batch_execute(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1 FROM pg_class LIMIT 1",
             )
             .await?;
         }
-        Ok(())
+        self.step("drain", mark, steps);
+        Ok(drained)
     }
 }

@@ -7,6 +7,7 @@
 //! together, persisting the phase in the catalog (`state`) after each, so that running it again resumes.
 
 pub mod cutover;
+pub mod display;
 pub mod filter;
 pub mod plan;
 pub mod preflight;
@@ -16,4 +17,4 @@ pub mod run;
 pub mod state;
 pub mod verify;
 
-pub use run::{RemapError, RemapOptions, Remapper, ShardAccess};
+pub use run::{Progress, ProgressSink, RemapError, RemapOptions, Remapper, ShardAccess};

@@ -1,8 +1,10 @@
 //! Rebalancing: measure how much each vshard holds (rows or bytes, summed over the sharded tables, counted on the
-//! shards themselves) and propose the fewest moves that even the shards out. The proposal is a list of remaps, one
-//! per source and target pair; running them is `shardctl remap`'s job.
+//! shards themselves) or how busy it is (statements, counted by the shardpool instances and read from their admin
+//! consoles' `SHOW VSHARDS`), and propose the fewest moves that even the shards out. The proposal is a list of
+//! remaps, one per source and target pair; running them is `shardctl remap`'s job.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use tokio_postgres::Client;
 
@@ -17,6 +19,136 @@ use super::filter::table_sql;
 pub enum Measure {
     Rows,
     Bytes,
+    /// Statements routed to each vshard, summed over the shardpool instances.
+    Load,
+}
+
+impl Measure {
+    /// The unit of the totals, for the operator.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Measure::Rows => "rows",
+            Measure::Bytes => "bytes",
+            Measure::Load => "statements",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "--by load reads the per-vshard counters of every shardpool instance (SHOW VSHARDS): give each instance's \
+         admin console with --instance URL (or --url for a single instance)"
+    )]
+    NoInstances,
+    #[error("instance {instance}: {source}")]
+    Instance {
+        instance: String,
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "instance {instance}: SHOW VSHARDS lists no vshard of database \"{database}\" (is it sharded there, with \
+         its catalog loaded?)"
+    )]
+    NotSharded { instance: String, database: String },
+    #[error("instance {instance}: SHOW VSHARDS answered without the column {column:?}")]
+    Column {
+        instance: String,
+        column: &'static str,
+    },
+}
+
+/// `host:port` of an admin console URL, for messages: the URL itself may hold a password.
+fn instance_label(url: &str) -> String {
+    match url.parse::<tokio_postgres::Config>() {
+        Ok(c) => {
+            let host = match c.get_hosts().first() {
+                Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+                #[cfg(unix)]
+                Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+                None => "localhost".into(),
+            };
+            let port = c.get_ports().first().copied().unwrap_or(5432);
+            format!("{host}:{port}")
+        }
+        Err(_) => "(unparsable URL)".into(),
+    }
+}
+
+/// Statements per vshard of `database` counted by one instance since it started.
+async fn instance_counts(url: &str, database: &str) -> Result<BTreeMap<u32, u64>, LoadError> {
+    let instance = instance_label(url);
+    let err = |source| LoadError::Instance {
+        instance: instance.clone(),
+        source,
+    };
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(err)?;
+    let driver = tokio::spawn(conn);
+    let messages = client.simple_query("SHOW VSHARDS").await.map_err(err);
+    driver.abort();
+    let mut out = BTreeMap::new();
+    for m in messages? {
+        let tokio_postgres::SimpleQueryMessage::Row(row) = m else {
+            continue;
+        };
+        let column = |name: &'static str| {
+            row.columns()
+                .iter()
+                .position(|c| c.name() == name)
+                .ok_or(LoadError::Column {
+                    instance: instance.clone(),
+                    column: name,
+                })
+        };
+        let (db, v, q) = (column("database")?, column("vshard")?, column("queries")?);
+        if row.get(db) != Some(database) {
+            continue;
+        }
+        let vshard = row.get(v).and_then(|t| t.parse::<u32>().ok());
+        let queries = row.get(q).and_then(|t| t.parse::<u64>().ok());
+        if let (Some(v), Some(q)) = (vshard, queries) {
+            out.insert(v, q);
+        }
+    }
+    if out.is_empty() {
+        return Err(LoadError::NotSharded {
+            instance,
+            database: database.to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+/// Statements per vshard of `database`, summed over the instances at `urls`: counted during `sample` (the counters
+/// are read at its start and at its end), or since each instance started when `sample` is zero. A counter that went
+/// down (the instance restarted meanwhile) counts from zero.
+pub async fn measure_load(
+    urls: &[String],
+    database: &str,
+    sample: Duration,
+) -> Result<BTreeMap<u32, u64>, LoadError> {
+    if urls.is_empty() {
+        return Err(LoadError::NoInstances);
+    }
+    let mut start = Vec::new();
+    if !sample.is_zero() {
+        for url in urls {
+            start.push(instance_counts(url, database).await?);
+        }
+        tokio::time::sleep(sample).await;
+    }
+    let mut total = BTreeMap::new();
+    for (i, url) in urls.iter().enumerate() {
+        let now = instance_counts(url, database).await?;
+        for (v, n) in now {
+            let before = start.get(i).and_then(|s| s.get(&v)).copied().unwrap_or(0);
+            let n = if n >= before { n - before } else { n };
+            *total.entry(v).or_insert(0) += n;
+        }
+    }
+    Ok(total)
 }
 
 /// The vshard of a row, computed by the server: the hash expression, or a CASE over the range bounds or the
@@ -89,6 +221,8 @@ pub async fn measure(
         let amount = match by {
             Measure::Rows => "count(*)",
             Measure::Bytes => "sum(pg_column_size(r.*))",
+            // Not on the shards: see `measure_load`.
+            Measure::Load => return Ok(BTreeMap::new()),
         };
         let sql = format!(
             "SELECT ({expr})::int, ({amount})::bigint FROM {} r GROUP BY 1",

@@ -167,12 +167,14 @@ pub async fn wait_synced(
     tables: usize,
     shard: u16,
     timeout: Duration,
-    mut progress: impl FnMut(i64, i64),
+    mut progress: impl FnMut(i64, i64, &[TableCopy]),
 ) -> Result<(), ReplicateError> {
     let deadline = Instant::now() + timeout;
+    let mut copies: Vec<TableCopy> = Vec::new();
     loop {
         let (pending, total) = sync_state(target, id).await?;
-        progress(total - pending, total);
+        copy_status(target, id, &mut copies).await?;
+        progress(total - pending, total, &copies);
         if pending == 0 && total >= tables as i64 {
             return Ok(());
         }
@@ -185,6 +187,62 @@ pub async fn wait_synced(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// One table's initial copy, as the target reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableCopy {
+    /// The table on the target (`schema.table` outside `public`).
+    pub table: String,
+    /// Rows and bytes the copy processed so far (the most seen: the counters vanish when a table's copy ends).
+    pub rows: u64,
+    pub bytes: u64,
+    /// The copy of this table is over (synchronised, or applying changes).
+    pub done: bool,
+}
+
+/// Updates `copies` from the target's `pg_stat_progress_copy` (the table synchronisation workers' COPY) and
+/// `pg_subscription_rel`. The fence's marker table is not listed.
+pub async fn copy_status(
+    target: &Client,
+    id: i64,
+    copies: &mut Vec<TableCopy>,
+) -> Result<(), ReplicateError> {
+    let rows = target
+        .query(
+            "SELECT CASE WHEN n.nspname = 'public' THEN c.relname::text ELSE n.nspname || '.' || c.relname END, \
+                    r.srsubstate::text IN ('s', 'r'), \
+                    p.tuples_processed, p.bytes_processed \
+             FROM pg_subscription s \
+             JOIN pg_subscription_rel r ON r.srsubid = s.oid \
+             JOIN pg_class c ON c.oid = r.srrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             LEFT JOIN pg_stat_progress_copy p ON p.relid = r.srrelid AND p.datname = current_database() \
+             WHERE s.subname = $1 AND n.nspname <> 'shardpool_fence' \
+             ORDER BY 1",
+            &[&replication_name(id)],
+        )
+        .await?;
+    for row in rows {
+        let table: String = row.try_get(0)?;
+        let done: bool = row.try_get(1)?;
+        let tuples = row.try_get::<_, Option<i64>>(2)?.unwrap_or(0).max(0) as u64;
+        let bytes = row.try_get::<_, Option<i64>>(3)?.unwrap_or(0).max(0) as u64;
+        match copies.iter_mut().find(|c| c.table == table) {
+            Some(c) => {
+                c.rows = c.rows.max(tuples);
+                c.bytes = c.bytes.max(bytes);
+                c.done = done;
+            }
+            None => copies.push(TableCopy {
+                table,
+                rows: tuples,
+                bytes,
+                done,
+            }),
+        }
+    }
+    Ok(())
 }
 
 /// Bytes of WAL the source wrote that the target has not confirmed.

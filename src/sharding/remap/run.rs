@@ -51,6 +51,8 @@ pub enum RemapError {
         phase: Phase,
         what: &'static str,
     },
+    #[error("{0}")]
+    Load(#[from] super::rebalance::LoadError),
     #[error("verification found differences between source and target:\n  {}", .0.join("\n  "))]
     Mismatch(Vec<String>),
 }
@@ -91,13 +93,37 @@ impl Default for RemapOptions {
     }
 }
 
-/// A remap driver: the catalog, the shards, and where progress lines go.
+/// What a running remap reports besides its log lines, for a live display (`shardctl` draws progress bars from it
+/// on a terminal).
+#[derive(Clone, Copy, Debug)]
+pub enum Progress<'a> {
+    /// Remap `id` entered `phase`.
+    Phase { id: i64, phase: Phase },
+    /// The initial copy: `done` of `total` tables synchronised, each table's copy so far, and the rows expected per
+    /// table (estimated from the source's statistics, absent when it has none).
+    Copy {
+        done: i64,
+        total: i64,
+        tables: &'a [replicate::TableCopy],
+        expected: &'a std::collections::BTreeMap<String, u64>,
+    },
+    /// The catch-up: bytes of WAL the target is behind.
+    Lag(i64),
+    /// A step of the cutover just completed (`cutover: fence`, `cutover: flip`...).
+    Step(&'a str),
+}
+
+/// Where a remap's progress events go.
+pub type ProgressSink = Box<dyn FnMut(&Progress<'_>) + Send + Sync>;
+
+/// A remap driver: the catalog, the shards, and where progress lines (and events, for a display) go.
 pub struct Remapper {
     pub cfg: ShardingConfig,
     pub catalog: Client,
     pub shards: Vec<ShardAccess>,
     pub opts: RemapOptions,
     pub log: Box<dyn FnMut(&str) + Send + Sync>,
+    pub progress: Option<ProgressSink>,
 }
 
 impl Remapper {
@@ -129,9 +155,26 @@ impl Remapper {
         (self.log)(line);
     }
 
-    /// Creates the remap tables on catalogs made before remaps existed.
+    fn report(&mut self, event: &Progress<'_>) {
+        if let Some(p) = self.progress.as_mut() {
+            p(event);
+        }
+    }
+
+    /// Creates the remap tables on catalogs made before remaps existed, and the columns added since.
     async fn ensure_schema(&self) -> Result<(), RemapError> {
-        if !state::exists(&self.catalog).await? {
+        let current = self
+            .catalog
+            .query_one(
+                "SELECT count(*) = 3 FROM pg_attribute WHERE attrelid = to_regclass('shardpool.remaps') \
+                 AND attname IN ('drained_lsn', 'drained_at', 'frozen_epoch') AND NOT attisdropped",
+                &[],
+            )
+            .await
+            .map_err(CatalogError::from)?
+            .try_get::<_, bool>(0)
+            .map_err(CatalogError::from)?;
+        if !current || !state::exists(&self.catalog).await? {
             self.catalog
                 .batch_execute(state::SCHEMA)
                 .await
@@ -221,7 +264,12 @@ impl Remapper {
     }
 
     async fn drive(&mut self, mut row: RemapRow) -> Result<RemapRow, RemapError> {
+        self.ensure_schema().await?;
         let id = row.id;
+        self.report(&Progress::Phase {
+            id,
+            phase: row.phase,
+        });
         let c = self.load().await?;
         let plan = self.plan_of(&c, &row)?;
         let mut source = self.connect(row.source).await?;
@@ -240,16 +288,26 @@ impl Remapper {
                     let started = Instant::now();
                     let mut last = (-1, -1);
                     let mut lines = Vec::new();
+                    let expected = expected_rows(&source, &plan, &c).await;
+                    let progress = &mut self.progress;
                     replicate::wait_synced(
                         &target,
                         id,
                         plan.tables.len(),
                         row.target,
                         self.opts.copy_timeout,
-                        |done, total| {
+                        |done, total, tables| {
                             if (done, total) != last {
                                 last = (done, total);
                                 lines.push(format!("copy: {done} of {total} tables synchronised"));
+                            }
+                            if let Some(p) = progress.as_mut() {
+                                p(&Progress::Copy {
+                                    done,
+                                    total,
+                                    tables,
+                                    expected: &expected,
+                                });
                             }
                         },
                     )
@@ -270,6 +328,7 @@ impl Remapper {
                 }
                 Phase::CatchingUp => {
                     let mut seen = 0;
+                    let progress = &mut self.progress;
                     replicate::wait_caught_up(
                         &source,
                         &target,
@@ -277,7 +336,12 @@ impl Remapper {
                         row.target,
                         self.opts.catch_up_bytes,
                         self.opts.catch_up_timeout,
-                        |l| seen = l,
+                        |l| {
+                            seen = l;
+                            if let Some(p) = progress.as_mut() {
+                                p(&Progress::Lag(l));
+                            }
+                        },
                     )
                     .await?;
                     state::set_progress(&self.catalog, id, None, Some(seen), None).await?;
@@ -341,6 +405,7 @@ impl Remapper {
         catalog::notify(&tx, epoch).await?;
         tx.commit().await.map_err(CatalogError::from)?;
         row.phase = phase;
+        self.report(&Progress::Phase { id: row.id, phase });
         self.say(&format!("remap {}: {phase}", row.id));
         Ok(())
     }
@@ -360,6 +425,7 @@ impl Remapper {
         let outcome = loop {
             attempt += 1;
             let refence = self.refences(c, row).await?;
+            let progress = &mut self.progress;
             let result = Cutover {
                 catalog: &mut self.catalog,
                 source,
@@ -367,9 +433,13 @@ impl Remapper {
                 plan,
                 id: row.id,
                 max_pause: self.opts.max_pause,
-                ack_timeout: Duration::from_secs(60),
                 snapshot: Some(&snapshot),
                 refence,
+                on_step: &mut |step: &str| {
+                    if let Some(p) = progress.as_mut() {
+                        p(&Progress::Step(step));
+                    }
+                },
             }
             .run()
             .await;
@@ -525,6 +595,7 @@ impl Remapper {
     /// Undoes the remap in progress from any phase before the flip: the freeze lifted, the fence disarmed, the
     /// subscription, slots and publication dropped, the rows copied to the target deleted.
     pub async fn abort(&mut self) -> Result<RemapRow, RemapError> {
+        self.ensure_schema().await?;
         let mut row = state::active(&self.catalog)
             .await?
             .ok_or(RemapError::NoneActive)?;
@@ -560,6 +631,9 @@ impl Remapper {
         &mut self,
         by: super::rebalance::Measure,
     ) -> Result<super::rebalance::Proposal, RemapError> {
+        if by == super::rebalance::Measure::Load {
+            return Err(super::rebalance::LoadError::NoInstances.into());
+        }
         let c = self.load().await?;
         let mut weights = std::collections::BTreeMap::new();
         for shard in 0..self.cfg.shards.len() {
@@ -582,11 +656,26 @@ impl Remapper {
         ))
     }
 
+    /// Proposes the moves that even out `weights` (per vshard, measured elsewhere: the instances' load), by the
+    /// current placement.
+    pub async fn propose(
+        &mut self,
+        weights: &std::collections::BTreeMap<u32, u64>,
+    ) -> Result<super::rebalance::Proposal, RemapError> {
+        let c = self.load().await?;
+        Ok(super::rebalance::propose(
+            &c.placement,
+            weights,
+            self.cfg.shards.len(),
+        ))
+    }
+
     /// Moves the vshards of the remap in progress back to where they came from, after its cutover and before its
     /// cleanup. The rows on the source are as they were at the cutover and the target has taken writes since, so
     /// the source's copy is dropped and the move back is a remap of its own (copy, catch up, cut over, verify,
     /// clean up) from the target; the forward remap is closed as done, with `rolled back by remap N` as its error.
     pub async fn rollback(&mut self) -> Result<RemapRow, RemapError> {
+        self.ensure_schema().await?;
         let mut row = state::active(&self.catalog)
             .await?
             .ok_or(RemapError::NoneActive)?;
@@ -638,6 +727,32 @@ impl Remapper {
         let target = self.connect(row.target).await?;
         Ok(replicate::leftovers(&source, &target, id).await?)
     }
+}
+
+/// Rows of each table expected to move, for the progress display: the source's row estimate (`reltuples`) times the
+/// share of the source's vshards that move. Tables without statistics are left out; errors only cost the estimate.
+async fn expected_rows(
+    source: &Client,
+    plan: &Plan,
+    c: &Catalog,
+) -> std::collections::BTreeMap<String, u64> {
+    let on_source = c.placement.iter().filter(|&&s| s == plan.source).count() as f64;
+    let share = plan.vshards.len() as f64 / on_source.max(1.0);
+    let mut out = std::collections::BTreeMap::new();
+    for t in &plan.tables {
+        let estimate = source
+            .query_one(
+                "SELECT reltuples::float8 FROM pg_class WHERE oid = to_regclass($1)",
+                &[&t.sql_name],
+            )
+            .await
+            .ok()
+            .and_then(|r| r.try_get::<_, Option<f64>>(0).ok().flatten());
+        if let Some(n) = estimate.filter(|n| *n >= 0.0) {
+            out.insert(t.name.clone(), (n * share.min(1.0)).round() as u64);
+        }
+    }
+    out
 }
 
 /// Deletes the rows of `plan`'s vshards on `server` (the source after a move, the target on abort), past any fence

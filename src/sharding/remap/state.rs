@@ -30,6 +30,12 @@ CREATE TABLE IF NOT EXISTS shardpool.remaps (
     updated_at timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz
 );
+-- Where the target's WAL was when the moved rows had all arrived (set with the flip): reads of the target must see
+-- at least this position, wherever the rows were written before the cutover.
+ALTER TABLE shardpool.remaps ADD COLUMN IF NOT EXISTS drained_lsn pg_lsn;
+ALTER TABLE shardpool.remaps ADD COLUMN IF NOT EXISTS drained_at timestamptz;
+-- The epoch that set the current freeze: each cutover attempt freezes anew, and instances time their holds from it.
+ALTER TABLE shardpool.remaps ADD COLUMN IF NOT EXISTS frozen_epoch bigint;
 CREATE UNIQUE INDEX IF NOT EXISTS remaps_one_active ON shardpool.remaps ((true)) WHERE finished_at IS NULL;
 CREATE TABLE IF NOT EXISTS shardpool.instances (
     id text PRIMARY KEY,
@@ -118,6 +124,12 @@ pub struct RemapRow {
     pub lag_bytes: i64,
     pub pause_ms: i64,
     pub error: Option<String>,
+    /// The target's WAL position once every change to the moved rows had been applied there (set at the flip), and
+    /// when (Unix ms): what a replica of the target must have replayed to serve reads of the moved vshards.
+    pub drained_lsn: Option<u64>,
+    pub drained_at_ms: Option<i64>,
+    /// The catalog epoch that set the current freeze (one per cutover attempt).
+    pub frozen_epoch: Option<i64>,
 }
 
 impl RemapRow {
@@ -131,9 +143,13 @@ pub fn replication_name(id: i64) -> String {
     format!("shardpool_remap_{id}")
 }
 
+/// The drained position is read through `to_jsonb` so that instances keep loading catalogs whose `remaps` table
+/// predates the column (it is added by the next `shardctl remap`).
 const COLUMNS: &str =
     "id, vshards, source, target, phase, frozen, max_pause_ms, rows_copied, lag_bytes, pause_ms, \
-                       error, fenced";
+     error, fenced, to_jsonb(remaps) ->> 'drained_lsn', \
+     (extract(epoch FROM (to_jsonb(remaps) ->> 'drained_at')::timestamptz) * 1000)::int8, \
+     (to_jsonb(remaps) ->> 'frozen_epoch')::int8";
 
 fn row_of(row: &tokio_postgres::Row) -> Result<RemapRow, CatalogError> {
     let phase: String = row.try_get(4)?;
@@ -156,6 +172,12 @@ fn row_of(row: &tokio_postgres::Row) -> Result<RemapRow, CatalogError> {
             .into_iter()
             .map(|v| v.max(0) as u32)
             .collect(),
+        drained_lsn: row
+            .try_get::<_, Option<String>>(12)?
+            .as_deref()
+            .and_then(crate::cluster::lsn::parse),
+        drained_at_ms: row.try_get(13)?,
+        frozen_epoch: row.try_get(14)?,
     })
 }
 
@@ -283,16 +305,19 @@ pub async fn set_error(
     Ok(())
 }
 
-/// Sets the freeze marker (and phase) inside a catalog change, so instances see it with the epoch it brings.
+/// Sets the freeze marker (and phase) inside the catalog change of `epoch`, so instances see it with that epoch; a
+/// new freeze records the epoch, which tells this attempt's freeze from an earlier one of the same remap.
 pub async fn set_frozen(
     tx: &Transaction<'_>,
     id: i64,
     frozen: bool,
     phase: Phase,
+    epoch: i64,
 ) -> Result<(), CatalogError> {
     tx.execute(
-        "UPDATE shardpool.remaps SET frozen = $2, phase = $3, updated_at = now() WHERE id = $1",
-        &[&id, &frozen, &phase.as_str()],
+        "UPDATE shardpool.remaps SET frozen = $2, phase = $3, updated_at = now(), \
+         frozen_epoch = CASE WHEN $2 AND NOT frozen THEN $4 ELSE frozen_epoch END WHERE id = $1",
+        &[&id, &frozen, &phase.as_str(), &epoch],
     )
     .await?;
     Ok(())
@@ -303,6 +328,8 @@ pub async fn set_frozen(
 pub struct Freeze {
     /// The remap that froze them (0: none).
     pub remap: i64,
+    /// The epoch that set this freeze: a later cutover attempt of the same remap is a new freeze.
+    pub since: i64,
     /// Sorted.
     pub vshards: Vec<u32>,
     /// How long the remap may hold writes; an instance stops holding a little after this, whatever it hears.
@@ -327,6 +354,7 @@ pub async fn load(tx: &Transaction<'_>) -> Result<(Freeze, Vec<RemapRow>), Catal
             vshards.dedup();
             Freeze {
                 remap: r.id,
+                since: r.frozen_epoch.unwrap_or(0),
                 vshards,
                 max_pause_ms: r.max_pause_ms,
             }
@@ -402,4 +430,32 @@ pub async fn fences_on(
         .iter()
         .map(row_of)
         .collect()
+}
+
+/// How long after a flip the drained position stays a floor for reads of its target. Replicas pass it within
+/// moments; the limit keeps a shard whose server was replaced since (a restored server starts a new WAL history, with
+/// smaller positions) from sending all its reads to its primary for good.
+pub const READ_FLOOR_MS: i64 = 3_600_000;
+
+/// The WAL position of `shard` every replica must have replayed to serve a read there: the highest drained position
+/// of the recent remaps that moved vshards onto it (0: none). Positions taken on the source before the cutover mean
+/// nothing on the target, so a session's own causal position cannot tell whether a target replica has the rows it
+/// wrote before the flip; this floor can, for every session, since every such row was on the target at that point.
+pub fn read_floor(remaps: &[RemapRow], shard: u16, now_ms: i64) -> u64 {
+    remaps
+        .iter()
+        .filter(|r| r.target == shard)
+        .filter_map(|r| Some((r.drained_lsn?, r.drained_at_ms?)))
+        .filter(|&(_, at)| now_ms.saturating_sub(at) < READ_FLOOR_MS)
+        .map(|(lsn, _)| lsn)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch, the clock `read_floor` compares the catalog's timestamps with.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
