@@ -319,7 +319,8 @@ for target in $TARGETS; do
             b=$(session_ir "$TMP/cg/cg-$target-$wl-$XACTS.out")
             [[ -n $a && -n $b ]] && record "$wl" "$target" session_ir $(( (b - a) / (CLIENTS * (XACTS - SHORT)) ))
         fi
-        log "  $wl: $ir Ir per transaction${a:+ (sessions: $(value "$wl" "$target" session_ir))}"
+        sess=$(value "$wl" "$target" session_ir)
+        log "  $wl: $ir Ir per transaction${sess:+ (sessions: $sess)}"
     done
 done
 
