@@ -16,9 +16,24 @@
 #   THREADS=2            pgbench -j (capped at the client count)
 #   SHARDPOOL_WORKERS=0  shardpool [general] workers (0 = one per core)
 #   SHARDPOOL_BIN=path   use this binary instead of building
+#   PGBOUNCER_BIN=path   the PgBouncer to compare against (default: `pgbouncer` on PATH, else /usr/sbin/pgbouncer,
+#                        installed from Debian if missing); e.g. the 1.24 that ../shared/tools/build-pgbouncer-1.24.sh
+#                        builds. Also settable as `--pgbouncer PATH`.
 #   OUT=dir              also save report.md, the raw TSVs, configs and logs there
 #   KEEP_TMP=1           keep the temp dir (logs, data dir) for debugging
+#
+# Flags: --pgbouncer PATH (same as PGBOUNCER_BIN), --help.
 set -euo pipefail
+
+PGBOUNCER_BIN=${PGBOUNCER_BIN:-}
+while (( $# > 0 )); do
+    case $1 in
+        --pgbouncer) PGBOUNCER_BIN=${2:?--pgbouncer needs a path}; shift 2 ;;
+        --pgbouncer=*) PGBOUNCER_BIN=${1#--pgbouncer=}; shift ;;
+        -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
 
 DURATION=${DURATION:-10}
 REPEATS=${REPEATS:-3}
@@ -115,13 +130,20 @@ fi
 PGBENCH=$PG_BINDIR/pgbench
 PSQL=$PG_BINDIR/psql
 
-if ! command -v pgbouncer >/dev/null && [[ ! -x /usr/sbin/pgbouncer ]]; then
-    [[ $EUID == 0 ]] || die "pgbouncer is not installed (apt-get install pgbouncer)"
-    log "installing pgbouncer from Debian"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
+if [[ -n $PGBOUNCER_BIN ]]; then
+    [[ -x $PGBOUNCER_BIN ]] || die "PGBOUNCER_BIN=$PGBOUNCER_BIN is not an executable file"
+    PGBOUNCER=$(realpath "$PGBOUNCER_BIN")
+else
+    if ! command -v pgbouncer >/dev/null && [[ ! -x /usr/sbin/pgbouncer ]]; then
+        [[ $EUID == 0 ]] || die "pgbouncer is not installed (apt-get install pgbouncer, or set PGBOUNCER_BIN)"
+        log "installing pgbouncer from Debian"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
+    fi
+    PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 fi
-PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+PGBOUNCER_VERSION=$("$PGBOUNCER" --version 2>/dev/null | head -n1) || die "$PGBOUNCER --version failed"
+log "comparing against $PGBOUNCER_VERSION ($PGBOUNCER)"
 command -v python3 >/dev/null || die "python3 is needed for the idle-client test and the report"
 
 if [[ $EUID == 0 ]]; then
@@ -454,7 +476,7 @@ REPORT=$TMP/report.md
     # shellcheck source=/dev/null
     echo "| OS | $(. /etc/os-release && echo "$PRETTY_NAME") |"
     echo "| Postgres | $("$PG_BINDIR/postgres" --version) |"
-    echo "| PgBouncer | $("$PGBOUNCER" --version | head -n1) |"
+    echo "| PgBouncer | $PGBOUNCER_VERSION (\`$PGBOUNCER\`) |"
     echo "| shardpool | $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet 2>/dev/null || echo ' (dirty)'), workers = $SHARDPOOL_WORKERS |"
     echo "| load average at end | $(cut -d' ' -f1-3 /proc/loadavg) |"
     echo
@@ -469,7 +491,7 @@ REPORT=$TMP/report.md
     echo "### Commands"
     echo
     echo '```sh'
-    echo "DURATION=$DURATION REPEATS=$REPEATS CLIENTS=\"$CLIENTS\" IDLE_CLIENTS=$IDLE_CLIENTS SHARDPOOL_WORKERS=$SHARDPOOL_WORKERS benches/pgbench_compare.sh"
+    echo "PGBOUNCER_BIN=$PGBOUNCER DURATION=$DURATION REPEATS=$REPEATS CLIENTS=\"$CLIENTS\" WORKLOADS=\"$WORKLOADS\" IDLE_CLIENTS=$IDLE_CLIENTS SHARDPOOL_WORKERS=$SHARDPOOL_WORKERS benches/pgbench_compare.sh"
     echo "# per run (PORT = direct $PG_PORT, PgBouncer $PGB_PORT, shardpool $SP_PORT; j = min($THREADS, clients)):"
     echo "pgbench -i -q -s $SCALE -h 127.0.0.1 -p $PG_PORT -U bench bench"
     for wl in $WORKLOADS; do

@@ -115,6 +115,21 @@ def matrix_report(rows, out):
         out.append(f"| {WORKLOAD_TITLE.get(w, w)} | " + " | ".join(line) + " |")
     out.append("")
 
+    out.append("### CPU summary: pooler CPU µs per transaction, shardpool vs PgBouncer (medians)\n")
+    out.append("| workload | " + " | ".join(f"{c} clients" for c in clients) + " |")
+    out.append("|---|" + "---:|" * len(clients))
+    for w in workloads:
+        line = []
+        for c in clients:
+            sp = cells[w, c, "shardpool"].cpu_per_xact()
+            pgb = cells[w, c, "pgbouncer"].cpu_per_xact()
+            if sp is None or pgb is None:
+                line.append("—")
+            else:
+                line.append(f"{sp / pgb:.2f}× ({sp:.1f} vs {pgb:.1f})")
+        out.append(f"| {WORKLOAD_TITLE.get(w, w)} | " + " | ".join(line) + " |")
+    out.append("")
+
     for w in workloads:
         out.append(f"### {WORKLOAD_TITLE.get(w, w)}\n")
         out.append("| clients | target | TPS (median) | latency avg ms (median) | vs PgBouncer | vs direct "

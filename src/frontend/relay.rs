@@ -191,6 +191,12 @@ impl Relay {
         self.status.unwrap_or(TxStatus::Idle)
     }
 
+    /// Whether a fabricated reply is at the front of the queue (`emit_fabricated` would write something).
+    #[inline]
+    pub fn fabricated_next(&self) -> bool {
+        matches!(self.queue.front(), Some(Expect::Fabricated(_)))
+    }
+
     /// Writes the fabricated replies now at the front of the queue.
     pub fn emit_fabricated(&mut self, out: &mut BytesMut) {
         while let Some(Expect::Fabricated(f)) = self.queue.front().copied() {

@@ -163,12 +163,15 @@ pub fn statement_effect(stmt: &str) -> Option<SessionEffect> {
     }
     // Cheap raw prefilters before the literal-aware scan: most statements never mention advisory locks, and most
     // do not even contain a `v` (a branch-free pass the compiler vectorises, where the search below is a loop with
-    // a compare per byte that cost a select-only transaction about 5 % of shardpool's instructions).
+    // a compare per byte that cost a select-only transaction about 5 % of shardpool's instructions). Every
+    // INSERT ... VALUES has a `v`, and then paid that loop (a sixth of TPC-B's `effects` cost): almost no
+    // statement has `dv`, and that is the second filter.
     let has_v = stmt
         .as_bytes()
         .iter()
         .fold(false, |seen, &b| seen | (b | 0x20 == b'v'));
     if has_v
+        && has_pair(stmt, b'd', b'v')
         && raw_contains_ci(stmt.as_bytes(), b"advisory")
         && (contains_word_ci(stmt, "pg_advisory_lock")
             || contains_word_ci(stmt, "pg_try_advisory_lock"))
@@ -178,14 +181,20 @@ pub fn statement_effect(stmt: &str) -> Option<SessionEffect> {
     None
 }
 
-/// Whether `stmt` holds the letters `mp` in a row (as `TEMP` does): a branch-free pass the compiler vectorises, so
-/// that the literal-aware search for `INTO TEMP` runs for almost no SELECT (every SELECT comes through here).
+/// Whether `stmt` holds the letters `mp` in a row (as `TEMP` does), so that the literal-aware search for `INTO TEMP`
+/// runs for almost no SELECT (every SELECT comes through here).
 fn has_mp(stmt: &str) -> bool {
-    let b = stmt.as_bytes();
-    b.iter()
-        .zip(b.iter().skip(1))
+    has_pair(stmt, b'm', b'p')
+}
+
+/// Whether `stmt` holds the letters `a` then `b` (given in lower case) in a row, in any case: a branch-free pass
+/// (about 2.6 instructions per byte; memchr's vectorised search was slower on statements this short).
+fn has_pair(stmt: &str, a: u8, b: u8) -> bool {
+    let s = stmt.as_bytes();
+    s.iter()
+        .zip(s.iter().skip(1))
         .fold(false, |seen, (&x, &y)| {
-            seen | ((x | 0x20 == b'm') & (y | 0x20 == b'p'))
+            seen | ((x | 0x20 == a) & (y | 0x20 == b))
         })
 }
 
@@ -352,6 +361,17 @@ fn split_options(s: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pair_prefilter_finds_letters_in_any_case() {
+        assert!(has_pair("select * into TEMP t", b'm', b'p'));
+        assert!(has_pair("SELECT PG_ADVISORY_LOCK(1)", b'd', b'v'));
+        assert!(has_pair("xdV", b'd', b'v'));
+        assert!(!has_pair("insert into t (delta) values (1)", b'd', b'v'));
+        assert!(!has_pair("d", b'd', b'v'));
+        assert!(!has_pair("", b'd', b'v'));
+        assert!(!has_pair("héllo dé v", b'd', b'v'));
+    }
 
     fn set(name: &str, apply: &str) -> SessionEffect {
         SessionEffect::Set(Setting {

@@ -3,7 +3,7 @@
 //! Reading stops on a side whose outbound buffer is full, so memory stays bounded however large a result or COPY
 //! is, and the pump can never deadlock on two full socket buffers because writes and reads are polled together.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,7 +17,7 @@ use crate::error::{sqlstate, ClientError};
 use crate::frontend::relay::Expect;
 use crate::frontend::spin::{Attempt, Awaiting, Spin};
 use crate::protocol::backend::{parse_command_complete, parse_parameter_status, ErrorFields};
-use crate::protocol::framing::{split_frame, split_frame_within};
+use crate::protocol::framing::{peek_header, split_frame_within, HEADER_LEN};
 use crate::protocol::{tag, TxStatus};
 
 /// Stop reading from one side while more than this is waiting to be written to the other.
@@ -107,6 +107,10 @@ impl Session {
                     r.executed = false;
                 }
             }
+            if !self.cout.is_empty() && !self.holding_acks() && self.write_client_now()? {
+                // The client took bytes: whatever it was waiting on, it is not stalled.
+                stalled_since = None;
+            }
             // Every reply is in, and the server is inside a transaction: an explicit one, or the implicit one of
             // a batch the client flushed without a Sync (which may hold locks and written rows just the same).
             let idle_in_transaction = self.relay.is_empty()
@@ -135,31 +139,51 @@ impl Session {
                 query_since = None;
                 queries_seen = self.tally.queries;
             }
-            let mut deadline: Option<(tokio::time::Instant, Expiry)> = None;
-            let mut sooner = |at: tokio::time::Instant, why: Expiry| {
-                if deadline.is_none_or(|(d, _)| at < d) {
-                    deadline = Some((at, why));
-                }
-            };
-            let now = tokio::time::Instant::now();
-            if let (Some(t), true) = (idle_tx_timeout, waiting_on_client) {
-                sooner(now + t, Expiry::IdleInTransaction);
-            } else if let Some(limit) = stalls {
-                let since = *stalled_since.get_or_insert(now);
-                sooner(since + limit, Expiry::Stall(limit));
-            }
-            if let (Some(t), false) = (query_timeout, self.relay.is_empty()) {
-                let since = *query_since.get_or_insert(now);
-                sooner(since + t, Expiry::Query(t));
-            }
-            let report_writes = matches!(deadline, Some((_, Expiry::Stall(_))));
-            let event = match deadline {
-                None => self.pump(&mut spin, false).await?,
-                Some((at, why)) => {
-                    match tokio::time::timeout_at(at, self.pump(&mut spin, report_writes)).await {
-                        Ok(r) => r?,
-                        Err(_) => return Err(self.expired(why)),
+            let idle_limit = idle_tx_timeout.filter(|_| waiting_on_client);
+            let stall_limit = stalls.filter(|_| idle_limit.is_none());
+            let query_limit = query_timeout.filter(|_| !self.relay.is_empty());
+            let event = if idle_limit.is_none() && stall_limit.is_none() && query_limit.is_none() {
+                self.pump(&mut spin, false).await?
+            } else {
+                // Usually the round completes at once (the reply is written whole, every statement of a
+                // transaction): only a round that has to wait is timed, so the common case reads no clock and
+                // creates no timer.
+                let outcome = {
+                    let mut round = std::pin::pin!(self.pump(&mut spin, stall_limit.is_some()));
+                    match poll_fn(|cx| Poll::Ready(round.as_mut().poll(cx))).await {
+                        Poll::Ready(r) => Ok(r),
+                        Poll::Pending => {
+                            let now = tokio::time::Instant::now();
+                            let mut deadline: Option<(tokio::time::Instant, Expiry)> = None;
+                            let mut sooner = |at: tokio::time::Instant, why: Expiry| {
+                                if deadline.is_none_or(|(d, _)| at < d) {
+                                    deadline = Some((at, why));
+                                }
+                            };
+                            if let Some(t) = idle_limit {
+                                sooner(now + t, Expiry::IdleInTransaction);
+                            }
+                            if let Some(limit) = stall_limit {
+                                sooner(
+                                    *stalled_since.get_or_insert(now) + limit,
+                                    Expiry::Stall(limit),
+                                );
+                            }
+                            if let Some(t) = query_limit {
+                                sooner(*query_since.get_or_insert(now) + t, Expiry::Query(t));
+                            }
+                            match deadline {
+                                Some((at, why)) => {
+                                    tokio::time::timeout_at(at, round).await.map_err(|_| why)
+                                }
+                                None => Ok(round.await),
+                            }
+                        }
                     }
+                };
+                match outcome {
+                    Ok(r) => r?,
+                    Err(why) => return Err(self.expired(why)),
                 }
             };
             if event.client_data || event.client_took || event.server_took {
@@ -212,6 +236,20 @@ impl Session {
                 ))
             }
         }
+    }
+
+    /// Writes what the client socket takes right now, without waiting (no waker is kept: the pump registers its
+    /// own whenever output is left). A reply mid-transaction nearly always goes out whole here, so the loop then
+    /// sees nothing queued for the client and waits in one plain round, rather than a timed round for the write
+    /// and another for the reads. Returns whether any bytes were taken.
+    fn write_client_now(&mut self) -> Result<bool, SessionError> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let before = self.cout.len();
+        write_some(&mut cx, Pin::new(&mut self.client), &mut self.cout)
+            .map_err(SessionError::ClientIo)?;
+        let taken = before - self.cout.len();
+        self.bytes_to_client += taken as u64;
+        Ok(taken > 0)
     }
 
     /// Whether the server attached now waits on the client rather than the other way round: output is queued for
@@ -416,17 +454,50 @@ impl Session {
         true
     }
 
+    /// Judges every whole server message where it lies in the server's read buffer, and forwards runs of them with
+    /// one copy each, instead of splitting each message off into a frame of its own (a reference-counted `Bytes`
+    /// per message, and a copy per message). Invariant: what the client gets is `cout` followed by
+    /// `rbuf[run..at]`; anything else written to `cout` (a fabricated reply, a held description) first flushes the
+    /// run.
     fn process_server_messages(
         &mut self,
         server: &mut crate::backend::ServerConn,
     ) -> Result<(), SessionError> {
-        while let Some(frame) = split_frame(&mut server.rbuf)
-            .map_err(|e| SessionError::ServerProtocol(e.to_string()))?
-        {
+        let mut rbuf = std::mem::take(&mut server.rbuf);
+        let (mut at, mut run) = (0, 0);
+        let result = self.judge_server_messages(server, &rbuf, &mut at, &mut run);
+        self.cout.extend_from_slice(&rbuf[run..at]);
+        rbuf.advance(at);
+        server.rbuf = rbuf;
+        if result.is_ok() {
             self.relay.emit_fabricated(&mut self.cout);
+        }
+        result
+    }
+
+    fn judge_server_messages(
+        &mut self,
+        server: &mut crate::backend::ServerConn,
+        rbuf: &[u8],
+        at: &mut usize,
+        run: &mut usize,
+    ) -> Result<(), SessionError> {
+        while let Some((msg_tag, total)) =
+            peek_header(&rbuf[*at..]).map_err(|e| SessionError::ServerProtocol(e.to_string()))?
+        {
+            if rbuf.len() - *at < total {
+                break;
+            }
+            let raw = &rbuf[*at..*at + total];
+            let body = &raw[HEADER_LEN..];
+            if self.relay.fabricated_next() {
+                self.cout.extend_from_slice(&rbuf[*run..*at]);
+                *run = *at;
+                self.relay.emit_fabricated(&mut self.cout);
+            }
             let outcome = self
                 .relay
-                .on_server_message(frame.tag, frame.body())
+                .on_server_message(msg_tag, body)
                 .map_err(|e| SessionError::ServerProtocol(e.to_string()))?;
             for h in &outcome.failed_statements {
                 server.statements.remove(*h);
@@ -435,18 +506,20 @@ impl Session {
                 self.home.known_statements.remember(def);
             }
             let mut forward = outcome.forward;
-            match frame.tag {
+            match msg_tag {
                 tag::PARAMETER_DESCRIPTION if forward => {
-                    self.held_parameter_description = Some(frame.raw.clone());
+                    self.held_parameter_description = Some(bytes::Bytes::copy_from_slice(raw));
                     forward = false;
                 }
                 tag::ROW_DESCRIPTION | tag::NO_DATA if forward => {
                     if let Some(held) = self.held_parameter_description.take() {
+                        self.cout.extend_from_slice(&rbuf[*run..*at]);
+                        *run = *at;
                         self.cout.extend_from_slice(&held);
                     }
                 }
                 tag::PARAMETER_STATUS => {
-                    if let Some((k, v)) = parse_parameter_status(frame.body()) {
+                    if let Some((k, v)) = parse_parameter_status(body) {
                         // The client hears of a value only when it differs from what it was told before.
                         forward = self.told.get(&k) != Some(v.as_str());
                         if forward {
@@ -457,7 +530,7 @@ impl Session {
                 }
                 tag::ERROR_RESPONSE if outcome.forward => {
                     self.held_parameter_description = None;
-                    let fields = ErrorFields::parse(frame.body());
+                    let fields = ErrorFields::parse(body);
                     if self.replica_failed_unseen(&fields) {
                         // The replica is going away (shutdown, crash, recovery conflict on a fresh session):
                         // re-run the read elsewhere instead of passing its death on.
@@ -482,7 +555,7 @@ impl Session {
                     }
                 }
                 tag::COMMAND_COMPLETE if outcome.forward => {
-                    self.last_was_rollback = parse_command_complete(frame.body()) == b"ROLLBACK";
+                    self.last_was_rollback = parse_command_complete(body) == b"ROLLBACK";
                 }
                 _ => {}
             }
@@ -490,6 +563,9 @@ impl Session {
                 server.status = status;
                 if !outcome.forward && self.replay.is_some() {
                     // The failed batch's ReadyForQuery: the server is clean again, re-send the batch.
+                    self.cout.extend_from_slice(&rbuf[*run..*at]);
+                    *at += total;
+                    *run = *at;
                     break;
                 }
                 if outcome.forward {
@@ -511,11 +587,14 @@ impl Session {
                 }
             }
             if forward {
-                self.note_forwarded(frame.tag);
-                self.cout.extend_from_slice(&frame.raw);
+                self.note_forwarded(msg_tag);
+            } else {
+                // Not for the client: copy what came before it, and start the next run after it.
+                self.cout.extend_from_slice(&rbuf[*run..*at]);
+                *run = *at + total;
             }
+            *at += total;
         }
-        self.relay.emit_fabricated(&mut self.cout);
         Ok(())
     }
 }
