@@ -219,7 +219,11 @@ async fn verifier_without_server_password_cannot_reach_the_server() {
     let started = Instant::now();
     let (code, msg) = refused(&proxy.app_url()).await;
     assert_eq!(code, "08006", "{msg}");
-    assert!(msg.contains("could not connect to the server"), "{msg}");
+    // Pass-through cannot help either: the verifier was made with another salt than the server's own.
+    assert!(
+        msg.contains("server login refused") && msg.contains("salt or iteration count differs"),
+        "{msg}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "took {:?}",
