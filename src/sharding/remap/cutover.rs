@@ -110,8 +110,35 @@ fn fence_triggers_sql(tables: &[TableMove], id: i64) -> String {
     sql
 }
 
-/// Installs the fence of `plan` on `source` in one transaction, waiting at most `lock_wait` for each table lock.
+/// One attempt's wait for the table locks: well under Postgres' default `deadlock_timeout` (1 s), so that when the
+/// fence and a client transaction lock the moving tables in opposite orders, the fence gives up and tries again
+/// before the deadlock detector can pick the client's transaction as its victim.
+const FENCE_LOCK_ATTEMPT: Duration = Duration::from_millis(100);
+
+/// Installs the fence of `plan` on `source` in one transaction, trying again (each try waiting at most
+/// `FENCE_LOCK_ATTEMPT` for each table lock) until `lock_wait` has passed. The last refusal is returned.
 pub async fn install_fence(
+    source: &mut Client,
+    plan: &Plan,
+    id: i64,
+    lock_wait: Duration,
+) -> Result<(), tokio_postgres::Error> {
+    let deadline = tokio::time::Instant::now() + lock_wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match install_fence_once(source, plan, id, left.min(FENCE_LOCK_ATTEMPT)).await {
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+                        | Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
+                ) && tokio::time::Instant::now() < deadline => {}
+            other => return other,
+        }
+    }
+}
+
+async fn install_fence_once(
     source: &mut Client,
     plan: &Plan,
     id: i64,
