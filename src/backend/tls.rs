@@ -158,8 +158,8 @@ impl ServerTls {
         } else {
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly {
-                    roots,
+                .with_custom_certificate_verifier(Arc::new(NameBlind {
+                    roots: Some(roots),
                     algorithms: provider.signature_verification_algorithms,
                 }))
                 .with_no_client_auth()
@@ -258,65 +258,29 @@ fn unverified_config() -> &'static Arc<ClientConfig> {
         };
         let mut config = builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate { algorithms }))
+            .with_custom_certificate_verifier(Arc::new(NameBlind {
+                roots: None,
+                algorithms,
+            }))
             .with_no_client_auth();
         config.alpn_protocols = vec![ALPN.to_vec()];
         Arc::new(config)
     })
 }
 
-/// `prefer`/`require` without a CA: any certificate is accepted (libpq's behaviour). The handshake signature is
-/// still checked against the presented certificate, so the session keys belong to whoever holds its private key,
-/// but nothing says who that is: a man in the middle can present his own certificate.
+/// The verifier for the modes webpki's own does not cover, both of which ignore the name the certificate carries:
+/// - with `roots` (`verify-ca`, and `prefer`/`require` with a CA): the chain must lead to the CA file, for servers
+///   reached by addresses their certificates do not list;
+/// - without (`prefer`/`require` without a CA): any certificate is accepted, as libpq does. The handshake signature
+///   is still checked against the presented certificate, so the session keys belong to whoever holds its private
+///   key, but nothing says who that is: a man in the middle can present his own certificate.
 #[derive(Debug)]
-struct AnyCertificate {
+struct NameBlind {
+    roots: Option<RootCertStore>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca` (and `prefer`/`require` with a CA): the chain must lead to the CA file, whatever name the certificate
-/// carries. For servers reached by addresses their certificates do not list.
-#[derive(Debug)]
-struct ChainOnly {
-    roots: RootCertStore,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for NameBlind {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -325,14 +289,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
+        if let Some(roots) = &self.roots {
+            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
