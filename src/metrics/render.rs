@@ -538,48 +538,27 @@ fn sharding(e: &mut Exposition, ctx: &Context) {
             d.epoch.is_some(),
         );
     }
-    e.family(
-        "shardpool_catalog_epoch",
-        Kind::Gauge,
+    per_database(
+        e,
+        &dbs,
+        ("shardpool_catalog_epoch", Kind::Gauge),
         "Epoch of the catalog snapshot routing uses (bumped by every placement change).",
+        |d| d.epoch,
     );
-    for d in &dbs {
-        if let Some(epoch) = d.epoch {
-            e.sample(
-                "shardpool_catalog_epoch",
-                &[("database", &d.database)],
-                epoch,
-            );
-        }
-    }
-    e.family(
-        "shardpool_catalog_reloads_total",
-        Kind::Counter,
+    per_database(
+        e,
+        &dbs,
+        ("shardpool_catalog_reloads_total", Kind::Counter),
         "Catalog reloads (on notification or periodic check).",
+        |d| d.reloads.map(|(n, _)| n),
     );
-    for d in &dbs {
-        if let Some((n, _)) = d.reloads {
-            e.sample(
-                "shardpool_catalog_reloads_total",
-                &[("database", &d.database)],
-                n,
-            );
-        }
-    }
-    e.family(
-        "shardpool_catalog_reload_failures_total",
-        Kind::Counter,
+    per_database(
+        e,
+        &dbs,
+        ("shardpool_catalog_reload_failures_total", Kind::Counter),
         "Catalog reloads that failed (routing went on with the last good snapshot).",
+        |d| d.reloads.map(|(_, n)| n),
     );
-    for d in &dbs {
-        if let Some((_, n)) = d.reloads {
-            e.sample(
-                "shardpool_catalog_reload_failures_total",
-                &[("database", &d.database)],
-                n,
-            );
-        }
-    }
     e.family(
         "shardpool_shard_statements_total",
         Kind::Counter,
@@ -826,6 +805,22 @@ fn process(e: &mut Exposition, ctx: &Context) {
         if let Some(v) = v {
             e.family(name, kind, help);
             e.sample(name, &[], v);
+        }
+    }
+}
+
+/// One family with a sample per sharded database that has a value for it.
+fn per_database<V: super::exposition::Value>(
+    e: &mut Exposition,
+    dbs: &[Sharded],
+    (name, kind): (&str, Kind),
+    help: &str,
+    value: impl Fn(&Sharded) -> Option<V>,
+) {
+    e.family(name, kind, help);
+    for d in dbs {
+        if let Some(v) = value(d) {
+            e.sample(name, &[("database", &d.database)], v);
         }
     }
 }
