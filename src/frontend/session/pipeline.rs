@@ -87,27 +87,12 @@ impl Session {
             }
             let body = &buffered[at + HEADER_LEN..at + total];
             at += total;
-            let text = match t {
-                tag::SYNC | tag::FLUSH => {
-                    end_seen = true;
-                    continue;
+            if matches!(t, tag::SYNC | tag::FLUSH) {
+                end_seen = true;
+            } else if let Some(sql) = self.sql_of(t, body) {
+                if !sql.is_some_and(|sql| self.reads_only(sql)) {
+                    return Ahead::Write;
                 }
-                tag::QUERY => query_text(body),
-                tag::PARSE => parse_parse(body).map(|p| p.query),
-                // A Bind of a statement parsed earlier in this batch is not known yet: its Parse is judged.
-                tag::BIND => match parse_bind(body).map(|b| self.statements.get(b.statement)) {
-                    Some(Some(def)) => Some(&def.query[..]),
-                    Some(None) => continue,
-                    None => None,
-                },
-                // Execute of a portal bound above, Describe, Close: nothing new to judge.
-                _ => continue,
-            };
-            if !text
-                .and_then(|t| std::str::from_utf8(t).ok())
-                .is_some_and(|sql| self.reads_only(sql))
-            {
-                return Ahead::Write;
             }
         }
         if end_seen {
@@ -151,31 +136,38 @@ impl Session {
             }
             let body = &buffered[at + HEADER_LEN..at + total];
             at += total;
-            let text = match t {
+            let reads = |sql: Option<&str>| sql.is_some_and(|sql| self.plain_read(sql));
+            match t {
                 tag::SYNC => return true,
-                tag::QUERY => {
-                    return at == total
-                        && query_text(body)
-                            .and_then(|t| std::str::from_utf8(t).ok())
-                            .is_some_and(|sql| self.plain_read(sql));
+                // A Query is a batch of its own, so only one that comes first.
+                tag::QUERY => return at == total && self.sql_of(t, body).is_some_and(reads),
+                tag::PARSE | tag::BIND => {
+                    if self.sql_of(t, body).is_some_and(|sql| !reads(sql)) {
+                        return false;
+                    }
                 }
-                tag::PARSE => parse_parse(body).map(|p| p.query),
-                tag::BIND => match parse_bind(body).map(|b| self.statements.get(b.statement)) {
-                    Some(Some(def)) => Some(&def.query[..]),
-                    Some(None) => continue,
-                    None => None,
-                },
-                tag::EXECUTE | tag::DESCRIBE | tag::CLOSE | tag::FLUSH => continue,
+                tag::EXECUTE | tag::DESCRIBE | tag::CLOSE | tag::FLUSH => {}
                 _ => return false,
-            };
-            if !text
-                .and_then(|t| std::str::from_utf8(t).ok())
-                .is_some_and(|sql| self.plain_read(sql))
-            {
-                return false;
             }
         }
         false
+    }
+
+    /// The SQL a client message asks to run, as routing judges it: `None` for a message that runs nothing new
+    /// (Execute, Describe, Close; a Bind of a statement parsed earlier in the same batch, whose Parse is judged), and
+    /// `Some(None)` for one whose text cannot be read (judged a write).
+    fn sql_of<'a>(&'a self, t: u8, body: &'a [u8]) -> Option<Option<&'a str>> {
+        let text = match t {
+            tag::QUERY => query_text(body),
+            tag::PARSE => parse_parse(body).map(|p| p.query),
+            tag::BIND => match parse_bind(body).map(|b| self.statements.get(b.statement)) {
+                Some(Some(def)) => Some(&def.query[..]),
+                Some(None) => return None,
+                None => None,
+            },
+            _ => return None,
+        };
+        Some(text.and_then(|t| std::str::from_utf8(t).ok()))
     }
 
     fn plain_read(&self, sql: &str) -> bool {
