@@ -18,6 +18,7 @@ pub mod sqlstate {
     pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
     pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
     pub const QUERY_CANCELED: &str = "57014";
+    pub const SERIALIZATION_FAILURE: &str = "40001";
     pub const SYNTAX_ERROR: &str = "42601";
     pub const STATEMENT_TOO_COMPLEX: &str = "54001";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";

@@ -219,3 +219,180 @@ async fn an_instance_stopped_during_the_flip_makes_the_cutover_resume_on_the_sou
     );
     child.kill().await.unwrap();
 }
+
+/// Clients of `s`'s first instance waiting for a server of shard 0's pool.
+fn waiting_on_shard_0(s: &Setup) -> usize {
+    let ctx = s.proxies[0].ctx();
+    let user = ctx.user("app").unwrap();
+    ctx.shard_pool_set("shop", &user, 0).unwrap().pools[0]
+        .stats
+        .waiting
+        .load(Ordering::Relaxed)
+}
+
+/// Writes routed to the source before this instance saw the freeze, whose server came only after the whole remap
+/// (they waited for the source's only server): they are placed again by the catalog that moved their vshard and go
+/// to the target, instead of to the source's fence. Clients see no error: not for a simple query, a prepared
+/// statement's execution, nor an INSERT after a BEGIN the proxy answered itself (whose COMMIT then goes to the target
+/// too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_whose_vshard_moved_while_they_waited_for_a_server_go_to_the_target() {
+    let s = setup_shaped(Shape {
+        proxies: 1,
+        pool_size: Some(1),
+        ..Shape::default()
+    })
+    .await;
+    s.load();
+    let url = s.proxies[0].url("app", "secret", "shop");
+    let moving: Vec<u32> = (0..16).collect();
+    let mut aids = (7_000_000i64..).filter(|a| vshard(*a) < 16);
+    let (simple, prepared, begun) = (
+        aids.next().unwrap(),
+        aids.next().unwrap(),
+        aids.next().unwrap(),
+    );
+    let staying = (1..).find(|a| (16..32).contains(&vshard(*a))).unwrap();
+
+    let c1 = common::connect(&url).await;
+    // Prepared (described on a shard) before the holder takes shard 0's only server.
+    let c2 = common::connect(&url).await;
+    let insert = c2
+        .prepare("INSERT INTO accounts (aid, owner, balance) VALUES ($1, 'prepared', 0)")
+        .await
+        .unwrap();
+    // The holder keeps shard 0's only server in an open read transaction (no lock the fence waits for).
+    let holder = common::connect(&url).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let owner = holder
+        .simple_query(&format!("SELECT owner FROM accounts WHERE aid = {staying}"))
+        .await
+        .unwrap();
+    let rows = owner
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(rows, 1, "the staying account");
+
+    let c3 = common::connect(&url).await;
+    c3.batch_execute("BEGIN").await.unwrap();
+    let w1 = tokio::spawn(async move {
+        c1.batch_execute(&format!(
+            "INSERT INTO accounts (aid, owner, balance) VALUES ({simple}, 'simple', 0)"
+        ))
+        .await
+    });
+    let w2 = tokio::spawn(async move { c2.execute(&insert, &[&prepared]).await.map(drop) });
+    let w3 = tokio::spawn(async move {
+        c3.batch_execute(&format!(
+            "INSERT INTO accounts (aid, owner, balance) VALUES ({begun}, 'begun', 0)"
+        ))
+        .await?;
+        c3.batch_execute("COMMIT").await
+    });
+    common::eventually(
+        Duration::from_secs(30),
+        "three writes waiting for shard 0's server",
+        || {
+            let n = waiting_on_shard_0(&s);
+            async move { n == 3 }
+        },
+    )
+    .await;
+
+    // The whole remap runs while they wait: the fence stays on the source after it.
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut r = s.remapper(Setup::options(), log.clone()).await;
+    let row = r
+        .start(&moving, 1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", log.lock().unwrap().join("\n")));
+    assert_eq!(row.phase, Phase::Done);
+    assert_eq!(waiting_on_shard_0(&s), 3, "the writes waited throughout");
+
+    holder.batch_execute("COMMIT").await.unwrap();
+    for (name, w) in [("simple", w1), ("prepared", w2), ("begun", w3)] {
+        tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .unwrap_or_else(|_| panic!("the {name} write hangs"))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("the {name} write failed: {e:?}"));
+    }
+    for aid in [simple, prepared, begun] {
+        assert_eq!(count(&s.shards[0], aid), "0", "account {aid} on the source");
+        assert_eq!(count(&s.shards[1], aid), "1", "account {aid} on the target");
+    }
+    let router = s.proxies[0].ctx().shard_router("shop").unwrap();
+    assert_eq!(router.holds.fence_retried.load(Ordering::Relaxed), 0);
+}
+
+/// `shardctl` dies right after installing the fence, with the freeze on: the instance holds a write to a moving
+/// vshard for the remap's pause, then sends it to the source as the catalog says, where the fence refuses it. Its
+/// client has seen nothing, so the proxy waits for the catalog to change and routes it again; the remap, run again,
+/// lifts the freeze (or flips): the write commits, and ends up on the target exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_fence_refused_unseen_is_routed_again_when_the_remap_resumes() {
+    let s = setup_shaped(Shape {
+        proxies: 1,
+        ..Shape::default()
+    })
+    .await;
+    s.load();
+    let url = s.proxies[0].url("app", "secret", "shop");
+    let moving: Vec<u32> = (0..16).collect();
+    let aid = (8_000_000i64..).find(|a| vshard(*a) < 16).unwrap();
+    let router = s.proxies[0].ctx().shard_router("shop").unwrap();
+
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut opts = Setup::options();
+    opts.max_pause = Duration::from_secs(1);
+    opts.cutover_attempts = 1;
+    let mut dying = s.remapper(opts, log.clone()).await;
+    dying.progress = Some(Box::new(|p: &Progress<'_>| {
+        if let Progress::Step(step) = p {
+            // shardctl's death, as seen from the catalog and the shards: nothing after this step runs.
+            assert_ne!(*step, "cutover: fence", "shardctl dies here");
+        }
+    }));
+    let died = tokio::spawn(async move { dying.start(&moving, 1).await.map(|_| ()) })
+        .await
+        .expect_err("the driver died at the fence");
+    assert!(died.is_panic());
+    let fenced = s.shards[0].sql(
+        "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'shardpool_fence_%' AND NOT tgisinternal",
+    );
+    assert_ne!(fenced, "0", "the fence is armed");
+
+    let c = common::connect(&url).await;
+    let write = tokio::spawn(async move {
+        c.batch_execute(&format!(
+            "INSERT INTO accounts (aid, owner, balance) VALUES ({aid}, 'fenced', 0)"
+        ))
+        .await
+    });
+    common::eventually(
+        Duration::from_secs(30),
+        "the fence to refuse the write",
+        || {
+            let n = router.holds.fence_retried.load(Ordering::Relaxed);
+            async move { n >= 1 }
+        },
+    )
+    .await;
+
+    let moving: Vec<u32> = (0..16).collect();
+    let mut r = s.remapper(Setup::options(), log.clone()).await;
+    r.opts.cutover_attempts = 5;
+    let row = r
+        .start(&moving, 1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", log.lock().unwrap().join("\n")));
+    assert_eq!(row.phase, Phase::Done);
+    tokio::time::timeout(Duration::from_secs(30), write)
+        .await
+        .expect("the write hangs")
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the fenced write failed: {e:?}"));
+    assert_eq!(count(&s.shards[0], aid), "0");
+    assert_eq!(count(&s.shards[1], aid), "1");
+}

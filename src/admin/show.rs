@@ -261,6 +261,7 @@ fn remaps(ctx: &Arc<Context>) -> Output {
         };
         let held = router.holds.held.load(Ordering::Relaxed);
         let held_max_ms = router.holds.max_us.load(Ordering::Relaxed) as f64 / 1000.0;
+        let fence_retried = router.holds.fence_retried.load(Ordering::Relaxed);
         for r in &catalog.remaps {
             rows.push(vec![
                 s(name),
@@ -275,6 +276,7 @@ fn remaps(ctx: &Arc<Context>) -> Output {
                 s(r.pause_ms),
                 s(held),
                 s(format!("{held_max_ms:.1}")),
+                s(fence_retried),
                 r.error.clone(),
             ]);
         }
@@ -293,6 +295,7 @@ fn remaps(ctx: &Arc<Context>) -> Output {
             "pause_ms",
             "held",
             "held_max_ms",
+            "fence_retried",
             "error",
         ],
         rows,

@@ -441,6 +441,7 @@ struct Sharded {
     held_seconds: f64,
     held_max_seconds: f64,
     held_expired: u64,
+    fence_retried: u64,
     reloads: Option<(u64, u64)>,
 }
 
@@ -463,6 +464,7 @@ fn sharding(e: &mut Exposition, ctx: &Context) {
                 held_seconds: 0.0,
                 held_max_seconds: 0.0,
                 held_expired: 0,
+                fence_retried: 0,
                 reloads: None,
             });
             continue;
@@ -522,6 +524,7 @@ fn sharding(e: &mut Exposition, ctx: &Context) {
             held_seconds: router.holds.total_us.load(Ordering::Relaxed) as f64 / 1e6,
             held_max_seconds: router.holds.max_us.load(Ordering::Relaxed) as f64 / 1e6,
             held_expired: router.holds.expired.load(Ordering::Relaxed),
+            fence_retried: router.holds.fence_retried.load(Ordering::Relaxed),
             reloads,
         });
     }
@@ -690,7 +693,7 @@ fn remaps(e: &mut Exposition, dbs: &[Sharded]) {
         }
     }
     type HoldField = fn(&Sharded) -> f64;
-    let holds: [(&str, Kind, &str, HoldField); 4] = [
+    let holds: [(&str, Kind, &str, HoldField); 5] = [
         (
             "shardpool_remap_held_writes_total",
             Kind::Counter,
@@ -714,6 +717,12 @@ fn remaps(e: &mut Exposition, dbs: &[Sharded]) {
             Kind::Counter,
             "Held writes released because the freeze outlived its max_pause.",
             |d| d.held_expired as f64,
+        ),
+        (
+            "shardpool_remap_fence_retried_total",
+            Kind::Counter,
+            "Writes a remap's fence refused before their client saw anything, routed again instead of failed.",
+            |d| d.fence_retried as f64,
         ),
     ];
     for (name, kind, help, f) in holds {

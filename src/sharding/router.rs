@@ -87,6 +87,8 @@ pub struct HoldStats {
     pub max_us: AtomicU64,
     /// Holds that ended because their time ran out rather than because the freeze was lifted.
     pub expired: AtomicU64,
+    /// Writes a fence refused before their client saw anything, routed again instead of failed.
+    pub fence_retried: AtomicU64,
 }
 
 impl HoldStats {

@@ -44,6 +44,8 @@ pub struct Shape<'a> {
     pub replica_delay: Option<Duration>,
     /// `catalog_check_interval` (default 1s); an instance's lease is three of them.
     pub check_interval: Option<&'a str>,
+    /// The instances' `pool_size` (default 8).
+    pub pool_size: Option<u32>,
 }
 
 pub fn sharding_toml(shards: &[Backend], replicas: &[PgServer], extra_tables: &str) -> String {
@@ -84,6 +86,7 @@ pub async fn setup(proxies: usize, extra_sql: &str, extra_tables: &str) -> Setup
         extra_tables,
         replica_delay: None,
         check_interval: None,
+        pool_size: None,
     })
     .await
 }
@@ -124,10 +127,11 @@ pub async fn setup_shaped(shape: Shape<'_>) -> Setup {
         .unwrap();
     let mut client = common::connect(&shards[0].direct_url()).await;
     catalog::init(&mut client, &cfg).await.unwrap();
+    let pool_size = shape.pool_size.unwrap_or(8);
     let general = if replicas.is_empty() {
-        "pool_size = 8".to_owned()
+        format!("pool_size = {pool_size}")
     } else {
-        "pool_size = 8\nreplica_poll_interval = \"50ms\"".to_owned()
+        format!("pool_size = {pool_size}\nreplica_poll_interval = \"50ms\"")
     };
     let base = shards[0].config_toml(&general);
     let cut = base.find(&format!("[databases.{DB}]")).unwrap();

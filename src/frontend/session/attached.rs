@@ -539,6 +539,9 @@ impl Session {
                             fields.code, fields.message
                         ))));
                     }
+                    if self.fence_refused_unseen(&fields) {
+                        return Err(SessionError::FenceRefused);
+                    }
                     let stale = match outcome.failed {
                         Some(Expect::Bind { statement: Some(h) }) => Some((h, tag::BIND)),
                         Some(Expect::Describe { statement: Some(h) }) => Some((h, tag::DESCRIBE)),
@@ -555,7 +558,11 @@ impl Session {
                     }
                 }
                 tag::COMMAND_COMPLETE if outcome.forward => {
-                    self.last_was_rollback = parse_command_complete(body) == b"ROLLBACK";
+                    let done = parse_command_complete(body);
+                    self.last_was_rollback = done == b"ROLLBACK";
+                    if let Some(r) = self.routing.as_mut() {
+                        r.committed_part |= super::fence_retry::commits(done);
+                    }
                 }
                 _ => {}
             }
@@ -570,6 +577,9 @@ impl Session {
                 }
                 if outcome.forward {
                     self.replayed = false;
+                    if let Some(r) = self.routing.as_mut() {
+                        r.fence_retries = 0;
+                    }
                     self.tally.queries += 1;
                     if status == TxStatus::Idle {
                         if self.mode == crate::config::PoolMode::Session || self.pinned.is_some() {

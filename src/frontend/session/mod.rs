@@ -6,6 +6,7 @@
 
 mod attached;
 mod client_messages;
+mod fence_retry;
 mod held;
 mod pipeline;
 mod routing;
@@ -82,6 +83,9 @@ pub enum SessionError {
     ServerProtocol(String),
     #[error("session ended: {}", .0.message)]
     Terminated(ClientError),
+    /// A remap fence refused a transaction the client has seen nothing of: it is routed again (`fence_retry`).
+    #[error("a remap fence refused the transaction; routing it again")]
+    FenceRefused,
 }
 
 /// What a session does with a client message that arrived while idle.
@@ -333,6 +337,10 @@ impl Session {
     /// can go back, and re-run a replica read that failed unseen.
     async fn transaction(&mut self, route: Route, frame: Frame) -> Result<(), SessionError> {
         self.attach(route, &frame).await?;
+        if self.take_reroute() {
+            self.put_back(&frame);
+            return Ok(());
+        }
         if self.server.is_none() {
             // Attach failed and the error is queued for the client: send it before waiting for more input.
             if self.cin.is_empty() {
@@ -345,6 +353,9 @@ impl Session {
         }
         loop {
             match self.run_attached().await {
+                Err(SessionError::FenceRefused) => {
+                    return Box::pin(self.reroute_after_fence()).await
+                }
                 Err(e) if self.read_can_be_retried(&e) => {
                     if !Box::pin(self.retry_read(e)).await? {
                         // No server for the retry; the client has the error.
@@ -536,7 +547,7 @@ impl Session {
             }
         };
         let pool = Arc::clone(&self.pools.pools[member]);
-        let mut server = match pool.checkout().await {
+        let server = match pool.checkout().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(client = info.id, error = %e, "checkout failed");
@@ -551,6 +562,12 @@ impl Session {
                 return Ok(());
             }
         };
+        if self.placement_moved_while_waiting(first) {
+            // Nothing was sent on it: the server goes back as it came, and `first` is routed again.
+            pool.checkin(server);
+            return Ok(());
+        }
+        let mut server = server;
         self.pool = pool;
         self.on_attached(route, member);
         info.set_state(ClientState::Active);

@@ -82,6 +82,16 @@ pub(super) struct RoutingState {
     /// The transaction ran something (Query, Execute, FunctionCall), not only Parse/Describe: only then can it
     /// have written.
     pub executed: bool,
+    /// The BEGIN answered here and sent ahead of this transaction's first statement: a fence retry defers it again.
+    pub begun: Option<Frame>,
+    /// A CommandComplete of this transaction may have committed part of it (COMMIT, CALL, DO...): not replayable.
+    pub committed_part: bool,
+    /// Fence refusals routed again for the transaction being retried.
+    pub fence_retries: u8,
+    /// The catalog epoch the transaction about to start was placed by, and whether it must be placed again because
+    /// that catalog changed while it waited for a server (`Session::placement_moved_while_waiting`).
+    pub routed_epoch: Option<i64>,
+    pub reroute: bool,
 }
 
 impl Session {
@@ -121,10 +131,13 @@ impl Session {
             .as_ref()
             .is_some_and(|r| r.deferred_begin.is_some());
         if let Some(router) = self.shard_router() {
+            // Read before placing: a change during the placement is then seen as one after it (see `attach`).
+            let epoch = router.catalog().map(|c| c.epoch);
             match self.place_frame(&router, frame, false) {
                 Ok(Some(shard)) => {
                     router.count_shard(shard);
                     self.use_shard(shard);
+                    self.routing_state().routed_epoch = epoch;
                 }
                 Ok(None) => {
                     if deferred && !self.is_held() {
@@ -349,10 +362,16 @@ impl Session {
     /// Sends the deferred BEGIN ahead of the transaction's first statement; its reply is not forwarded (the client
     /// had its answer when it asked).
     pub(super) fn send_deferred_begin(&mut self) {
-        let Some(begin) = self.routing.as_mut().and_then(|r| r.deferred_begin.take()) else {
+        let Some(r) = self.routing.as_mut() else {
+            return;
+        };
+        let Some(begin) = r.deferred_begin.take() else {
             return;
         };
         self.sout.extend_from_slice(&begin.raw);
+        if r.shard_router.is_some() {
+            r.begun = Some(begin);
+        }
         self.relay
             .push(crate::frontend::relay::Expect::Query { forward: false });
     }
@@ -489,6 +508,8 @@ impl Session {
         state.cout_mark = cout_mark;
         state.only_acks = true;
         state.executed = false;
+        state.begun = None;
+        state.committed_part = false;
     }
 
     /// Bookkeeping when the server goes back (or is dropped).
@@ -528,7 +549,8 @@ impl Session {
             return;
         };
         r.executed |= matches!(frame.tag, tag::QUERY | tag::EXECUTE | tag::FUNCTION_CALL);
-        if !matches!(r.route, Some(Route::Replica(_))) {
+        // Kept on a replica for a re-send elsewhere; on a shard for a re-route after a remap fence's refusal.
+        if !matches!(r.route, Some(Route::Replica(_))) && r.shard_router.is_none() {
             return;
         }
         if r.retained.len() < MAX_RETAINED {

@@ -42,6 +42,10 @@ pub enum CutoverError {
     PauseExceeded { max: Duration, step: String },
 }
 
+/// How every fence refusal's message begins: sessions recognise a refusal they may route again by it
+/// (`frontend/session/fence_retry.rs`).
+pub const FENCE_MESSAGE_PREFIX: &str = "shardpool: this row of ";
+
 /// Schema holding the fence functions on each shard.
 const FENCE_SCHEMA: &str = "shardpool_fence";
 
