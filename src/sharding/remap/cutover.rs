@@ -302,6 +302,29 @@ pub struct Cutover<'a> {
     pub on_step: &'a mut (dyn FnMut(&str) + Send + Sync),
 }
 
+/// Narrows earlier remaps' fences on the target to the vshards that stay away from it, so the vshards coming back
+/// can be written there; done while their writes are still held. Idempotent, so a run resumed after dying between
+/// the flip and the release does it again (`run.rs`, phase `switched`).
+pub async fn narrow_fences(
+    target: &Client,
+    catalog: &Client,
+    refence: &[Refence],
+) -> Result<(), tokio_postgres::Error> {
+    for r in refence {
+        target
+            .batch_execute(&fence_functions_sql(&r.tables, r.id, r.target))
+            .await?;
+        let keep: Vec<i32> = r.keep.iter().map(|&v| v as i32).collect();
+        catalog
+            .execute(
+                "UPDATE shardpool.remaps SET fenced = $2 WHERE id = $1",
+                &[&r.id, &keep],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
 /// An earlier remap's fence on this remap's target, narrowed to the vshards that stay away.
 pub struct Refence {
     pub id: i64,
@@ -383,18 +406,7 @@ impl Cutover<'_> {
         }
         self.step("flip acknowledged", &mut mark, &mut steps);
         // Writes are still held: nobody writes the returning vshards on the target before its old fences let them.
-        for r in &self.refence {
-            self.target
-                .batch_execute(&fence_functions_sql(&r.tables, r.id, r.target))
-                .await?;
-            let keep: Vec<i32> = r.keep.iter().map(|&v| v as i32).collect();
-            self.catalog
-                .execute(
-                    "UPDATE shardpool.remaps SET fenced = $2 WHERE id = $1",
-                    &[&r.id, &keep],
-                )
-                .await?;
-        }
+        narrow_fences(self.target, self.catalog, &self.refence).await?;
         let release = set_frozen(self.catalog, self.id, false, Phase::Switched).await?;
         self.step("release", &mut mark, &mut steps);
         let pause = started.elapsed();

@@ -366,7 +366,13 @@ impl Remapper {
                 }
                 Phase::Switched => {
                     if row.frozen {
-                        // A run that died between the flip and the release: release now (to the target).
+                        // A run that died between the flip and the release: open the target to the returning
+                        // vshards (the dead run may not have narrowed its old fences), then release the held writes
+                        // to it.
+                        let refence = self.refences(&c, &row).await?;
+                        cutover::narrow_fences(&target, &self.catalog, &refence)
+                            .await
+                            .map_err(shard_err(row.target))?;
                         cutover::set_frozen(&mut self.catalog, id, false, Phase::Switched).await?;
                     }
                     let problems = self.compare(&plan, &source, &target, c.vshards).await?;
