@@ -162,10 +162,10 @@ pub struct Context {
     pub connections: AtomicUsize,
     /// Connections accepted and still in the handshake or authentication, for max_pending_logins.
     pub pending_logins: AtomicUsize,
-    /// Connections closed at accept because `max_pending_logins` were already pending (since start).
-    pub logins_over_cap: AtomicU64,
-    /// Connections closed because they had not logged in within `client_login_timeout` (since start).
-    pub login_timeouts: AtomicU64,
+    /// Connections that did not log in, by reason (since start): accept-time cap, timeout, wrong password...
+    pub login_failures: crate::metrics::events::LoginFailures,
+    /// CancelRequests received, by source and outcome (since start).
+    pub cancel_requests: crate::metrics::events::CancelCounts,
     /// Clients disconnected at client_stall_timeout (since start).
     pub client_stalls: AtomicU64,
     /// Clients disconnected at query_timeout (since start).
@@ -249,8 +249,8 @@ impl Context {
             next_client_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             pending_logins: AtomicUsize::new(0),
-            logins_over_cap: AtomicU64::new(0),
-            login_timeouts: AtomicU64::new(0),
+            login_failures: Default::default(),
+            cancel_requests: Default::default(),
             client_stalls: AtomicU64::new(0),
             query_timeouts: AtomicU64::new(0),
             pause: Arc::new(PauseGate::default()),

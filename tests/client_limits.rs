@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{eventually, Backend, TestProxy};
+use shardpool::metrics::events::LoginFailure;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -175,7 +176,7 @@ async fn sockets_over_max_pending_logins_are_closed_at_once_and_counted() {
     if !got.is_empty() {
         assert_eq!(error_code(&got).as_deref(), Some("53300"), "{got:?}");
     }
-    assert_eq!(ctx.logins_over_cap.load(Ordering::Relaxed), 2);
+    assert_eq!(ctx.login_failures.get(LoginFailure::TooManyPending), 2);
 
     // Once the pending sockets go away, logins work again and the refusals are visible in SHOW LISTS.
     drop(silent);
@@ -207,7 +208,7 @@ async fn handshake_and_authentication_share_one_login_deadline() {
     );
     assert_eq!(got.first(), Some(&b'R'), "the SASL request came first");
     assert_eq!(error_code(&got).as_deref(), Some("08P01"), "{got:?}");
-    assert_eq!(proxy.ctx().login_timeouts.load(Ordering::Relaxed), 1);
+    assert_eq!(proxy.ctx().login_failures.get(LoginFailure::Timeout), 1);
     assert_eq!(proxy.ctx().pending_logins.load(Ordering::Relaxed), 0);
     select_1(&proxy).await;
 }

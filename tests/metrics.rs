@@ -438,6 +438,59 @@ async fn a_sharded_proxy_with_replicas_exposes_valid_metrics() {
         Some(3.0)
     );
 
+    // A statement that fails on every shard is one error to its client, and counts once: a scatter read (simple
+    // and extended protocol) and DDL run everywhere.
+    let errors = |page: &str, class: &str| {
+        sample(
+            page,
+            "shardpool_errors_total",
+            &[("database", "shop"), ("class", class)],
+        )
+        .unwrap_or(0.0)
+    };
+    let (before_42, before_22) = (errors(&page, "42"), errors(&page, "22"));
+    let failed = shop
+        .simple_query("SELECT no_such_column FROM accounts")
+        .await
+        .unwrap_err();
+    assert_eq!(common::sqlstate(&failed), "42703", "{failed}");
+    let failed = shop
+        .simple_query("CREATE TABLE accounts (x int)")
+        .await
+        .unwrap_err();
+    assert_eq!(common::sqlstate(&failed), "42P07", "{failed}");
+    // Prepared on one shard, executed on all three (each holds some of the 40 accounts, so each divides by zero).
+    let failed = shop
+        .query(
+            "SELECT $1::int / (balance - balance) FROM accounts",
+            &[&1i32],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(common::sqlstate(&failed), "22012", "{failed}");
+    // Failed logins have no pool: counted by reason.
+    let wrong = common::try_connect(&proxy.url("app", "wrong", "shop")).await;
+    assert_eq!(common::sqlstate(&wrong.unwrap_err()), "28P01");
+    let nodb = common::try_connect(&proxy.url("app", "secret", "no_such_db")).await;
+    assert_eq!(common::sqlstate(&nodb.unwrap_err()), "3D000");
+    let (_, page) = get(addr, "/metrics").await;
+    assert_eq!(errors(&page, "42") - before_42, 2.0, "{page}");
+    assert_eq!(errors(&page, "22") - before_22, 1.0, "{page}");
+    let login_failures = |reason: &str| {
+        sample(
+            &page,
+            "shardpool_client_login_failures_total",
+            &[("reason", reason)],
+        )
+    };
+    assert_eq!(login_failures("password"), Some(1.0));
+    assert_eq!(login_failures("unknown_database"), Some(1.0));
+    assert_eq!(login_failures("timeout"), Some(0.0));
+    assert_eq!(
+        sample(&page, "shardpool_cancel_requests_total", &[]),
+        Some(0.0)
+    );
+
     let Some(promtool) = promtool() else { return };
     let mut child = std::process::Command::new(&promtool)
         .args(["check", "metrics"])

@@ -1,7 +1,8 @@
 //! Two shardpool instances in front of one Postgres, as behind a load balancer: a client's CancelRequest that lands
 //! on the instance not running its query is forwarded (once) to the instance that issued the key, over TCP or a
 //! Unix socket, and cancels exactly that query. A wrong key, a key of a peer not in `[peers]`, or a request already
-//! forwarded once cancels nothing, and never loops however `[peers]` is set.
+//! forwarded once cancels nothing, and never loops however `[peers]` is set. Each request is counted once, by what
+//! became of it, where it arrived (SHOW LISTS, `/metrics`).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -71,6 +72,25 @@ fn instance_toml(backend: &Backend, peer_id: u16, extra: &str, peers: &str) -> S
     )
 }
 
+/// The cancel counters of SHOW LISTS that are not zero, as (name, value).
+async fn cancel_counters(proxy: &TestProxy) -> Vec<(String, u64)> {
+    let mut got: Vec<(String, u64)> = proxy
+        .admin("SHOW LISTS")
+        .await
+        .into_iter()
+        .filter(|r| r["list"].starts_with("cancel_") && r["items"] != "0")
+        .map(|r| (r["list"].clone(), r["items"].parse().unwrap()))
+        .collect();
+    got.sort();
+    got
+}
+
+fn counters(expected: &[(&str, u64)]) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = expected.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+    v.sort();
+    v
+}
+
 async fn reload(proxy: &TestProxy, toml: &str) {
     std::fs::write(&proxy.config_path, toml).unwrap();
     let admin = common::connect(&proxy.admin_url()).await;
@@ -134,7 +154,10 @@ async fn only_the_right_key_is_forwarded_and_only_once() {
         let a = TestProxy::start(&instance_toml(
             &backend,
             1,
-            &format!("unix_socket_dir = \"{}\"", a_dir.path().display()),
+            &format!(
+                "unix_socket_dir = \"{}\"\nhttp_listen = \"127.0.0.1:0\"",
+                a_dir.path().display()
+            ),
             "",
         ))
         .await;
@@ -182,6 +205,10 @@ async fn only_the_right_key_is_forwarded_and_only_once() {
             running(&direct, "raw-peer-victim").await,
             "a wrong, unknown, re-forwarded or looping cancel stopped the query"
         );
+        // A peer that cannot be reached: the request is lost, and counted as such.
+        reload(&b, &b_toml("1 = \"127.0.0.1:1\"")).await;
+        raw_cancel(b.port, pid, secret).await;
+        assert!(running(&direct, "raw-peer-victim").await);
 
         // Through A's Unix socket this time (peers are re-read at RELOAD): the right key cancels the query.
         let a_socket = a_dir.path().join(format!(".s.PGSQL.{}", a.port));
@@ -193,6 +220,45 @@ async fn only_the_right_key_is_forwarded_and_only_once() {
             "expected query_canceled: {replies:?}"
         );
         assert_eq!(victim.query("SELECT 7").await, vec!["7"]);
+
+        // Each request counted once where it arrived. B: the wrong secret, the loop's first hop and the socket one
+        // forwarded; the unknown peer (from the client), the flagged request and the loop's second hop (from a
+        // peer) dropped; the unreachable peer failed. A: the wrong secret unknown, the right one acted on.
+        assert_eq!(
+            cancel_counters(&b).await,
+            counters(&[
+                ("cancel_forwarded_total", 3),
+                ("cancel_dropped_total", 3),
+                ("cancel_forward_failed_total", 1),
+                ("cancel_from_peers_total", 2),
+            ])
+        );
+        assert_eq!(
+            cancel_counters(&a).await,
+            counters(&[
+                ("cancel_local_total", 1),
+                ("cancel_unknown_total", 1),
+                ("cancel_from_peers_total", 2),
+            ])
+        );
+        let http = a.proxy.as_ref().unwrap().http.as_ref().unwrap().addr;
+        let (_, page) = common::http::get(http, "/metrics").await;
+        for (source, outcome, n) in [
+            ("peer", "local", 1.0),
+            ("peer", "unknown", 1.0),
+            ("client", "local", 0.0),
+            ("client", "forwarded", 0.0),
+        ] {
+            assert_eq!(
+                common::http::sample(
+                    &page,
+                    "shardpool_cancel_requests_total",
+                    &[("source", source), ("outcome", outcome)]
+                ),
+                Some(n),
+                "{source} {outcome}:\n{page}"
+            );
+        }
     })
     .await;
 }

@@ -1,7 +1,7 @@
 //! Servers reached over their Unix sockets (a host that is a directory, as in libpq): pooling with tokio-postgres and
 //! psql clients, every server-side authentication method over the socket (a cleartext password included, which a
-//! local socket protects), cancel requests, SHOW SERVERS, the replication monitor, and a sharded database whose
-//! catalog connections go over the sockets too.
+//! local socket protects), cancel requests, SHOW SERVERS, the replication monitor, `/readyz`, and a sharded database
+//! whose catalog connections go over the sockets too.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -292,4 +292,45 @@ async fn a_sharded_database_over_unix_sockets() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, i64>(0), 40);
+}
+
+/// `/readyz` without monitor credentials (every user logs in by trust here, so no password to log in with) only
+/// checks that the writer accepts connections, and must open that connection as the pool does: over the socket
+/// the host names, not as a TCP address made of the directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_reaches_a_unix_socket_writer_without_credentials() {
+    let mut backend = Backend::start().await;
+    let dir = hba::socket_dir(&backend.pg);
+    let toml = format!(
+        "[general]\nlisten = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
+         [[users]]\nname = \"trustuser\"\nauth = \"trust\"\n\
+         [databases.{DB}]\nhost = \"{dir}\"\nport = {}\n",
+        backend.pg.port()
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let addr = proxy.proxy.as_ref().unwrap().http.as_ref().unwrap().addr;
+    let readyz_becomes = |want: u16| async move {
+        let mut last = (0, String::new());
+        for _ in 0..300 {
+            last = common::http::get(addr, "/readyz").await;
+            if last.0 == want {
+                return last.1;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("/readyz never became {want}; last: {last:?}");
+    };
+    assert_eq!(readyz_becomes(200).await, "ready\n");
+    // The check is real: with the server gone the socket refuses, and the reason names it.
+    tokio::task::block_in_place(|| backend.pg.stop().unwrap());
+    let body = readyz_becomes(503).await;
+    assert!(
+        body.contains(&format!("writer {dir}:{} not reachable", backend.pg.port())),
+        "{body}"
+    );
+    tokio::task::block_in_place(|| backend.pg.restart().unwrap());
+    assert_eq!(readyz_becomes(200).await, "ready\n");
+    // Clients get through the same way.
+    let client = connect(&proxy.url("trustuser", "", DB)).await;
+    assert_eq!(over_socket(&client).await, (true, "trustuser".to_owned()));
 }

@@ -16,6 +16,7 @@ use common::{eventually, Backend, TestProxy, DB};
 use shardpool::app::{Proxy, StartError};
 use shardpool::config::Config;
 use shardpool::frontend::unix::UnixSocketError;
+use shardpool::metrics::events::LoginFailure;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::time::timeout;
@@ -279,9 +280,9 @@ async fn login_limits_hold_for_unix_clients() {
         let got = read_to_close(&mut refused).await;
         assert!(has_error(&got, "53300"), "{got:?}");
         // The silent one is closed at client_login_timeout.
-        let timeouts = ctx.login_timeouts.load(Ordering::Relaxed);
+        let timeouts = ctx.login_failures.get(LoginFailure::Timeout);
         assert!(read_to_close(&mut silent).await.is_empty());
-        assert_eq!(ctx.login_timeouts.load(Ordering::Relaxed), timeouts + 1);
+        assert_eq!(ctx.login_failures.get(LoginFailure::Timeout), timeouts + 1);
         eventually(STEP, "no pending logins left", || {
             let n = ctx.pending_logins.load(Ordering::Relaxed);
             async move { n == 0 }

@@ -109,9 +109,11 @@ fn tasks(ctx: &Arc<Context>) -> Output {
 /// Counts of what the proxy holds, as PgBouncer's SHOW LISTS: `used_clients` are logged-in connections (what
 /// max_client_conn bounds), `login_clients` are connections still in the handshake or authentication (what
 /// max_pending_logins bounds). Counters since start follow: connections closed at accept because
-/// max_pending_logins were pending, connections closed at client_login_timeout, and clients disconnected at
-/// client_stall_timeout.
+/// max_pending_logins were pending, connections closed at client_login_timeout, failed logins of any reason,
+/// clients disconnected at client_stall_timeout or query_timeout, and cancel requests by what became of them
+/// (`/metrics` has the same counters with their labels).
 fn lists(ctx: &Arc<Context>) -> Output {
+    use crate::metrics::events::{CancelOutcome, LoginFailure};
     let config = ctx.config();
     let pools = ctx.pools();
     let servers: (usize, usize) = pools.iter().fold((0, 0), |(free, used), p| {
@@ -137,12 +139,13 @@ fn lists(ctx: &Arc<Context>) -> Output {
         ("used_servers", servers.1 as u64),
         (
             "login_over_cap_total",
-            ctx.logins_over_cap.load(Ordering::Relaxed),
+            ctx.login_failures.get(LoginFailure::TooManyPending),
         ),
         (
             "login_timeouts_total",
-            ctx.login_timeouts.load(Ordering::Relaxed),
+            ctx.login_failures.get(LoginFailure::Timeout),
         ),
+        ("login_failures_total", ctx.login_failures.total()),
         (
             "client_stall_timeouts_total",
             ctx.client_stalls.load(Ordering::Relaxed),
@@ -151,6 +154,27 @@ fn lists(ctx: &Arc<Context>) -> Output {
             "query_timeouts_total",
             ctx.query_timeouts.load(Ordering::Relaxed),
         ),
+        (
+            "cancel_local_total",
+            ctx.cancel_requests.outcome(CancelOutcome::Local),
+        ),
+        (
+            "cancel_unknown_total",
+            ctx.cancel_requests.outcome(CancelOutcome::Unknown),
+        ),
+        (
+            "cancel_forwarded_total",
+            ctx.cancel_requests.outcome(CancelOutcome::Forwarded),
+        ),
+        (
+            "cancel_forward_failed_total",
+            ctx.cancel_requests.outcome(CancelOutcome::ForwardFailed),
+        ),
+        (
+            "cancel_dropped_total",
+            ctx.cancel_requests.outcome(CancelOutcome::Dropped),
+        ),
+        ("cancel_from_peers_total", ctx.cancel_requests.from_peers()),
     ]
     .into_iter()
     .map(|(list, items)| vec![s(list), s(items)])

@@ -19,6 +19,7 @@ use super::stream::{ClientAddr, ClientStream};
 use super::unix::UnixSocket;
 use crate::context::Context;
 use crate::error::{sqlstate, ClientError, ReportableError};
+use crate::metrics::events::{CancelOutcome, CancelSource, LoginFailure};
 use crate::protocol::backend::{
     authentication_ok, backend_key_data, negotiate_protocol_version, parameter_status,
     ready_for_query,
@@ -114,7 +115,7 @@ pub async fn accept_loop(
 /// A connection beyond `max_pending_logins`: closed at once, never read and never waited on. The 53300 error is
 /// written only if the fresh socket's send buffer takes it right away (it always has room for it).
 fn refuse_over_cap(ctx: &Context, stream: &ClientStream, peer: ClientAddr) {
-    ctx.logins_over_cap.fetch_add(1, Ordering::Relaxed);
+    ctx.login_failures.count(LoginFailure::TooManyPending);
     tracing::debug!(%peer, "refused: max_pending_logins connections are already logging in");
     let mut out = BytesMut::new();
     ClientError::fatal(
@@ -155,17 +156,27 @@ async fn establish(
         }
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "handshake failed");
+            // A connection closed before its startup packet (a load balancer's TCP check) failed nothing.
+            let why = match &e {
+                super::handshake::HandshakeError::Tls(_) => Some(LoginFailure::Tls),
+                _ => e
+                    .client_error()
+                    .map(|ce| LoginFailure::of_sqlstate(ce.code)),
+            };
+            if let Some(why) = why {
+                ctx.login_failures.count(why);
+            }
             return None;
         }
         Err(_) => {
-            ctx.login_timeouts.fetch_add(1, Ordering::Relaxed);
+            ctx.login_failures.count(LoginFailure::Timeout);
             tracing::debug!(%peer, "no startup packet within client_login_timeout");
             return None;
         }
     };
 
     if ctx.connections.load(Ordering::Relaxed) >= config.general.max_client_conn {
-        refuse(&mut stream, &too_many_clients()).await;
+        refuse(&ctx, &mut stream, &too_many_clients()).await;
         return None;
     }
     if ctx.is_shutting_down() {
@@ -173,7 +184,7 @@ async fn establish(
             sqlstate::CANNOT_CONNECT_NOW,
             "the database system is shutting down",
         );
-        refuse(&mut stream, &e).await;
+        refuse(&ctx, &mut stream, &e).await;
         return None;
     }
     let authenticated = tokio::time::timeout_at(deadline, async {
@@ -190,24 +201,25 @@ async fn establish(
         Ok(Ok(l)) => l,
         Ok(Err(LoginError::Refused(e))) => {
             tracing::info!(%peer, user = params.user(), error = %e.message, "login refused");
-            refuse(&mut stream, &e).await;
+            refuse(&ctx, &mut stream, &e).await;
             return None;
         }
+        // The client hung up mid-authentication: psql does so to ask for a password, then logs in again.
         Ok(Err(LoginError::Io(_))) => return None,
         Err(_) => {
-            ctx.login_timeouts.fetch_add(1, Ordering::Relaxed);
+            ctx.login_failures.count(LoginFailure::Timeout);
             tracing::info!(%peer, user = params.user(), "login timed out");
             let e = ClientError::fatal(
                 sqlstate::PROTOCOL_VIOLATION,
                 "client_login_timeout: authentication not completed in time",
             );
-            refuse(&mut stream, &e).await;
+            send_refusal(&mut stream, &e).await;
             return None;
         }
     };
     drop(pending);
     let Some(slot) = ctx.admit_client(config.general.max_client_conn) else {
-        refuse(&mut stream, &too_many_clients()).await;
+        refuse(&ctx, &mut stream, &too_many_clients()).await;
         return None;
     };
     let app_name = params
@@ -232,7 +244,7 @@ async fn establish(
     }
     let Some(pools) = ctx.pool_set(&logged_in.database, &logged_in.user) else {
         let e = ClientError::fatal(sqlstate::INVALID_CATALOG_NAME, "database was removed");
-        refuse(&mut stream, &e).await;
+        refuse(&ctx, &mut stream, &e).await;
         return None;
     };
     let baseline = match Box::pin(pools.home().server_params()).await {
@@ -242,7 +254,8 @@ async fn establish(
                 ClientError::fatal(sqlstate::CONNECTION_FAILURE, "server unavailable")
             });
             ce.severity = crate::protocol::backend::Severity::Fatal;
-            refuse(&mut stream, &ce).await;
+            ctx.login_failures.count(LoginFailure::ServerUnavailable);
+            send_refusal(&mut stream, &ce).await;
             return None;
         }
     };
@@ -251,7 +264,7 @@ async fn establish(
         Err(e) => {
             let e = ClientError::fatal(e.sqlstate(), e.to_string());
             tracing::info!(%peer, user = params.user(), error = %e.message, "login refused");
-            refuse(&mut stream, &e).await;
+            refuse(&ctx, &mut stream, &e).await;
             return None;
         }
     };
@@ -279,7 +292,7 @@ async fn establish(
     );
     if let Err(e) = session.apply_startup_settings(proxy_values) {
         tracing::info!(%peer, error = %e.message, "login refused");
-        refuse(session.client_mut(), &e).await;
+        refuse(&ctx, session.client_mut(), &e).await;
         return None;
     }
     send_login_ok(session.client_mut(), &told_all, key).await;
@@ -309,7 +322,14 @@ async fn send_login_ok(
     let _ = stream.flush().await;
 }
 
-async fn refuse(stream: &mut ClientStream, e: &ClientError) {
+/// Refuses a login with `e`, counted under the reason its SQLSTATE stands for.
+async fn refuse(ctx: &Context, stream: &mut ClientStream, e: &ClientError) {
+    ctx.login_failures.count(LoginFailure::of_sqlstate(e.code));
+    send_refusal(stream, e).await;
+}
+
+/// Sends `e` and closes: for refusals already counted.
+async fn send_refusal(stream: &mut ClientStream, e: &ClientError) {
     let mut out = BytesMut::new();
     e.write(&mut out);
     let _ = stream.write_all(&out).await;
@@ -321,21 +341,39 @@ async fn refuse(stream: &mut ClientStream, e: &ClientError) {
 /// issued it otherwise (see `peers`), dropped without a word if nobody has it, as Postgres does.
 async fn handle_cancel(ctx: &Arc<Context>, key: crate::protocol::startup::CancelKey) {
     let config = ctx.config();
-    match super::peers::route(key, ctx.peer_id, &config) {
-        super::peers::Route::Local(key) => {
-            if let Some(client) = ctx.client_by_cancel_key(&key) {
+    let source = if super::peers::is_forwarded(key) && ctx.peer_id != 0 {
+        CancelSource::Peer
+    } else {
+        CancelSource::Client
+    };
+    let outcome = match super::peers::route(key, ctx.peer_id, &config) {
+        super::peers::Route::Local(key) => match ctx.client_by_cancel_key(&key) {
+            Some(client) => {
                 forward_cancel(ctx, &client).await;
+                CancelOutcome::Local
             }
-        }
+            None => CancelOutcome::Unknown,
+        },
         super::peers::Route::Forward { peer, addr, key } => {
             let timeout = config.general.server_connect_timeout.0;
             match super::peers::forward(&addr, key, timeout).await {
-                Ok(()) => tracing::debug!(peer, %addr, "cancel request forwarded"),
-                Err(e) => tracing::warn!(peer, error = %e, "cancel request not forwarded"),
+                Ok(()) => {
+                    tracing::debug!(peer, %addr, "cancel request forwarded");
+                    CancelOutcome::Forwarded
+                }
+                Err(e) => {
+                    tracing::warn!(peer, error = %e, "cancel request not forwarded");
+                    CancelOutcome::ForwardFailed
+                }
             }
         }
-        super::peers::Route::Drop(why) => tracing::debug!(why, "cancel request dropped"),
-    }
+        super::peers::Route::Drop(why) => {
+            tracing::debug!(why, "cancel request dropped");
+            CancelOutcome::Dropped
+        }
+    };
+    // Counted once handled, before the connection closes: whoever sent it can read the counter right after.
+    ctx.cancel_requests.count(source, outcome);
 }
 
 /// Forwards a client's cancel to the server running its query, and only to it, or to every shard of a

@@ -42,6 +42,11 @@ pub fn owner(key: CancelKey) -> u16 {
     ((key.pid >> ID_SHIFT) & ID_MASK) as u16
 }
 
+/// Whether `key` carries the mark of a request a peer has already passed on (meaningful only with a `peer_id`).
+pub fn is_forwarded(key: CancelKey) -> bool {
+    key.pid >= 0 && key.pid & FORWARDED != 0
+}
+
 /// What to do with a CancelRequest that arrived here.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {

@@ -196,11 +196,15 @@ async fn writer_answers(
                 }
                 result
             }
-            // No credentials to log in with: that the server accepts connections is all that can be known.
-            None => tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(&addr))
-                .await
-                .map_err(|_| "timed out".to_owned())
-                .and_then(|r| r.map(drop).map_err(|e| e.to_string())),
+            // No credentials to log in with: that the server accepts connections is all that can be known. The
+            // connection is opened as the pools open theirs (a socket directory as host, TLS as configured).
+            None => tokio::time::timeout(
+                connect_timeout,
+                crate::backend::transport::open(&m.host, m.port, &security.0),
+            )
+            .await
+            .map_err(|_| "timed out".to_owned())
+            .and_then(|r| r.map(drop).map_err(|e| e.to_string())),
         };
         match result {
             Ok(()) => return (Ok(()), connections),

@@ -5,6 +5,7 @@
 //! docs/operations.md lists every metric.
 
 pub mod errors;
+pub mod events;
 pub mod exposition;
 pub mod histogram;
 mod process;

@@ -61,18 +61,7 @@ fn proxy(e: &mut Exposition, ctx: &Context) {
         "Connections still in the handshake or authentication, what max_pending_logins bounds.",
         ctx.pending_logins.load(Ordering::Relaxed),
     );
-    counter(
-        e,
-        "shardpool_client_logins_over_cap_total",
-        "Connections closed at accept because max_pending_logins were already pending.",
-        ctx.logins_over_cap.load(Ordering::Relaxed),
-    );
-    counter(
-        e,
-        "shardpool_client_login_timeouts_total",
-        "Connections closed because they had not logged in within client_login_timeout.",
-        ctx.login_timeouts.load(Ordering::Relaxed),
-    );
+    logins_and_cancels(e, ctx);
     counter(
         e,
         "shardpool_client_stall_timeouts_total",
@@ -91,6 +80,38 @@ fn proxy(e: &mut Exposition, ctx: &Context) {
         "1 once a graceful shutdown has begun.",
         ctx.is_shutting_down(),
     );
+}
+
+/// What belongs to no pool: logins that failed before there was one, and cancel requests (which name a client by
+/// its key only, and may be for another instance).
+fn logins_and_cancels(e: &mut Exposition, ctx: &Context) {
+    use super::events::{CancelOutcome, CancelSource, LoginFailure};
+    e.family(
+        "shardpool_client_login_failures_total",
+        Kind::Counter,
+        "Connections that did not become logged-in clients, by reason (password: wrong password or unknown user).",
+    );
+    for why in LoginFailure::ALL {
+        e.sample(
+            "shardpool_client_login_failures_total",
+            &[("reason", why.as_str())],
+            ctx.login_failures.get(why),
+        );
+    }
+    e.family(
+        "shardpool_cancel_requests_total",
+        Kind::Counter,
+        "CancelRequests received, by source (client, or a peer passing one on) and outcome.",
+    );
+    for source in CancelSource::ALL {
+        for outcome in CancelOutcome::ALL {
+            e.sample(
+                "shardpool_cancel_requests_total",
+                &[("source", source.as_str()), ("outcome", outcome.as_str())],
+                ctx.cancel_requests.get(source, outcome),
+            );
+        }
+    }
 }
 
 /// What one pool (database, user, shard, server) shows, or several merged.

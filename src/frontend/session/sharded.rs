@@ -443,8 +443,7 @@ impl Session {
         let mut copied = false;
         let mut ended = Ok(());
         if let Some(e) = failure {
-            self.home.stats.errors.count(e.code);
-            e.write(&mut self.cout);
+            self.answer_fanout_error(&e);
         } else {
             if copy {
                 if let Some(b) = &f.batch {
@@ -525,7 +524,7 @@ impl Session {
         let plan = match crate::sharding::scatter::Plan::from_sql(&f.sql) {
             Ok(p) => p,
             Err(e) => {
-                e.write_error_response(&mut self.cout);
+                self.answer_fanout_error(&e);
                 return Ok(());
             }
         };
@@ -544,7 +543,7 @@ impl Session {
             return Err(e);
         }
         if let Err(e) = result {
-            e.write_error_response(&mut self.cout);
+            self.answer_fanout_error(&e);
         }
         Ok(())
     }
@@ -589,8 +588,45 @@ impl Session {
                     command_complete(&mut self.cout, &super::sharded_extended::sum_tags(&all));
                 }
             }
-            Some(_) => write_fanout_failure(&mut self.cout, &failed, &ok),
+            Some(_) => self.answer_fanout_error(&FanoutFailure {
+                failed: &failed,
+                ok: &ok,
+            }),
         }
+    }
+
+    /// Answers the client's multi-shard statement with `e`, counted under its SQLSTATE. Every error a fan-out
+    /// answers with goes through here, once per statement: the shards' failures are already folded into `e`, so a
+    /// statement that failed on every shard counts once, as the one ErrorResponse the client sees.
+    pub(super) fn answer_fanout_error(&mut self, e: &dyn FanoutError) {
+        self.home.stats.errors.count(e.sqlstate());
+        e.write(&mut self.cout);
+    }
+}
+
+/// An error that ends a multi-shard statement for its client (see [`Session::answer_fanout_error`]).
+pub(super) trait FanoutError {
+    fn sqlstate(&self) -> &str;
+    fn write(&self, out: &mut bytes::BytesMut);
+}
+
+impl FanoutError for ClientError {
+    fn sqlstate(&self) -> &str {
+        self.code
+    }
+
+    fn write(&self, out: &mut bytes::BytesMut) {
+        ClientError::write(self, out)
+    }
+}
+
+impl FanoutError for ScatterError {
+    fn sqlstate(&self) -> &str {
+        ScatterError::sqlstate(self)
+    }
+
+    fn write(&self, out: &mut bytes::BytesMut) {
+        self.write_error_response(out)
     }
 }
 
@@ -642,33 +678,41 @@ impl MergeSink for ClientSink<'_> {
     }
 }
 
-/// The error for a statement that failed on some shards (`failed`: shard, SQLSTATE, message, in shard order): the
-/// first failure's SQLSTATE and message, and in the detail which shards failed and which applied the statement.
-pub(super) fn write_fanout_failure(
-    out: &mut bytes::BytesMut,
-    failed: &[(u16, String, String)],
-    ok: &[u16],
-) {
-    let Some((shard, code, message)) = failed.first() else {
-        return;
-    };
-    let failed_shards: Vec<u16> = failed.iter().map(|f| f.0).collect();
-    let detail = format!(
-        "failed on shards {}; ran on shards {}",
-        list(&failed_shards),
-        if ok.is_empty() {
-            "none".to_owned()
-        } else {
-            list(ok)
-        }
-    );
-    crate::protocol::backend::error_response(
-        out,
-        crate::protocol::backend::Severity::Error,
-        code,
-        &format!("on shard {shard}: {message}"),
-        Some(&detail),
-    );
+/// A statement that failed on some shards (`failed`: shard, SQLSTATE, message, in shard order; `ok`: the shards
+/// that applied it). The client sees the first failure's SQLSTATE and message, and in the detail which shards
+/// failed and which applied the statement.
+pub(super) struct FanoutFailure<'a> {
+    pub failed: &'a [(u16, String, String)],
+    pub ok: &'a [u16],
+}
+
+impl FanoutError for FanoutFailure<'_> {
+    fn sqlstate(&self) -> &str {
+        self.failed.first().map_or("", |f| f.1.as_str())
+    }
+
+    fn write(&self, out: &mut bytes::BytesMut) {
+        let Some((shard, code, message)) = self.failed.first() else {
+            return;
+        };
+        let failed_shards: Vec<u16> = self.failed.iter().map(|f| f.0).collect();
+        let detail = format!(
+            "failed on shards {}; ran on shards {}",
+            list(&failed_shards),
+            if self.ok.is_empty() {
+                "none".to_owned()
+            } else {
+                list(self.ok)
+            }
+        );
+        crate::protocol::backend::error_response(
+            out,
+            crate::protocol::backend::Severity::Error,
+            code,
+            &format!("on shard {shard}: {message}"),
+            Some(&detail),
+        );
+    }
 }
 
 fn in_transaction_error() -> ClientError {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
+use super::sharded::FanoutError;
 use super::{Session, SessionError};
 use crate::backend::{Pool, ServerConn};
 use crate::error::{sqlstate, ClientError};
@@ -55,7 +56,11 @@ struct ShardFailure {
     message: String,
 }
 
-impl ShardFailure {
+impl FanoutError for ShardFailure {
+    fn sqlstate(&self) -> &str {
+        &self.code
+    }
+
     fn write(&self, out: &mut BytesMut) {
         crate::protocol::backend::error_response(
             out,
@@ -64,6 +69,22 @@ impl ShardFailure {
             &self.message,
             None,
         );
+    }
+}
+
+/// A shard's ErrorResponse passed to the client as it is.
+struct ShardErrorFrame {
+    code: String,
+    raw: Vec<u8>,
+}
+
+impl FanoutError for ShardErrorFrame {
+    fn sqlstate(&self) -> &str {
+        &self.code
+    }
+
+    fn write(&self, out: &mut BytesMut) {
+        out.extend_from_slice(&self.raw);
     }
 }
 
@@ -85,11 +106,10 @@ impl Session {
             return Ok(false);
         };
         let Some(catalog) = router.catalog() else {
-            ClientError::error(
+            self.answer_fanout_error(&ClientError::error(
                 sqlstate::CANNOT_CONNECT_NOW,
                 "the shard catalog is not loaded yet",
-            )
-            .write(&mut self.cout);
+            ));
             return Ok(false);
         };
         // Which field holds the key: from the column list, else from the table's columns (asked of shard 0).
@@ -99,14 +119,13 @@ impl Session {
                 match cols.iter().position(|c| c.eq_ignore_ascii_case(&table.key)) {
                     Some(i) => RowSplitter::new(from, i, table.key_type),
                     None => {
-                        ClientError::error(
+                        self.answer_fanout_error(&ClientError::error(
                             sqlstate::FEATURE_NOT_SUPPORTED,
                             format!(
                                 "COPY into sharded table {} must include its shard key column {}",
                                 table.name, table.key
                             ),
-                        )
-                        .write(&mut self.cout);
+                        ));
                         return Ok(false);
                     }
                 }
@@ -126,11 +145,10 @@ impl Session {
                         RowSplitter::for_table(from, &cols, &table.key, table.key_type)
                     }
                     Err(e) => {
-                        ClientError::error(
+                        self.answer_fanout_error(&ClientError::error(
                             sqlstate::INTERNAL_ERROR,
                             format!("reading the columns of {}: {e}", table.name),
-                        )
-                        .write(&mut self.cout);
+                        ));
                         return Ok(false);
                     }
                 }
@@ -139,7 +157,7 @@ impl Session {
         let mut splitter = match splitter {
             Ok(s) => s,
             Err(e) => {
-                ClientError::error(e.sqlstate(), e.to_string()).write(&mut self.cout);
+                self.answer_fanout_error(&ClientError::error(e.sqlstate(), e.to_string()));
                 return Ok(false);
             }
         };
@@ -187,7 +205,7 @@ impl Session {
             )
             .await?;
             end_transactions(lent, false).await?;
-            e.write(&mut self.cout);
+            self.answer_fanout_error(&e);
             return Ok(false);
         }
         let Some(response) = copy_in_response else {
@@ -286,14 +304,16 @@ impl Session {
         if let Some(reason) = client_failed {
             abort_copies(lent, &in_copy, &reason).await?;
             end_transactions(lent, false).await?;
-            ClientError::error("57014", format!("COPY from stdin failed: {reason}"))
-                .write(&mut self.cout);
+            self.answer_fanout_error(&ClientError::error(
+                "57014",
+                format!("COPY from stdin failed: {reason}"),
+            ));
             return Ok(false);
         }
         if let Err(e) = outcome {
             abort_copies(lent, &in_copy, "shardpool: rejected COPY data").await?;
             end_transactions(lent, false).await?;
-            e.write(&mut self.cout);
+            self.answer_fanout_error(&e);
             return Ok(false);
         }
         for sf in batches.flush_all() {
@@ -322,7 +342,7 @@ impl Session {
         }
         if let Some(e) = first_error {
             end_transactions(lent, false).await?;
-            e.write(&mut self.cout);
+            self.answer_fanout_error(&e);
             return Ok(false);
         }
         let failed = end_transactions(lent, true).await?;
@@ -336,7 +356,7 @@ impl Session {
                     ce.message,
                     committed.join(", ")
                 );
-                ce.write(&mut self.cout);
+                self.answer_fanout_error(&ce);
             }
             None => {
                 command_complete(&mut self.cout, &format!("COPY {total}"));
@@ -356,7 +376,7 @@ impl Session {
         write_query(&mut out, sql);
         let mut total = 0u64;
         let mut started = false;
-        let mut error: Option<Vec<u8>> = None;
+        let mut error: Option<ShardErrorFrame> = None;
         for (i, (_, server)) in lent.iter_mut().enumerate() {
             server
                 .stream
@@ -379,7 +399,12 @@ impl Session {
                         }
                     }
                     tag::COMMAND_COMPLETE => total += copy_count(f.body()),
-                    tag::ERROR_RESPONSE if error.is_none() => error = Some(f.raw.to_vec()),
+                    tag::ERROR_RESPONSE if error.is_none() => {
+                        error = Some(ShardErrorFrame {
+                            code: ErrorFields::parse(f.body()).code,
+                            raw: f.raw.to_vec(),
+                        })
+                    }
                     tag::READY_FOR_QUERY => {
                         if let Some(status) =
                             crate::protocol::backend::parse_ready_for_query(f.body())
@@ -397,8 +422,8 @@ impl Session {
         }
         match error {
             // An ErrorResponse ends a copy-out for the client too.
-            Some(raw) => {
-                self.cout.extend_from_slice(&raw);
+            Some(e) => {
+                self.answer_fanout_error(&e);
                 Ok(false)
             }
             None => {

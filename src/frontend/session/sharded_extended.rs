@@ -143,7 +143,7 @@ impl Session {
         let request = match every_request(b) {
             Ok(r) => r,
             Err(e) => {
-                e.write(&mut self.cout);
+                self.answer_fanout_error(&e);
                 return Ok(());
             }
         };
@@ -209,7 +209,10 @@ impl Session {
                 .copied()
                 .filter(|s| failed.iter().all(|f| f.0 != *s))
                 .collect();
-            super::sharded::write_fanout_failure(&mut self.cout, &failed, &ok);
+            self.answer_fanout_error(&super::sharded::FanoutFailure {
+                failed: &failed,
+                ok: &ok,
+            });
             return Ok(());
         }
         let all: Vec<Replies> = replies.into_iter().flatten().collect();

@@ -45,7 +45,7 @@ impl Session {
         }
         match result {
             Ok(()) => self.forget_closed_statements(b),
-            Err(e) => e.write_error_response(&mut self.cout),
+            Err(e) => self.answer_fanout_error(&e),
         }
         Ok(())
     }

@@ -138,27 +138,36 @@ impl ScatterError {
         !matches!(self, ScatterError::Io { .. } | ScatterError::Client(_))
     }
 
+    /// The SQLSTATE of the ErrorResponse [`Self::write_error_response`] writes.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            ScatterError::Shard { fields, .. } => fields.code(),
+            ScatterError::Unsupported(_) => FEATURE_NOT_SUPPORTED,
+            ScatterError::Parse(_) => "42601",
+            ScatterError::Data { code, .. } => code,
+            ScatterError::LimitExceeded { .. } => PROGRAM_LIMIT_EXCEEDED,
+            ScatterError::Client(_) | ScatterError::Io { .. } => "08006",
+            ScatterError::Protocol { .. } => "XX000",
+        }
+    }
+
     /// The ErrorResponse a client sees: a shard's own error keeps its SQLSTATE and message, with the shard named in
     /// the detail; shardpool's refusals get feature_not_supported; I/O and protocol failures say only that a shard
     /// failed, since addresses and internals are for the log.
     pub fn write_error_response(&self, buf: &mut bytes::BytesMut) {
+        let code = self.sqlstate();
         match self {
             ScatterError::Shard { shard, fields, .. } => fields.write(buf, *shard),
             ScatterError::Unsupported(_) | ScatterError::Parse(_) => {
-                let code = if matches!(self, ScatterError::Parse(_)) {
-                    "42601"
-                } else {
-                    FEATURE_NOT_SUPPORTED
-                };
                 error_response(buf, Severity::Error, code, &self.to_string(), None)
             }
-            ScatterError::Data { code, message } => {
+            ScatterError::Data { message, .. } => {
                 error_response(buf, Severity::Error, code, message, None)
             }
             ScatterError::LimitExceeded { setting, .. } => error_response(
                 buf,
                 Severity::Error,
-                PROGRAM_LIMIT_EXCEEDED,
+                code,
                 &self.to_string(),
                 Some(&format!(
                     "shardpool merges the shards' partial results in memory, bounded by general.{setting}"
@@ -167,21 +176,21 @@ impl ScatterError {
             ScatterError::Client(_) => error_response(
                 buf,
                 Severity::Error,
-                "08006",
+                code,
                 "the client stopped reading the result",
                 None,
             ),
             ScatterError::Io { shard, .. } => error_response(
                 buf,
                 Severity::Error,
-                "08006",
+                code,
                 &format!("lost the connection to shard {shard} during a scatter/gather query"),
                 None,
             ),
             ScatterError::Protocol { shard, .. } => error_response(
                 buf,
                 Severity::Error,
-                "XX000",
+                code,
                 &format!("shard {shard} sent a reply scatter/gather could not merge"),
                 None,
             ),
@@ -279,5 +288,40 @@ mod tests {
         let again = ShardErrorFields::parse(frame.body());
         assert_eq!(again.message(), "relation \"x\" does not exist");
         assert_eq!(again.detail(), "on shard 2");
+    }
+
+    /// The code an error is counted under (`sqlstate`) is the one its client reads.
+    #[test]
+    fn the_counted_sqlstate_is_the_one_written() {
+        let errors = [
+            ScatterError::Shard {
+                shard: 1,
+                addr: crate::backend::ServerAddr::Unix {
+                    dir: "/tmp".into(),
+                    port: 5432,
+                },
+                fields: ShardErrorFields::parse(b"SERROR\0C22012\0Mdivision by zero\0\0"),
+            },
+            ScatterError::unsupported("x"),
+            ScatterError::Parse("x".into()),
+            ScatterError::Data {
+                code: "22003",
+                message: "out of range".into(),
+            },
+            ScatterError::LimitExceeded {
+                what: "sort",
+                setting: "scatter_max_rows",
+                limit: 1,
+            },
+            ScatterError::Client("gone".into()),
+            ScatterError::protocol(0, "odd"),
+        ];
+        for e in errors {
+            let mut buf = bytes::BytesMut::new();
+            e.write_error_response(&mut buf);
+            let frame = split_frame(&mut buf).unwrap().unwrap();
+            let written = crate::protocol::backend::ErrorFields::parse(frame.body());
+            assert_eq!(written.code, e.sqlstate(), "{e}");
+        }
     }
 }
