@@ -515,3 +515,103 @@ async fn shardctl_dying_after_any_phase_or_cutover_step_is_resumed_to_the_end() 
         written.refused
     );
 }
+
+/// Writes whose vshards are known only from the rows (`COPY ... FROM STDIN` into a sharded table) or from
+/// `shardpool.shard_key` are held during a cutover too, not sent to the fence: with `shardctl` dead after installing
+/// the fence (freeze on), both wait; the remap run again lifts the freeze or flips, and both then commit, their rows
+/// ending on the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_and_shard_key_writes_are_held_during_a_cutover() {
+    let s = setup(1, "", "").await;
+    s.load();
+    let router = s.proxies[0].ctx().shard_router("shop").unwrap();
+    let moving: Vec<u32> = (0..16).collect();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut opts = Setup::options();
+    // The instances hold for as long as the remap recorded: long enough for this test to act on a loaded machine.
+    opts.max_pause = Duration::from_secs(20);
+    opts.cutover_attempts = 1;
+    let mut dying = s.remapper(opts, log.clone()).await;
+    dying.progress = Some(Box::new(|p: &Progress<'_>| {
+        if let Progress::Step(step) = p {
+            assert_ne!(*step, "cutover: fence", "shardctl dies here");
+        }
+    }));
+    let there = moving.clone();
+    let died = tokio::spawn(async move { dying.start(&there, 1).await.map(|_| ()) })
+        .await
+        .expect_err("the driver died at the fence");
+    assert!(died.is_panic());
+    common::eventually(
+        Duration::from_secs(30),
+        "the instance to see the freeze",
+        || {
+            let frozen = router
+                .catalog()
+                .is_some_and(|c| !c.freeze.vshards.is_empty());
+            async move { frozen }
+        },
+    )
+    .await;
+    let held_before = router.holds.held.load(Ordering::Relaxed);
+
+    let copied: Vec<i64> = (9_000_000i64..)
+        .filter(|a| vshard(*a) < 16)
+        .take(20)
+        .chain((9_100_000i64..).filter(|a| vshard(*a) >= 16).take(20))
+        .collect();
+    let rows: String = copied.iter().map(|a| format!("{a}\tcopied\t0\n")).collect();
+    let port = s.proxies[0].port;
+    let copy = tokio::spawn(async move {
+        let mut raw = common::raw::Raw::connect(port, "app", "secret", "shop").await;
+        raw.copy_in(
+            "COPY accounts (aid, owner, balance) FROM STDIN",
+            rows.as_bytes(),
+            100,
+        )
+        .await
+    });
+    let keyed = (9_200_000i64..).find(|a| vshard(*a) < 16).unwrap();
+    s.shards[0].sql(&format!(
+        "SET session_replication_role = replica; INSERT INTO accounts VALUES ({keyed}, 'keyed', 0)"
+    ));
+    let c = common::connect(&s.proxies[0].url("app", "secret", "shop")).await;
+    let hinted = tokio::spawn(async move {
+        c.batch_execute(&format!(
+            "/* shardpool.shard_key={keyed} */ UPDATE accounts SET balance = balance + 1 WHERE owner = 'keyed'"
+        ))
+        .await
+    });
+    common::eventually(Duration::from_secs(30), "both writes to be held", || {
+        let held = router.holds.held.load(Ordering::Relaxed) - held_before;
+        async move { held >= 2 }
+    })
+    .await;
+    assert!(!copy.is_finished() && !hinted.is_finished());
+
+    let mut r = s.remapper(Setup::options(), log.clone()).await;
+    let row = r
+        .start(&moving, 1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", log.lock().unwrap().join("\n")));
+    assert_eq!(row.phase, Phase::Done);
+    let tag = tokio::time::timeout(Duration::from_secs(30), copy)
+        .await
+        .expect("the COPY hangs")
+        .unwrap();
+    assert!(tag.contains("COPY 40"), "{tag}");
+    tokio::time::timeout(Duration::from_secs(30), hinted)
+        .await
+        .expect("the hinted write hangs")
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the hinted write failed: {e:?}"));
+    for aid in &copied[..20] {
+        assert_eq!(count(&s.shards[0], *aid), "0", "copied {aid} on the source");
+        assert_eq!(count(&s.shards[1], *aid), "1", "copied {aid} on the target");
+    }
+    assert_eq!(
+        s.shards[1].sql(&format!("SELECT balance FROM accounts WHERE aid = {keyed}")),
+        "1"
+    );
+    assert_eq!(count(&s.shards[0], keyed), "0");
+}

@@ -437,6 +437,25 @@ impl ShardRouter {
         seen.2 + Duration::from_millis(u64::from(freeze.max_pause_ms)) + HOLD_SLACK
     }
 
+    /// A hold for a `COPY ... FROM STDIN` into a sharded table while a remap freezes any vshard of this database:
+    /// its rows' vshards are known only as they stream, so it waits for the cutover to end before it starts.
+    pub fn copy_hold(&self) -> Option<Held> {
+        let catalog = self.catalog()?;
+        let freeze = &catalog.freeze;
+        if freeze.vshards.is_empty() {
+            return None;
+        }
+        let until = self.hold_until(freeze);
+        if Instant::now() >= until {
+            return None;
+        }
+        self.holds.held.fetch_add(1, Ordering::Relaxed);
+        Some(Held {
+            epoch: catalog.epoch,
+            until,
+        })
+    }
+
     /// A hold for a write to any of `vshards` while a remap freezes them, unless this instance has held them long
     /// enough already (then the write goes where the catalog says, and the source's fence answers it).
     fn frozen(&self, catalog: &Catalog, stmt: &StatementShards, vshards: &[u32]) -> Option<Held> {
@@ -721,6 +740,17 @@ impl ShardRouter {
         stmt: &StatementShards,
         text: &str,
     ) -> Option<Result<Placement, ClientError>> {
+        self.place_by_key_text_or_hold(stmt, text, None)
+    }
+
+    /// [`ShardRouter::place_by_key_text`], except that a write whose key's vshard a remap has frozen is held (in
+    /// `hold`), as [`ShardRouter::place_or_hold`] holds a write that names its key.
+    pub fn place_by_key_text_or_hold(
+        &self,
+        stmt: &StatementShards,
+        text: &str,
+        hold: Option<&mut Option<Held>>,
+    ) -> Option<Result<Placement, ClientError>> {
         if stmt.kind == StatementKind::Ddl
             || matches!(stmt.target(), Target::Keys(_) | Target::AllShards)
         {
@@ -736,15 +766,17 @@ impl ShardRouter {
             stmt.sharded.iter().collect()
         };
         Some(
-            self.shard_of_key_text(&tables, text)
+            self.shard_of_key_text(stmt, &tables, text, hold)
                 .map(|shard| Placement::One { shard, keyed: true }),
         )
     }
 
     fn shard_of_key_text(
         &self,
+        stmt: &StatementShards,
         tables: &[&Arc<ShardedTable>],
         text: &str,
+        hold: Option<&mut Option<Held>>,
     ) -> Result<u16, ClientError> {
         let cell = self.catalog.load();
         let catalog = cell
@@ -752,6 +784,7 @@ impl ShardRouter {
             .map(|c| c.load())
             .ok_or_else(|| self.not_loaded())?;
         let mut found: Option<(u16, &str)> = None;
+        let mut vshards = Vec::with_capacity(tables.len());
         for table in tables {
             let key = table.key_type.parse_text(text).map_err(|e| {
                 ClientError::error(
@@ -766,9 +799,7 @@ impl ShardRouter {
                     format!("vshard {v} has no shard in the catalog"),
                 )
             })?;
-            if let Some(c) = self.vshard_queries.get(v as usize) {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
+            vshards.push(v);
             match found {
                 Some((other, name)) if other != s => {
                     return Err(ClientError::error(
@@ -781,6 +812,18 @@ impl ShardRouter {
                     ))
                 }
                 _ => found = Some((s, &table.name)),
+            }
+        }
+        if let Some(out) = hold {
+            if let Some(h) = self.frozen(&catalog, stmt, &vshards) {
+                // Not counted: it is placed again once the hold ends.
+                *out = Some(h);
+                return Ok(found.map_or(self.config.default_shard, |f| f.0));
+            }
+        }
+        for v in &vshards {
+            if let Some(c) = self.vshard_queries.get(*v as usize) {
+                c.fetch_add(1, Ordering::Relaxed);
             }
         }
         found.map(|(s, _)| s).ok_or_else(|| {

@@ -121,6 +121,11 @@ impl Session {
         };
         if starts_with_copy(sql) {
             if let Some(mut fanout) = copy_fanout(router, sql)? {
+                if matches!(fanout.kind, FanoutKind::CopyIn(..)) && !in_transaction {
+                    if let Some(held) = router.copy_hold() {
+                        return Ok(self.hold(frame, held));
+                    }
+                }
                 if in_transaction {
                     return Err(ClientError::error(
                         sqlstate::FEATURE_NOT_SUPPORTED,
@@ -160,8 +165,14 @@ impl Session {
             .or_else(|| self.routing.as_ref().and_then(|r| r.shard_key.clone()));
         if let (Some(text), Some(stmt)) = (key_text, analysis.combined()) {
             // `shardpool.shard_key` stands in for a key the statement does not name; keys it names win.
-            if let Some(placed) = router.place_by_key_text(stmt, &text) {
-                if let Placement::One { shard, .. } = placed? {
+            let mut held = None;
+            let hold = (!in_transaction).then_some(&mut held);
+            if let Some(placed) = router.place_by_key_text_or_hold(stmt, &text, hold) {
+                let placed = placed?;
+                if let Some(h) = held {
+                    return Ok(self.hold(frame, h));
+                }
+                if let Placement::One { shard, .. } = placed {
                     return Ok(Some(shard));
                 }
             }
