@@ -219,12 +219,14 @@ fn pgbench(port: u16, args: &[&str]) -> String {
     common::pgbench(port, args)
 }
 
-/// The cases, as a new user meets them through the default mode (read_proxy_writes) with a replica 2 s
-/// behind: every new connection reads what earlier connections committed, and replicas still serve reads.
+/// The cases, as a new user meets them through the default mode (read_proxy_writes) with a replica far
+/// behind: every new connection reads what earlier connections committed, and replicas still serve reads. The delay
+/// is longer than the test ever runs, so the delayed replica never has a write of it and can never serve one of its
+/// reads correctly; with 2 s, a read that waited that long for a server (a loaded machine) was rightly served there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_mode_reads_writes_made_on_other_connections() {
     let cluster = Replicated::start(
-        Some(Duration::from_secs(2)),
+        Some(Duration::from_secs(300)),
         "GRANT ALL ON SCHEMA public TO app",
     )
     .await;
