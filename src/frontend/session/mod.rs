@@ -857,8 +857,10 @@ fn checkin_after_cancels(ctx: &Arc<Context>, pool: &Arc<Pool>, server: Box<Serve
         return;
     }
     let (ctx, pool) = (Arc::clone(ctx), Arc::clone(pool));
+    pool.stats.being_canceled.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         ctx.cancels_delivered(server.id, CANCEL_WAIT).await;
+        pool.stats.being_canceled.fetch_sub(1, Ordering::Relaxed);
         pool.checkin(server);
     });
 }

@@ -7,7 +7,8 @@
 //! A pipeline may also hold several batches (`[read; Sync; write; Sync]` sent at once). Each batch after a Sync is a
 //! transaction of its own and is routed on its own: while a replica serves a read, a later batch goes to it only if
 //! it is whole and reads too; anything else waits in the client's buffer until the replica's ReadyForQuery releases
-//! it, and is then routed afresh.
+//! it, and is then routed afresh. In a sharded database the same holds for the shard: a batch for the shard attached
+//! joins it, one for another shard (or whose shard is not known yet) waits and is routed afresh.
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
@@ -34,13 +35,18 @@ enum Ahead {
 }
 
 impl Session {
-    /// Whether routing `first` must wait to see the rest of its batch.
+    /// Whether routing `first` must wait to see the rest of its batch: with replicas, whether a later statement
+    /// writes; in a sharded database, the Bind whose parameters place a Parse (or a Describe of a named statement).
     pub(super) fn wants_lookahead(&self, first: &Frame) -> bool {
+        if self.server.is_some() {
+            return false;
+        }
+        if self.shard_router().is_some() {
+            return matches!(first.tag, tag::PARSE | tag::DESCRIBE);
+        }
         matches!(first.tag, tag::PARSE | tag::BIND)
             && self.pools.cluster.has_replicas()
             && self.mode == crate::config::PoolMode::Transaction
-            && self.shard_router().is_none()
-            && self.server.is_none()
     }
 
     /// Reads from the client until the buffered messages include the end of the batch (Sync or Flush), the batch is
@@ -102,18 +108,15 @@ impl Session {
         }
     }
 
-    /// Whether the client's next batch must wait for the replica attached now to come to rest: the last batch sent
-    /// to it is complete, the server's status is not known to be inside a transaction, and the next batch is not a
-    /// whole read that the same replica may serve.
+    /// Whether the client's next batch must wait for the server attached now to come to rest (and be routed
+    /// afresh): the last batch sent to it is complete, the server's status is not known to be inside a transaction,
+    /// and the next batch may not join it: in a sharded database, it starts on another shard (or its shard is not
+    /// sure); on a replica, it is not a whole read that the same replica may serve.
     pub(super) fn holds_next_batch(&self) -> bool {
         if !self.sent_batch_end
             || self.cin.is_empty()
             || self.mode != crate::config::PoolMode::Transaction
             || self.pinned.is_some()
-            || !matches!(
-                self.routing.as_ref().and_then(|r| r.route.as_ref()),
-                Some(Route::Replica(_))
-            )
         {
             return false;
         }
@@ -122,7 +125,57 @@ impl Session {
                 .server
                 .as_ref()
                 .is_some_and(|s| s.status != crate::protocol::TxStatus::Idle);
-        !in_transaction && !self.next_batch_reads()
+        if in_transaction {
+            return false;
+        }
+        if let Some(router) = self.shard_router() {
+            if !self.next_batch_stays_on_shard(&router) {
+                return true;
+            }
+        }
+        matches!(
+            self.routing.as_ref().and_then(|r| r.route.as_ref()),
+            Some(Route::Replica(_))
+        ) && !self.next_batch_reads()
+    }
+
+    /// In a sharded database: whether the batch at the front of the client's input would start its transaction on
+    /// the shard attached now if it were routed afresh. Messages that are no batch's start (COPY data, a Sync or
+    /// Flush) always go on: the server may be waiting for them.
+    fn next_batch_stays_on_shard(&self, router: &crate::sharding::router::ShardRouter) -> bool {
+        let Ok(Some((t, total))) = peek_header(&self.cin) else {
+            return true;
+        };
+        if self.relay.in_copy_in
+            || matches!(
+                t,
+                tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL | tag::SYNC | tag::FLUSH
+            )
+        {
+            return true;
+        }
+        let Some(body) = self.cin.get(HEADER_LEN..total) else {
+            // Not whole yet: where it goes is not known.
+            return false;
+        };
+        if matches!(t, tag::PARSE | tag::DESCRIBE) && !batch_end_buffered(&self.cin) {
+            // Its Bind, whose parameters may place it elsewhere, is still to come.
+            return false;
+        }
+        if t == tag::QUERY {
+            // `SET shardpool.*` and its kind are the proxy's to answer, between transactions.
+            let command = query_text(body)
+                .and_then(|q| std::str::from_utf8(q).ok())
+                .map(crate::router::proxy_commands::parse);
+            if !matches!(command, Some(Ok(None))) {
+                return false;
+            }
+        }
+        let here = self.current_shard();
+        matches!(
+            self.decide(router, t, body, super::sharded::Placing::Peek),
+            Ok(super::sharded::Decision::Shard(s)) if Some(s) == here
+        )
     }
 
     /// Whether the buffered input starts with a whole batch (through its Sync, or one Query) of plain reads, none of
