@@ -185,6 +185,21 @@ async fn each_batch_of_a_pipeline_runs_on_its_keys_shard() {
     assert_eq!(first_columns(&raw.replies().await), vec![port_b.clone()]);
     assert_eq!(first_columns(&raw.replies().await), vec![port_a.clone()]);
 
+    // A BEGIN pipelined behind a statement on the default shard does not bind its transaction there: the statement
+    // after it chooses, as without a pipeline.
+    let mut p = BytesMut::new();
+    query(&mut p, &read_sql(a));
+    query(&mut p, "BEGIN");
+    query(&mut p, &read_sql(b));
+    query(&mut p, "COMMIT");
+    raw.send_raw(&p).await;
+    assert_eq!(first_columns(&raw.replies().await), vec![port_a.clone()]);
+    assert_eq!(raw.replies().await, vec!["C:BEGIN", "Z:T"]);
+    let inside = raw.replies().await;
+    assert_eq!(first_columns(&inside), vec![port_b.clone()], "{inside:?}");
+    assert_eq!(inside.last().unwrap(), "Z:T");
+    assert_eq!(raw.replies().await, vec!["C:COMMIT", "Z:I"]);
+
     // Inside a transaction the next batch is part of it: another shard is still refused (0A000), and the
     // transaction goes on where it was.
     let mut p = BytesMut::new();

@@ -163,11 +163,15 @@ impl Session {
             return false;
         }
         if t == tag::QUERY {
-            // `SET shardpool.*` and its kind are the proxy's to answer, between transactions.
-            let command = query_text(body)
-                .and_then(|q| std::str::from_utf8(q).ok())
-                .map(crate::router::proxy_commands::parse);
-            if !matches!(command, Some(Ok(None))) {
+            let Some(sql) = query_text(body).and_then(|q| std::str::from_utf8(q).ok()) else {
+                return false;
+            };
+            // `SET shardpool.*` and its kind are the proxy's to answer, between transactions; a BEGIN routed
+            // afresh waits for the statement after it to choose the shard, where joining would bind it to this one.
+            if !matches!(crate::router::proxy_commands::parse(sql), Ok(None))
+                || self.ctx.analysis(sql, &self.pools.cluster).tx
+                    != crate::router::classify::TxControl::None
+            {
                 return false;
             }
         }
