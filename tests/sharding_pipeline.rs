@@ -177,6 +177,38 @@ async fn each_batch_of_a_pipeline_runs_on_its_keys_shard() {
     assert_eq!(first_columns(&raw.replies().await), vec![total.to_string()]);
     assert_eq!(first_columns(&raw.replies().await), vec![port_b.clone()]);
 
+    // COPY over the extended protocol with its data after the Execute and no Sync before it (the client waits for
+    // CopyInResponse): the lookahead that places a Parse by its Bind does not wait for a Sync.
+    let mut p = BytesMut::new();
+    let mut parse = vec![0];
+    parse.extend_from_slice(b"COPY accounts (aid, owner, balance) FROM STDIN\0\0\0");
+    message(&mut p, b'P', &parse);
+    message(&mut p, b'B', &[0, 0, 0, 0, 0, 0, 0, 0]);
+    message(&mut p, b'E', &[0, 0, 0, 0, 0]);
+    raw.send_raw(&p).await;
+    let copy_in = async {
+        loop {
+            let (tag, _) = raw.next().await;
+            assert!(tag != b'E' && tag != b'Z', "{}", tag as char);
+            if tag == b'G' {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), copy_in)
+        .await
+        .expect("no CopyInResponse without a Sync");
+    let mut p = BytesMut::new();
+    message(
+        &mut p,
+        b'd',
+        format!("{}\tcopied\t0\n", new_key + 1).as_bytes(),
+    );
+    message(&mut p, b'c', &[]);
+    message(&mut p, b'S', &[]);
+    raw.send_raw(&p).await;
+    assert_eq!(raw.replies().await, vec!["C:COPY 1", "Z:I"]);
+
     // Simple queries pipelined the same way.
     let mut p = BytesMut::new();
     query(&mut p, &read_sql(b));

@@ -10,7 +10,6 @@
 //! it, and is then routed afresh. In a sharded database the same holds for the shard: a batch for the shard attached
 //! joins it, one for another shard (or whose shard is not known yet) waits and is routed afresh.
 
-use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
 use super::{Session, SessionError};
@@ -51,8 +50,15 @@ impl Session {
 
     /// Reads from the client until the buffered messages include the end of the batch (Sync or Flush), the batch is
     /// longer than `LOOKAHEAD_LIMIT`, or the client closes (which the session notices at its next read).
+    /// In a sharded database only up to the first Bind is needed (a COPY's data may follow its Execute without a
+    /// Sync, the client waiting for CopyInResponse).
     pub(super) async fn read_rest_of_batch(&mut self) -> Result<(), SessionError> {
-        while !batch_end_buffered(&self.cin) && self.cin.len() < LOOKAHEAD_LIMIT {
+        let upto: &[u8] = if self.shard_router().is_some() {
+            &[tag::SYNC, tag::FLUSH, tag::BIND]
+        } else {
+            &[tag::SYNC, tag::FLUSH]
+        };
+        while !buffered_through(&self.cin, upto) && self.cin.len() < LOOKAHEAD_LIMIT {
             self.cin.reserve(8 * 1024);
             let n = self
                 .client
@@ -158,7 +164,9 @@ impl Session {
             // Not whole yet: where it goes is not known.
             return false;
         };
-        if matches!(t, tag::PARSE | tag::DESCRIBE) && !batch_end_buffered(&self.cin) {
+        if matches!(t, tag::PARSE | tag::DESCRIBE)
+            && !buffered_through(&self.cin, &[tag::SYNC, tag::FLUSH, tag::BIND])
+        {
             // Its Bind, whose parameters may place it elsewhere, is still to come.
             return false;
         }
@@ -239,14 +247,14 @@ impl Session {
     }
 }
 
-/// Whether `buf` holds a whole Sync or Flush message after whole messages.
-fn batch_end_buffered(buf: &BytesMut) -> bool {
+/// Whether `buf` holds a whole message of one of the types `tags` after whole messages.
+fn buffered_through(buf: &[u8], tags: &[u8]) -> bool {
     let mut at = 0;
     while let Ok(Some((t, total))) = peek_header(&buf[at..]) {
         if buf.len() < at + total {
             return false;
         }
-        if matches!(t, tag::SYNC | tag::FLUSH) {
+        if tags.contains(&t) {
             return true;
         }
         at += total;
@@ -257,16 +265,24 @@ fn batch_end_buffered(buf: &BytesMut) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
 
     #[test]
     fn finds_the_end_of_a_batch_only_when_whole() {
+        let end = |b: &BytesMut| buffered_through(b, &[tag::SYNC, tag::FLUSH]);
         let mut b = BytesMut::new();
         crate::protocol::frontend::write_parse(&mut b, b"", b"SELECT 1", &[]);
-        assert!(!batch_end_buffered(&b));
+        assert!(!end(&b));
         crate::protocol::frontend::write_sync(&mut b);
-        assert!(batch_end_buffered(&b));
+        assert!(end(&b));
         let cut = b.len() - 1;
-        assert!(!batch_end_buffered(&BytesMut::from(&b[..cut])));
-        assert!(!batch_end_buffered(&BytesMut::from(&b"garbage"[..])));
+        assert!(!end(&BytesMut::from(&b[..cut])));
+        assert!(!end(&BytesMut::from(&b"garbage"[..])));
+        // A sharded lookahead stops at the Bind: what follows a COPY's Execute may wait for CopyInResponse.
+        let mut b = BytesMut::new();
+        crate::protocol::frontend::write_parse(&mut b, b"", b"COPY t FROM STDIN", &[]);
+        assert!(!buffered_through(&b, &[tag::SYNC, tag::FLUSH, tag::BIND]));
+        crate::protocol::frontend::write_bind(&mut b, b"", b"", &[0, 0, 0, 0, 0, 0]);
+        assert!(buffered_through(&b, &[tag::SYNC, tag::FLUSH, tag::BIND]));
     }
 }
