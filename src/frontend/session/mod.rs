@@ -613,6 +613,7 @@ impl Session {
             return;
         };
         server.applied = self.settings.clone();
+        server.settings_unknown = false;
         crate::protocol::frontend::write_query(&mut self.sout, &sql);
         self.relay
             .push(super::relay::Expect::Query { forward: false });
@@ -620,6 +621,14 @@ impl Session {
 
     /// The SET/RESET statements that make `server` match this client's settings, if any are needed.
     fn settings_delta(&self, server: &ServerConn) -> Option<String> {
+        if server.settings_unknown {
+            let mut sql = String::from("RESET ALL; ");
+            for apply in self.settings.values() {
+                sql.push_str(apply);
+                sql.push_str("; ");
+            }
+            return Some(sql);
+        }
         if server.applied == self.settings {
             return None;
         }

@@ -502,7 +502,10 @@ impl Session {
                 Ok(mut server) => {
                     if let Some(sql) = self.settings_delta(&server) {
                         match server.simple_query(&sql).await {
-                            Ok(None) => server.applied = self.settings.clone(),
+                            Ok(None) => {
+                                server.applied = self.settings.clone();
+                                server.settings_unknown = false;
+                            }
                             _ => server.broken = true,
                         }
                     }
