@@ -233,20 +233,33 @@ async fn cancel_of_an_idle_client_is_harmless() {
     .await;
 }
 
-/// A TCP relay in front of `target` that forwards every connection at once, except CancelRequests, which it holds
-/// for `hold` first: a slow path for cancels only, as over a congested network.
-async fn cancel_delaying_relay(target: u16, hold: Duration) -> u16 {
+/// A TCP relay in front of `target` that forwards every connection at once, except CancelRequests: each is
+/// reported on the returned channel as it arrives and held until the gate is opened (a slow path for cancels only, as
+/// over a congested network, with the test deciding when it ends).
+async fn cancel_holding_relay(
+    target: u16,
+) -> (
+    u16,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    tokio::sync::watch::Sender<bool>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let (arrived_tx, arrived) = tokio::sync::mpsc::unbounded_channel();
+    let (gate, opened) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         while let Ok((mut client, _)) = listener.accept().await {
+            let (arrived_tx, mut opened) = (arrived_tx.clone(), opened.clone());
             tokio::spawn(async move {
                 let mut head = [0u8; 8];
                 if client.read_exact(&mut head).await.is_err() {
                     return;
                 }
                 if head == [0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e] {
-                    tokio::time::sleep(hold).await;
+                    let _ = arrived_tx.send(());
+                    if opened.wait_for(|open| *open).await.is_err() {
+                        return;
+                    }
                 }
                 let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)).await else {
                     return;
@@ -258,14 +271,29 @@ async fn cancel_delaying_relay(target: u16, hold: Duration) -> u16 {
             });
         }
     });
-    port
+    (port, arrived, gate)
 }
 
+/// The SHOW POOLS row of the test database and user.
+async fn pool_row(proxy: &common::TestProxy) -> std::collections::HashMap<String, String> {
+    proxy
+        .admin("SHOW POOLS")
+        .await
+        .into_iter()
+        .find(|r| r["database"] == common::DB && r["user"] == "app")
+        .unwrap()
+}
+
+/// A cancel for A's query that is still on its way when the query ends must not reach B's query on the same server.
+/// Every step waits for an event (locks the test holds, the relay's report, SHOW POOLS), so the order is the same
+/// under any load: A's query is blocked, its cancel is held in the relay, B queues for the only server, A's query
+/// ends, and only then is the cancel let through; B's query is blocked while the cancel arrives, so a server handed
+/// to B before its cancel was delivered would see B's query cancelled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_cancel_never_reaches_the_next_clients_query() {
     bounded(async {
         let backend = Backend::start().await;
-        let relay = cancel_delaying_relay(backend.pg.port(), Duration::from_secs(1)).await;
+        let (relay, mut arrived, gate) = cancel_holding_relay(backend.pg.port()).await;
         let toml = backend.config_toml("pool_size = 1").replace(
             &format!("port = {}", backend.pg.port()),
             &format!("port = {relay}"),
@@ -277,33 +305,68 @@ async fn a_late_cancel_never_reaches_the_next_clients_query() {
             a.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
             1
         );
-
-        // A runs a short query and asks to cancel it; the cancel is held on its way, so the query ends first.
-        let cancel = a.cancel_token();
-        let a_query = tokio::spawn(async move { a.simple_query("SELECT pg_sleep(0.3)").await });
+        // The test holds the locks A's and B's queries wait for.
         let direct = common::connect(&backend.direct_url()).await;
-        eventually(LIMIT, "A's query to run", || {
-            running(&direct, "pg_sleep(0.3)")
+        direct
+            .batch_execute("SELECT pg_advisory_lock(42), pg_advisory_lock(43)")
+            .await
+            .unwrap();
+
+        // A's query waits for lock 42 on the only server.
+        let cancel = a.cancel_token();
+        let a_query =
+            tokio::spawn(async move { a.simple_query("SELECT pg_advisory_xact_lock(42)").await });
+        eventually(LIMIT, "A's query to wait for its lock", || {
+            running(&direct, "pg_advisory_xact_lock(42)")
         })
         .await;
+        // B queues for that server.
+        let b_query =
+            tokio::spawn(async move { b.simple_query("SELECT pg_advisory_xact_lock(43)").await });
+        eventually(LIMIT, "B to wait for the server", || async {
+            pool_row(&proxy).await["cl_waiting"] == "1"
+        })
+        .await;
+        // A's cancel reaches the proxy, which forwards it; the relay holds it on its way to Postgres.
         let cancelling = tokio::spawn(async move { cancel.cancel_query(NoTls).await });
-        // B queues for the single server meanwhile and runs a longer query on it once A is done.
-        let b_query = tokio::spawn(async move {
-            let started = Instant::now();
-            let r = b.simple_query("SELECT pg_sleep(1.5)").await;
-            (r, started.elapsed())
-        });
+        timeout(LIMIT, arrived.recv())
+            .await
+            .expect("the cancel never reached the relay")
+            .unwrap();
+        // A's query ends before its cancel arrives.
+        direct
+            .batch_execute("SELECT pg_advisory_unlock(42)")
+            .await
+            .unwrap();
         let a_result = a_query.await.unwrap();
+        assert!(a_result.is_ok(), "{a_result:?}");
+        // The server A released waits for the cancel instead of going to B.
+        eventually(
+            LIMIT,
+            "the released server to wait for the cancel",
+            || async {
+                let row = pool_row(&proxy).await;
+                row["sv_being_canceled"] == "1" && row["cl_waiting"] == "1"
+            },
+        )
+        .await;
+        assert!(!b_query.is_finished());
+        // The cancel arrives at an idle server (it cancels nothing); then B gets the server.
+        gate.send_replace(true);
         cancelling.await.unwrap().unwrap();
-        let (b_result, _) = b_query.await.unwrap();
+        eventually(LIMIT, "B's query to wait for its lock", || {
+            running(&direct, "pg_advisory_xact_lock(43)")
+        })
+        .await;
+        direct
+            .batch_execute("SELECT pg_advisory_unlock(43)")
+            .await
+            .unwrap();
         // B's query is B's: a cancel meant for A's finished query must not interrupt it.
-        if let Err(e) = &b_result {
-            panic!("B's query was interrupted: {} ({e})", sqlstate(e));
+        if let Err(e) = b_query.await.unwrap() {
+            panic!("B's query was interrupted: {} ({e})", sqlstate(&e));
         }
-        // A's own query either finished or was cancelled; either is right for A, nothing else is.
-        if let Err(e) = a_result {
-            assert_eq!(sqlstate(&e), "57014", "{e}");
-        }
+        assert_eq!(pool_row(&proxy).await["sv_being_canceled"], "0");
     })
     .await;
 }

@@ -474,6 +474,49 @@ async fn session_state_made_by_select_into_and_do_blocks_never_reaches_another_c
     }
 }
 
+/// `set_config(name, value, false)` is not followed (its arguments may be expressions, and drivers call it on every
+/// connection, so it does not pin either): the server it ran on is reset before another client gets it. Found by the
+/// `session` fuzz target's settings check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_made_by_set_config_never_reach_another_client() {
+    let b = Backend::start().await;
+    // One server: the next client gets the very server set_config ran on.
+    let proxy = b.proxy("pool_size = 1").await;
+    let observer = proxy.connect().await;
+    let default = first_value(&observer, "SELECT current_setting('work_mem')").await;
+    assert_ne!(default, "7MB");
+    let a = proxy.connect().await;
+    for sql in [
+        "SELECT set_config('work_mem', '7MB', false)",
+        "SELECT set_config('work' || '_mem', '7' || 'MB', false), set_config('fuzz.x', 'left', false)",
+    ] {
+        assert_eq!(first_value(&a, sql).await, "7MB");
+        assert_eq!(
+            first_value(&observer, "SELECT current_setting('work_mem')").await,
+            default,
+            "{sql}"
+        );
+        assert_eq!(
+            first_value(&observer, "SELECT coalesce(current_setting('fuzz.x', true), '')").await,
+            "",
+            "{sql}"
+        );
+    }
+    // A client's own SETs are still carried over the reset.
+    observer
+        .batch_execute("SET work_mem = '5MB'")
+        .await
+        .unwrap();
+    assert_eq!(
+        first_value(&a, "SELECT set_config('work_mem', '7MB', false)").await,
+        "7MB"
+    );
+    assert_eq!(
+        first_value(&observer, "SELECT current_setting('work_mem')").await,
+        "5MB"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_named_statement_that_pins_the_server_is_prepared_without_a_panic() {
     let b = Backend::start().await;

@@ -4,7 +4,9 @@
 //! a fuzzed client leaves behind on it is what the next client gets.
 //! Invariants, checked after every input with a fresh client: the proxy is still up and answers within the checkout
 //! timeout (nothing holds the only server after its client has gone); the next client's server is idle (not in a
-//! transaction another client opened).
+//! transaction another client opened) and carries nothing of the fuzzed client's session: the same settings set in
+//! a session (`pg_settings` whose source is `session`, and the custom `fuzz.x`), role, advisory locks, temp tables,
+//! LISTEN channels and open cursors as a fresh client saw before any input.
 //!
 //! Needs the PostgreSQL server binaries (SHARDPOOL_PG_BINDIR, or /usr/lib/postgresql/*/bin). Much slower than the
 //! other targets (a TCP connection and a login per input); run it on its own.
@@ -28,6 +30,8 @@ use tokio::net::TcpStream;
 struct World {
     runtime: tokio::runtime::Runtime,
     port: u16,
+    /// What a fresh client's server carried before any input (`SESSION_STATE`).
+    baseline: String,
     _proxy: Proxy,
     _pg: PgServer,
 }
@@ -68,14 +72,32 @@ fn world() -> &'static World {
         let proxy = runtime
             .block_on(Proxy::start(config, None))
             .expect("start the proxy");
+        let port = proxy.addr.port();
+        let baseline = runtime.block_on(async {
+            let mut first = login(port).await;
+            query(&mut first, SESSION_STATE).await.0.concat()
+        });
         World {
-            port: proxy.addr.port(),
+            port,
+            baseline,
             runtime,
             _proxy: proxy,
             _pg: pg,
         }
     })
 }
+
+/// Everything of a server session that one client can leave to the next, as one line: settings made in the session
+/// (custom ones are not listed in pg_settings: `fuzz.x`, which the seeds set, stands for them), role, advisory locks this backend holds, its temp tables, LISTEN channels and open cursors.
+const SESSION_STATE: &str = "SELECT concat_ws(' | ', \
+    (SELECT coalesce(string_agg(name || '=' || setting, ',' ORDER BY name), '') \
+       FROM pg_settings WHERE source = 'session'), \
+    'fuzz.x=' || coalesce(current_setting('fuzz.x', true), ''), \
+    'role ' || current_user || '/' || session_user, \
+    'advisory ' || (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), \
+    'temp ' || (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()), \
+    'listen ' || (SELECT count(*) FROM pg_listening_channels()), \
+    'cursors ' || (SELECT count(*) FROM pg_cursors))";
 
 /// libFuzzer ends the process with `exit`, which never drops statics: a shell outlives us to stop the server and
 /// delete its files.
@@ -149,7 +171,7 @@ async fn query(s: &mut TcpStream, sql: &str) -> (Vec<String>, u8) {
     }
 }
 
-async fn session(port: u16, data: &[u8]) {
+async fn session(port: u16, baseline: &str, data: &[u8]) {
     let mut s = login(port).await;
     // Each input is either written whole, or cut where its first byte says, to vary the reads the proxy sees.
     let (cut, bytes) = data
@@ -170,16 +192,19 @@ async fn session(port: u16, data: &[u8]) {
     .await;
     drop(s);
 
-    // The next client gets the one server, idle. (Settings, cursors, locks and temp tables left behind are not
-    // compared yet; session-state tracking is issue 11's "probe per statement kind" work.)
+    // The next client gets the one server, idle, with nothing of the fuzzed client's session on it.
     let check = async {
         let mut next = login(port).await;
-        let (rows, status) = query(&mut next, "SELECT 1").await;
+        let (rows, status) = query(&mut next, SESSION_STATE).await;
         assert_eq!(
             status, b'I',
             "the next client's server is inside a transaction"
         );
-        assert_eq!(rows, ["1"]);
+        assert_eq!(
+            rows.concat(),
+            baseline,
+            "the next client's server carries the fuzzed client's session state"
+        );
     };
     tokio::time::timeout(Duration::from_secs(8), check)
         .await
@@ -188,5 +213,5 @@ async fn session(port: u16, data: &[u8]) {
 
 fuzz_target!(|data: &[u8]| {
     let w = world();
-    w.runtime.block_on(session(w.port, data));
+    w.runtime.block_on(session(w.port, &w.baseline, data));
 });

@@ -197,6 +197,16 @@ def session_seeds():
     yield b"\x00" + query("SET search_path = nowhere; LISTEN x; SELECT pg_advisory_lock(1)")
     yield b"\x00" + query("DECLARE c CURSOR WITH HOLD FOR SELECT 1") + query("PREPARE p AS SELECT 1")
     yield b"\x03" + query("BEGIN; SELECT 1/0;") + SYNC + TERMINATE
+    # Session state made where a lexical scanner does not look (issue 11): the next client must not inherit it.
+    yield b"\x00" + query("SELECT set_config('work_mem', '7MB', false), set_config('fuzz.x', 'y', false)")
+    yield b"\x00" + query("SET fuzz.custom = 'left'; SET statement_timeout = '1min'")
+    yield b"\x00" + parse("", "SET search_path = elsewhere") + bind("", "", []) + execute() + SYNC
+    yield b"\x00" + query("SELECT 1 AS x INTO TEMP leftover")
+    yield b"\x00" + query("DO $$BEGIN PERFORM pg_advisory_lock(7); END$$")
+    yield b"\x00" + parse("", "SELECT pg_advisory_lock(8)") + bind("", "", []) + execute() + SYNC
+    yield b"\x00" + parse("", "LISTEN fuzzchan") + bind("", "", []) + execute() + SYNC
+    yield b"\x00" + query("BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT 1; COMMIT")
+    yield b"\x00" + query("CREATE TEMP TABLE tt (x int) ON COMMIT PRESERVE ROWS")
     for c in client_streams():
         yield b"\x07" + c
 

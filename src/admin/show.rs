@@ -1,5 +1,5 @@
 //! SHOW commands. Column names follow PgBouncer's console (docs: "usage.html#admin-console") where the concept
-//! matches; values that shardpool does not have (cancel-request counters, reserve pools) are reported as 0.
+//! matches; values that shardpool does not have (most cancel-request counters, reserve pools) are reported as 0.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -435,6 +435,7 @@ fn pools(ctx: &Arc<Context>) -> Output {
         let snap = p.snapshot();
         let clients = p.stats.clients.load(Ordering::Relaxed);
         let waiting = p.stats.waiting.load(Ordering::Relaxed);
+        let being_canceled = p.stats.being_canceled.load(Ordering::Relaxed);
         let wait = snap.oldest_wait.unwrap_or_default();
         let mode = p.config().settings.mode.as_str();
         rows.push(vec![
@@ -444,9 +445,9 @@ fn pools(ctx: &Arc<Context>) -> Output {
             s(waiting),
             s(0),
             s(0),
-            s(snap.total - snap.idle - snap.connecting),
+            s((snap.total - snap.idle - snap.connecting).saturating_sub(being_canceled)),
             s(0),
-            s(0),
+            s(being_canceled),
             s(snap.idle - snap.idle_needing_check.min(snap.idle)),
             s(snap.idle_needing_check.min(snap.idle)),
             s(0),

@@ -103,6 +103,9 @@ pub struct PoolStats {
     pub clients: AtomicUsize,
     /// Clients waiting for a server (including while paused).
     pub waiting: AtomicUsize,
+    /// Servers a client is done with that stay out of the pool until a cancel request on its way to them has
+    /// arrived, so that it cannot interrupt the next client's query (SHOW POOLS `sv_being_canceled`).
+    pub being_canceled: AtomicUsize,
     /// Checkout waits (`/metrics`); their sum is `wait_time_us`.
     pub wait_histogram: crate::metrics::histogram::WaitHistogram,
     /// Errors sent to this pool's clients, by SQLSTATE class (`/metrics`); counted on the home pool.

@@ -46,6 +46,9 @@ pub struct ServerConn {
     /// Session settings applied for the client that used this connection last (name -> SET statement).
     /// Shared with the client's own copy until one of them changes (copy on write).
     pub applied: std::sync::Arc<BTreeMap<String, String>>,
+    /// A client changed settings in a way `applied` cannot follow (`set_config(name, value, false)`): the next
+    /// client's settings start from RESET ALL.
+    pub settings_unknown: bool,
     pub statements: StatementCache,
     pub status: TxStatus,
     pub created: Instant,
@@ -76,6 +79,7 @@ impl ServerConn {
             cancel_key,
             reported,
             applied: Default::default(),
+            settings_unknown: false,
             statements: StatementCache::new(statement_capacity),
             status: TxStatus::Idle,
             created: now,
@@ -208,6 +212,7 @@ impl ServerConn {
     /// Forget session state after the server ran DISCARD ALL (or an equivalent reset).
     pub fn forget_session_state(&mut self) {
         self.applied = Default::default();
+        self.settings_unknown = false;
         self.statements.clear();
         self.stale.clear();
     }

@@ -103,6 +103,17 @@ impl HoldStats {
     }
 }
 
+/// What a placement is for: what it counts, and whether a remap's freeze holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    /// A statement about to run on its transaction's server: counted per vshard, never held.
+    Run,
+    /// A transaction's first statement being routed: a write to a frozen vshard is held; counted later, as it runs.
+    Route,
+    /// A look ahead: nothing counted, recorded or started; a write meeting a freeze reported as held.
+    Peek,
+}
+
 /// A write whose vshard a remap has frozen: wait for a catalog change (or `until`), then route it again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Held {
@@ -408,7 +419,13 @@ impl ShardRouter {
         stmt: &StatementShards,
         params: Option<Params<'_>>,
     ) -> Result<Placement, ClientError> {
-        self.place_body(stmt, params, None, true)
+        // A statement placed to run is never held: it cannot come out frozen.
+        Ok(self
+            .place_body(stmt, params, Purpose::Run)?
+            .unwrap_or(Placement::One {
+                shard: self.config.default_shard,
+                keyed: false,
+            }))
     }
 
     /// [`ShardRouter::place`], except that a write (anything but a read) routed by key to a vshard that a remap has
@@ -420,12 +437,17 @@ impl ShardRouter {
         stmt: &StatementShards,
         params: Option<Params<'_>>,
     ) -> Result<Result<Placement, Held>, ClientError> {
-        let mut held = None;
-        let placement = self.place_body(stmt, params, Some(&mut held), false)?;
-        Ok(match held {
-            Some(h) => Err(h),
-            None => Ok(placement),
-        })
+        self.place_body(stmt, params, Purpose::Route)
+    }
+
+    /// Where `stmt` would go if it were routed now, for a look ahead at a pipelined batch: nothing is counted,
+    /// recorded or held (`Err`: it would be held, as [`ShardRouter::place_or_hold`] holds it, or might be).
+    pub fn peek(
+        &self,
+        stmt: &StatementShards,
+        params: Option<Params<'_>>,
+    ) -> Result<Result<Placement, Held>, ClientError> {
+        self.place_body(stmt, params, Purpose::Peek)
     }
 
     /// Until when writes to `freeze`'s vshards are held here.
@@ -439,7 +461,8 @@ impl ShardRouter {
 
     /// A hold for a `COPY ... FROM STDIN` into a sharded table while a remap freezes any vshard of this database:
     /// its rows' vshards are known only as they stream, so it waits for the cutover to end before it starts.
-    pub fn copy_hold(&self) -> Option<Held> {
+    /// `count`: a hold to be carried out (not a look ahead), counted in `holds`.
+    pub fn copy_hold(&self, count: bool) -> Option<Held> {
         let catalog = self.catalog()?;
         let freeze = &catalog.freeze;
         if freeze.vshards.is_empty() {
@@ -449,24 +472,30 @@ impl ShardRouter {
         if Instant::now() >= until {
             return None;
         }
-        self.holds.held.fetch_add(1, Ordering::Relaxed);
+        if count {
+            self.holds.held.fetch_add(1, Ordering::Relaxed);
+        }
         Some(Held {
             epoch: catalog.epoch,
             until,
         })
     }
 
+    /// Whether a write to any of `vshards` meets a remap's freeze (whether or not this instance still holds it).
+    fn meets_freeze(catalog: &Catalog, stmt: &StatementShards, vshards: &[u32]) -> bool {
+        let freeze = &catalog.freeze;
+        !freeze.vshards.is_empty()
+            && stmt.kind != StatementKind::Read
+            && vshards.iter().any(|v| freeze.contains(*v))
+    }
+
     /// A hold for a write to any of `vshards` while a remap freezes them, unless this instance has held them long
     /// enough already (then the write goes where the catalog says, and the source's fence answers it).
     fn frozen(&self, catalog: &Catalog, stmt: &StatementShards, vshards: &[u32]) -> Option<Held> {
-        let freeze = &catalog.freeze;
-        if freeze.vshards.is_empty()
-            || stmt.kind == StatementKind::Read
-            || !vshards.iter().any(|v| freeze.contains(*v))
-        {
+        if !Self::meets_freeze(catalog, stmt, vshards) {
             return None;
         }
-        let until = self.hold_until(freeze);
+        let until = self.hold_until(&catalog.freeze);
         if Instant::now() >= until {
             return None;
         }
@@ -481,8 +510,22 @@ impl ShardRouter {
         &self,
         stmt: &StatementShards,
         params: Option<Params<'_>>,
-        hold: Option<&mut Option<Held>>,
-        count: bool,
+        purpose: Purpose,
+    ) -> Result<Result<Placement, Held>, ClientError> {
+        let mut held = None;
+        let placement = self.place_inner(stmt, params, purpose, &mut held)?;
+        Ok(match held {
+            Some(h) => Err(h),
+            None => Ok(placement),
+        })
+    }
+
+    fn place_inner(
+        &self,
+        stmt: &StatementShards,
+        params: Option<Params<'_>>,
+        purpose: Purpose,
+        held: &mut Option<Held>,
     ) -> Result<Placement, ClientError> {
         let default = Placement::One {
             shard: self.config.default_shard,
@@ -592,13 +635,19 @@ impl ShardRouter {
             }
         }
         shards.sort_unstable();
-        if let Some(out) = hold {
-            if let Some(h) = self.frozen(&catalog, stmt, &vshards) {
-                *out = Some(h);
-                return Ok(default);
-            }
+        let hold = match purpose {
+            Purpose::Run => None,
+            Purpose::Route => self.frozen(&catalog, stmt, &vshards),
+            Purpose::Peek => Self::meets_freeze(&catalog, stmt, &vshards).then(|| Held {
+                epoch: catalog.epoch,
+                until: Instant::now(),
+            }),
+        };
+        if hold.is_some() {
+            *held = hold;
+            return Ok(default);
         }
-        for v in vshards.iter().filter(|_| count) {
+        for v in vshards.iter().filter(|_| purpose == Purpose::Run) {
             if let Some(c) = self.vshard_queries.get(*v as usize) {
                 c.fetch_add(1, Ordering::Relaxed);
             }
@@ -611,7 +660,7 @@ impl ShardRouter {
         match shards.as_slice() {
             [] => Ok(default),
             [one] => {
-                if let Some(r) = self.recorder.get() {
+                if let Some(r) = self.recorder.get().filter(|_| purpose != Purpose::Peek) {
                     for (table, key, v) in unrecorded {
                         r.record(&table.map, key, v);
                     }

@@ -170,6 +170,10 @@ impl Session {
                     }
                     self.pinned.get_or_insert(feature);
                 }
+                SessionEffect::SettingsUnknown => {
+                    // Whether or not the transaction commits: the server's settings are reset before its next use.
+                    self.server_mut()?.settings_unknown = true;
+                }
                 SessionEffect::DiscardAll | SessionEffect::DeallocateAll => {
                     // The server drops every prepared statement, ours included; so do the client's names.
                     self.statements.clear();

@@ -630,6 +630,7 @@ impl Session {
             return;
         };
         server.applied = self.settings.clone();
+        server.settings_unknown = false;
         crate::protocol::frontend::write_query(&mut self.sout, &sql);
         self.relay
             .push(super::relay::Expect::Query { forward: false });
@@ -637,6 +638,14 @@ impl Session {
 
     /// The SET/RESET statements that make `server` match this client's settings, if any are needed.
     fn settings_delta(&self, server: &ServerConn) -> Option<String> {
+        if server.settings_unknown {
+            let mut sql = String::from("RESET ALL; ");
+            for apply in self.settings.values() {
+                sql.push_str(apply);
+                sql.push_str("; ");
+            }
+            return Some(sql);
+        }
         if server.applied == self.settings {
             return None;
         }
@@ -874,8 +883,10 @@ fn checkin_after_cancels(ctx: &Arc<Context>, pool: &Arc<Pool>, server: Box<Serve
         return;
     }
     let (ctx, pool) = (Arc::clone(ctx), Arc::clone(pool));
+    pool.stats.being_canceled.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         ctx.cancels_delivered(server.id, CANCEL_WAIT).await;
+        pool.stats.being_canceled.fetch_sub(1, Ordering::Relaxed);
         pool.checkin(server);
     });
 }

@@ -7,9 +7,9 @@
 //! A pipeline may also hold several batches (`[read; Sync; write; Sync]` sent at once). Each batch after a Sync is a
 //! transaction of its own and is routed on its own: while a replica serves a read, a later batch goes to it only if
 //! it is whole and reads too; anything else waits in the client's buffer until the replica's ReadyForQuery releases
-//! it, and is then routed afresh.
+//! it, and is then routed afresh. In a sharded database the same holds for the shard: a batch for the shard attached
+//! joins it, one for another shard (or whose shard is not known yet) waits and is routed afresh.
 
-use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
 use super::{Session, SessionError};
@@ -34,19 +34,31 @@ enum Ahead {
 }
 
 impl Session {
-    /// Whether routing `first` must wait to see the rest of its batch.
+    /// Whether routing `first` must wait to see the rest of its batch: with replicas, whether a later statement
+    /// writes; in a sharded database, the Bind whose parameters place a Parse (or a Describe of a named statement).
     pub(super) fn wants_lookahead(&self, first: &Frame) -> bool {
+        if self.server.is_some() {
+            return false;
+        }
+        if self.shard_router().is_some() {
+            return matches!(first.tag, tag::PARSE | tag::DESCRIBE);
+        }
         matches!(first.tag, tag::PARSE | tag::BIND)
             && self.pools.cluster.has_replicas()
             && self.mode == crate::config::PoolMode::Transaction
-            && self.shard_router().is_none()
-            && self.server.is_none()
     }
 
     /// Reads from the client until the buffered messages include the end of the batch (Sync or Flush), the batch is
     /// longer than `LOOKAHEAD_LIMIT`, or the client closes (which the session notices at its next read).
+    /// In a sharded database only up to the first Bind is needed (a COPY's data may follow its Execute without a
+    /// Sync, the client waiting for CopyInResponse).
     pub(super) async fn read_rest_of_batch(&mut self) -> Result<(), SessionError> {
-        while !batch_end_buffered(&self.cin) && self.cin.len() < LOOKAHEAD_LIMIT {
+        let upto: &[u8] = if self.shard_router().is_some() {
+            &[tag::SYNC, tag::FLUSH, tag::BIND]
+        } else {
+            &[tag::SYNC, tag::FLUSH]
+        };
+        while !buffered_through(&self.cin, upto) && self.cin.len() < LOOKAHEAD_LIMIT {
             self.cin.reserve(8 * 1024);
             let n = self
                 .client
@@ -102,18 +114,15 @@ impl Session {
         }
     }
 
-    /// Whether the client's next batch must wait for the replica attached now to come to rest: the last batch sent
-    /// to it is complete, the server's status is not known to be inside a transaction, and the next batch is not a
-    /// whole read that the same replica may serve.
+    /// Whether the client's next batch must wait for the server attached now to come to rest (and be routed
+    /// afresh): the last batch sent to it is complete, the server's status is not known to be inside a transaction,
+    /// and the next batch may not join it: in a sharded database, it starts on another shard (or its shard is not
+    /// sure); on a replica, it is not a whole read that the same replica may serve.
     pub(super) fn holds_next_batch(&self) -> bool {
         if !self.sent_batch_end
             || self.cin.is_empty()
             || self.mode != crate::config::PoolMode::Transaction
             || self.pinned.is_some()
-            || !matches!(
-                self.routing.as_ref().and_then(|r| r.route.as_ref()),
-                Some(Route::Replica(_))
-            )
         {
             return false;
         }
@@ -122,7 +131,63 @@ impl Session {
                 .server
                 .as_ref()
                 .is_some_and(|s| s.status != crate::protocol::TxStatus::Idle);
-        !in_transaction && !self.next_batch_reads()
+        if in_transaction {
+            return false;
+        }
+        if let Some(router) = self.shard_router() {
+            if !self.next_batch_stays_on_shard(&router) {
+                return true;
+            }
+        }
+        matches!(
+            self.routing.as_ref().and_then(|r| r.route.as_ref()),
+            Some(Route::Replica(_))
+        ) && !self.next_batch_reads()
+    }
+
+    /// In a sharded database: whether the batch at the front of the client's input would start its transaction on
+    /// the shard attached now if it were routed afresh. Messages that are no batch's start (COPY data, a Sync or
+    /// Flush) always go on: the server may be waiting for them.
+    fn next_batch_stays_on_shard(&self, router: &crate::sharding::router::ShardRouter) -> bool {
+        let Ok(Some((t, total))) = peek_header(&self.cin) else {
+            return true;
+        };
+        if self.relay.in_copy_in
+            || matches!(
+                t,
+                tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL | tag::SYNC | tag::FLUSH
+            )
+        {
+            return true;
+        }
+        let Some(body) = self.cin.get(HEADER_LEN..total) else {
+            // Not whole yet: where it goes is not known.
+            return false;
+        };
+        if matches!(t, tag::PARSE | tag::DESCRIBE)
+            && !buffered_through(&self.cin, &[tag::SYNC, tag::FLUSH, tag::BIND])
+        {
+            // Its Bind, whose parameters may place it elsewhere, is still to come.
+            return false;
+        }
+        if t == tag::QUERY {
+            let Some(sql) = query_text(body).and_then(|q| std::str::from_utf8(q).ok()) else {
+                return false;
+            };
+            // `SET shardpool.*` and its kind are the proxy's to answer, between transactions; a BEGIN routed
+            // afresh waits for the statement after it to choose the shard, where joining would bind it to this one.
+            if !matches!(crate::router::proxy_commands::parse(sql), Ok(None))
+                || self.ctx.analysis(sql, &self.pools.cluster).tx
+                    != crate::router::classify::TxControl::None
+            {
+                return false;
+            }
+        }
+        let here = self.current_shard();
+        matches!(
+            self.decide(router, t, body, super::sharded::Placing::Peek),
+            Ok(super::sharded::Decision::Shard(s)) if Some(s) == here
+        )
     }
 
     /// Whether the buffered input starts with a whole batch (through its Sync, or one Query) of plain reads, none of
@@ -182,14 +247,14 @@ impl Session {
     }
 }
 
-/// Whether `buf` holds a whole Sync or Flush message after whole messages.
-fn batch_end_buffered(buf: &BytesMut) -> bool {
+/// Whether `buf` holds a whole message of one of the types `tags` after whole messages.
+fn buffered_through(buf: &[u8], tags: &[u8]) -> bool {
     let mut at = 0;
     while let Ok(Some((t, total))) = peek_header(&buf[at..]) {
         if buf.len() < at + total {
             return false;
         }
-        if matches!(t, tag::SYNC | tag::FLUSH) {
+        if tags.contains(&t) {
             return true;
         }
         at += total;
@@ -200,16 +265,24 @@ fn batch_end_buffered(buf: &BytesMut) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
 
     #[test]
     fn finds_the_end_of_a_batch_only_when_whole() {
+        let end = |b: &BytesMut| buffered_through(b, &[tag::SYNC, tag::FLUSH]);
         let mut b = BytesMut::new();
         crate::protocol::frontend::write_parse(&mut b, b"", b"SELECT 1", &[]);
-        assert!(!batch_end_buffered(&b));
+        assert!(!end(&b));
         crate::protocol::frontend::write_sync(&mut b);
-        assert!(batch_end_buffered(&b));
+        assert!(end(&b));
         let cut = b.len() - 1;
-        assert!(!batch_end_buffered(&BytesMut::from(&b[..cut])));
-        assert!(!batch_end_buffered(&BytesMut::from(&b"garbage"[..])));
+        assert!(!end(&BytesMut::from(&b[..cut])));
+        assert!(!end(&BytesMut::from(&b"garbage"[..])));
+        // A sharded lookahead stops at the Bind: what follows a COPY's Execute may wait for CopyInResponse.
+        let mut b = BytesMut::new();
+        crate::protocol::frontend::write_parse(&mut b, b"", b"COPY t FROM STDIN", &[]);
+        assert!(!buffered_through(&b, &[tag::SYNC, tag::FLUSH, tag::BIND]));
+        crate::protocol::frontend::write_bind(&mut b, b"", b"", &[0, 0, 0, 0, 0, 0]);
+        assert!(buffered_through(&b, &[tag::SYNC, tag::FLUSH, tag::BIND]));
     }
 }

@@ -60,6 +60,34 @@ pub(super) enum FanoutKind {
     AwaitUnfreeze(Frame, crate::sharding::router::Held),
 }
 
+/// What a statement of a sharded database needs, as [`Session::decide`] finds it.
+pub(super) enum Decision {
+    /// One shard.
+    Shard(u16),
+    /// A COPY of a sharded table: rows split by key, or the shards' outputs concatenated.
+    Copy { fanout: Fanout, types: Box<[u8]> },
+    /// A write to a vshard that a remap has frozen: wait, then route it again.
+    Hold(crate::sharding::router::Held),
+    /// Several shards (a merged read, or the statement everywhere), outside a transaction.
+    Spread {
+        placement: Placement,
+        sql: String,
+        types: Box<[u8]>,
+        reference_only: bool,
+    },
+}
+
+/// Why a statement is being placed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Placing {
+    /// A transaction's first statement, routed for real.
+    Start,
+    /// A statement of the transaction in progress, checked against the shard it is bound to.
+    InTransaction,
+    /// A batch pipelined behind a Sync: where it would start if routed now (nothing counted or held).
+    Peek,
+}
+
 impl Session {
     pub(super) fn shard_router(&self) -> Option<Arc<ShardRouter>> {
         self.routing.as_ref().and_then(|r| r.shard_router.clone())
@@ -73,13 +101,78 @@ impl Session {
         frame: &Frame,
         in_transaction: bool,
     ) -> Result<Option<u16>, ClientError> {
+        let placing = if in_transaction {
+            Placing::InTransaction
+        } else {
+            Placing::Start
+        };
+        match self.decide(router, frame.tag, frame.body(), placing)? {
+            Decision::Shard(shard) => Ok(Some(shard)),
+            Decision::Hold(held) => Ok(self.hold(frame, held)),
+            Decision::Copy { mut fanout, types } => {
+                if frame.tag != tag::QUERY {
+                    match collect(frame, &self.cin, &fanout.sql, &types, BatchUse::Copy)? {
+                        Collected::Incomplete => return Ok(self.await_batch(frame, BatchUse::Copy)),
+                        // Prepared only (its Describe says NoData on any shard).
+                        Collected::PrepareOnly => return Ok(Some(router.config.default_shard)),
+                        Collected::Batch(b) => fanout.batch = Some(Box::new(b)),
+                    }
+                }
+                self.routing_state().fanout = Some(fanout);
+                Ok(None)
+            }
+            Decision::Spread {
+                placement,
+                sql,
+                types,
+                reference_only,
+            } => {
+                if frame.tag != tag::QUERY {
+                    return self.place_extended(
+                        frame,
+                        &sql,
+                        &types,
+                        placement,
+                        reference_only,
+                        router,
+                    );
+                }
+                let f = match placement {
+                    Placement::Scatter(shards) => Fanout::new(&sql, shards, FanoutKind::Scatter),
+                    _ => {
+                        let mut f = Fanout::new(
+                            &sql,
+                            (0..router.shards()).collect(),
+                            FanoutKind::Everywhere,
+                        );
+                        f.reference_only = reference_only;
+                        f
+                    }
+                };
+                self.routing_state().fanout = Some(f);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Where the statement a client message (tag `t`, `body`) runs, decided without changing anything: the caller
+    /// queues what must be queued. The Bind that goes with a Parse or Describe is looked for in the client's
+    /// unread input.
+    pub(super) fn decide(
+        &self,
+        router: &ShardRouter,
+        t: u8,
+        body: &[u8],
+        placing: Placing,
+    ) -> Result<Decision, ClientError> {
         let default = router.config.default_shard;
+        let in_transaction = placing == Placing::InTransaction;
         let def;
         #[allow(clippy::type_complexity)]
-        let (sql, params, types): (Option<&[u8]>, Option<&[u8]>, &[u8]) = match frame.tag {
-            tag::QUERY => (query_text(frame.body()), None, &[]),
+        let (sql, params, types): (Option<&[u8]>, Option<&[u8]>, &[u8]) = match t {
+            tag::QUERY => (query_text(body), None, &[]),
             tag::PARSE => {
-                let parse = parse_parse(frame.body());
+                let parse = parse_parse(body);
                 // Parse, Bind, Execute, Sync usually arrive together: the Bind's parameters decide.
                 let bind = peek_bind(&self.cin)
                     .filter(|(name, _)| Some(*name) == parse.as_ref().map(|p| p.name));
@@ -87,7 +180,7 @@ impl Session {
                 (parse.map(|p| p.query), bind.map(|(_, rest)| rest), types)
             }
             tag::BIND => {
-                let view = parse_bind(frame.body());
+                let view = parse_bind(body);
                 def = view
                     .as_ref()
                     .and_then(|b| self.statements.get(b.statement).cloned());
@@ -100,8 +193,7 @@ impl Session {
             }
             // Describe of a named statement first (its Parse answered locally): routed like its Bind would be.
             tag::DESCRIBE => {
-                let target =
-                    parse_target(frame.body()).filter(|t| t.kind == b'S' && !t.name.is_empty());
+                let target = parse_target(body).filter(|t| t.kind == b'S' && !t.name.is_empty());
                 def = target
                     .as_ref()
                     .and_then(|t| self.statements.get(t.name).cloned());
@@ -117,13 +209,14 @@ impl Session {
             _ => (None, None, &[]),
         };
         let Some(sql) = sql.and_then(|s| std::str::from_utf8(s).ok()) else {
-            return Ok(Some(self.current_shard().unwrap_or(default)));
+            return Ok(Decision::Shard(self.current_shard().unwrap_or(default)));
         };
         if starts_with_copy(sql) {
-            if let Some(mut fanout) = copy_fanout(router, sql)? {
+            if let Some(fanout) = copy_fanout(router, sql)? {
                 if matches!(fanout.kind, FanoutKind::CopyIn(..)) && !in_transaction {
-                    if let Some(held) = router.copy_hold() {
-                        return Ok(self.hold(frame, held));
+                    // Its rows' vshards are known only as they stream: held whole while any vshard is frozen.
+                    if let Some(held) = router.copy_hold(placing == Placing::Start) {
+                        return Ok(Decision::Hold(held));
                     }
                 }
                 if in_transaction {
@@ -132,16 +225,10 @@ impl Session {
                         "COPY of a sharded table cannot run inside a transaction (transactions are bound to one shard)",
                     ));
                 }
-                if frame.tag != tag::QUERY {
-                    match collect(frame, &self.cin, sql, types, BatchUse::Copy)? {
-                        Collected::Incomplete => return Ok(self.await_batch(frame, BatchUse::Copy)),
-                        // Prepared only (its Describe says NoData on any shard).
-                        Collected::PrepareOnly => return Ok(Some(default)),
-                        Collected::Batch(b) => fanout.batch = Some(Box::new(b)),
-                    }
-                }
-                self.routing_state().fanout = Some(fanout);
-                return Ok(None);
+                return Ok(Decision::Copy {
+                    fanout,
+                    types: types.into(),
+                });
             }
         }
         // What SQL cannot say: a leading `/* shardpool.shard=N */` or `SET shardpool.shard` runs the statement on
@@ -152,7 +239,7 @@ impl Session {
             None => self.routing.as_ref().and_then(|r| r.forced_shard),
         };
         if let Some(shard) = forced {
-            return Ok(Some(shard));
+            return Ok(Decision::Shard(shard));
         }
         let analysis = router.analysis(sql);
         if matches!(*analysis, crate::sharding::keys::ShardAnalysis::TooDeep) {
@@ -166,20 +253,20 @@ impl Session {
         if let (Some(text), Some(stmt)) = (key_text, analysis.combined()) {
             // `shardpool.shard_key` stands in for a key the statement does not name; keys it names win.
             let mut held = None;
-            let hold = (!in_transaction).then_some(&mut held);
+            let hold = (placing == Placing::Start).then_some(&mut held);
             if let Some(placed) = router.place_by_key_text_or_hold(stmt, &text, hold) {
                 let placed = placed?;
                 if let Some(h) = held {
-                    return Ok(self.hold(frame, h));
+                    return Ok(Decision::Hold(h));
                 }
                 if let Placement::One { shard, .. } = placed {
-                    return Ok(Some(shard));
+                    return Ok(Decision::Shard(shard));
                 }
             }
         }
         let Some(stmt) = analysis.combined() else {
             // Unparseable here: the default shard's Postgres will say what is wrong with it.
-            return Ok(Some(default));
+            return Ok(Decision::Shard(default));
         };
         let decoded = match params {
             Some(rest) => Some(parse_bind_params(rest).ok_or_else(|| {
@@ -188,44 +275,32 @@ impl Session {
             None => None,
         };
         let params = decoded.as_ref().map(|(f, v)| (v.as_slice(), f.as_slice()));
-        let placement = if in_transaction {
-            router.place(stmt, params)?
-        } else {
-            match router.place_or_hold(stmt, params)? {
+        let placement = match placing {
+            Placing::InTransaction => router.place(stmt, params)?,
+            Placing::Start => match router.place_or_hold(stmt, params)? {
                 Ok(p) => p,
-                Err(held) => return Ok(self.hold(frame, held)),
-            }
+                Err(held) => return Ok(Decision::Hold(held)),
+            },
+            Placing::Peek => match router.peek(stmt, params)? {
+                Ok(p) => p,
+                Err(held) => return Ok(Decision::Hold(held)),
+            },
         };
         match placement {
-            Placement::One { shard, keyed } => {
-                if !keyed {
-                    // Keyless statements (SET, BEGIN, unsharded tables...) stay where the session is.
-                    return Ok(Some(if in_transaction {
-                        self.current_shard().unwrap_or(shard)
-                    } else {
-                        shard
-                    }));
-                }
-                Ok(Some(shard))
+            // Keyless statements (SET, BEGIN, unsharded tables...) stay where the transaction is.
+            Placement::One { shard, keyed } if !keyed && in_transaction => {
+                Ok(Decision::Shard(self.current_shard().unwrap_or(shard)))
             }
+            Placement::One { shard, .. } => Ok(Decision::Shard(shard)),
             Placement::Every | Placement::Scatter(_) if in_transaction => {
                 Err(in_transaction_error())
             }
-            Placement::Every | Placement::Scatter(_) if frame.tag != tag::QUERY => {
-                let reference_only = stmt.sharded.is_empty();
-                self.place_extended(frame, sql, types, placement, reference_only, router)
-            }
-            Placement::Every => {
-                let mut f =
-                    Fanout::new(sql, (0..router.shards()).collect(), FanoutKind::Everywhere);
-                f.reference_only = stmt.sharded.is_empty();
-                self.routing_state().fanout = Some(f);
-                Ok(None)
-            }
-            Placement::Scatter(shards) => {
-                self.routing_state().fanout = Some(Fanout::new(sql, shards, FanoutKind::Scatter));
-                Ok(None)
-            }
+            placement => Ok(Decision::Spread {
+                placement,
+                sql: sql.to_owned(),
+                types: types.into(),
+                reference_only: stmt.sharded.is_empty(),
+            }),
         }
     }
 
@@ -368,15 +443,24 @@ impl Session {
     }
 
     /// Inside a transaction bound to a shard: the error for a statement that needs another shard.
+    /// Statements are judged at their Query or Bind; an unnamed Parse at the Parse, when its Bind is already in (an
+    /// unnamed statement's text is not kept for its Bind), so a statement pipelined behind a Flush is checked too.
     pub(super) fn check_transaction_shard(&mut self, frame: &Frame) -> Option<ClientError> {
         let router = self.shard_router()?;
-        if !matches!(frame.tag, tag::QUERY | tag::BIND) {
+        let judged = match frame.tag {
+            tag::QUERY | tag::BIND => true,
+            tag::PARSE => parse_parse(frame.body()).is_some_and(|p| {
+                p.name.is_empty() && peek_bind(&self.cin).is_some_and(|(name, _)| name.is_empty())
+            }),
+            _ => false,
+        };
+        if !judged {
             return None;
         }
         let bound = self.current_shard()?;
-        match self.place_frame(&router, frame, true) {
-            Ok(Some(s)) if s == bound => None,
-            Ok(Some(s)) => Some(ClientError::error(
+        match self.decide(&router, frame.tag, frame.body(), Placing::InTransaction) {
+            Ok(Decision::Shard(s)) if s == bound => None,
+            Ok(Decision::Shard(s)) => Some(ClientError::error(
                 sqlstate::FEATURE_NOT_SUPPORTED,
                 format!(
                     "this transaction is bound to shard {bound} of database \"{}\" and this statement needs shard {s}; \
@@ -384,7 +468,8 @@ impl Session {
                     router.database
                 ),
             )),
-            Ok(None) => None,
+            // In a transaction only one shard or an error is decided.
+            Ok(_) => None,
             Err(e) => Some(e),
         }
     }
@@ -429,7 +514,10 @@ impl Session {
                 Ok(mut server) => {
                     if let Some(sql) = self.settings_delta(&server) {
                         match server.simple_query(&sql).await {
-                            Ok(None) => server.applied = self.settings.clone(),
+                            Ok(None) => {
+                                server.applied = self.settings.clone();
+                                server.settings_unknown = false;
+                            }
                             _ => server.broken = true,
                         }
                     }
