@@ -299,10 +299,10 @@ impl Pool {
                 .server_assignment_count
                 .fetch_add(1, Ordering::Relaxed);
             self.stats.wait_histogram.observe_immediate();
-            return Ok(conn);
+            return adopt(conn);
         }
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-        let result = self.checkout_inner().await;
+        let result = self.checkout_inner().await.and_then(adopt);
         self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
         if result.is_ok() {
             self.stats
@@ -318,14 +318,24 @@ impl Pool {
     }
 
     /// The most recently returned idle connection, if there is one that may be lent as it is (not paused or closed,
-    /// within its lifetime, used recently enough to need no health check). Anything else goes the slow way.
+    /// within its lifetime, used recently enough to need no health check). Anything else goes the slow way. In
+    /// thread-per-core mode, the most recent one at home on the calling core if there is one (no re-registration).
     fn take_idle_fresh(&self, now: Instant) -> Option<Lent> {
         if self.gate.is_paused() || self.is_closed() {
             return None;
         }
         let config = self.config.load();
         let mut inner = self.lock();
-        let conn = inner.idle.back()?;
+        let last = inner.idle.len().checked_sub(1)?;
+        let at = match crate::cores::current() {
+            Some(core) => inner
+                .idle
+                .iter()
+                .rposition(|c| c.home == Some(core))
+                .unwrap_or(last),
+            None => last,
+        };
+        let conn = inner.idle.get(at)?;
         let expired = config
             .lifetime
             .is_some_and(|l| now.saturating_duration_since(conn.created) >= l);
@@ -333,7 +343,7 @@ impl Pool {
         if expired || needs_check {
             return None;
         }
-        inner.idle.pop_back()
+        inner.idle.remove(at)
     }
 
     async fn checkout_inner(self: &Arc<Self>) -> Result<Lent, PoolError> {
@@ -585,6 +595,14 @@ impl Pool {
             }
         });
     }
+}
+
+/// Moves a lent connection to the borrowing core (thread-per-core mode; a no-op otherwise), see `ServerConn::adopt`.
+fn adopt(conn: Lent) -> Result<Lent, PoolError> {
+    conn.adopt().map_err(|e| {
+        tracing::warn!(error = %e, "could not move a server connection to this core; closed it");
+        PoolError::Connect(format!("moving the connection to this core: {e}"))
+    })
 }
 
 async fn wait_for_handoff(
