@@ -81,3 +81,29 @@ async fn shutdown_ends_idle_sessions_on_every_core() {
         assert!(c.simple_query("SELECT 1").await.is_err());
     }
 }
+
+// Servers reached over their Unix socket move between cores too (a `UnixStream` is re-registered like a TCP one).
+#[tokio::test]
+async fn servers_over_a_unix_socket_move_between_cores() {
+    let backend = Backend::start().await;
+    let dir = common::hba::socket_dir(&backend.pg);
+    let toml = backend
+        .config_toml("runtime = \"thread_per_core\"\nworkers = 2\npool_size = 2")
+        .replace("host = \"127.0.0.1\"", &format!("host = \"{dir}\""));
+    let proxy = common::TestProxy::start(&toml).await;
+    let port = proxy.port;
+    tokio::task::spawn_blocking(move || {
+        common::pgbench(port, &["-i", "-s", "1", "-q"]);
+        let report = common::pgbench(port, &["-c", "20", "-j", "2", "-t", "20", "-M", "simple"]);
+        assert_eq!(processed(&report), (400, 400), "{report}");
+        assert!(
+            report.contains("number of failed transactions: 0 (0.000%)"),
+            "{report}"
+        );
+    })
+    .await
+    .unwrap();
+    let servers = proxy.admin("SHOW SERVERS").await;
+    assert!(!servers.is_empty());
+    assert!(servers.len() <= 2, "{servers:?}");
+}
