@@ -15,6 +15,8 @@
 #   SCALE=10             pgbench -i scale
 #   THREADS=2            pgbench -j (capped at the client count)
 #   SHARDPOOL_WORKERS=0  shardpool [general] workers (0 = one per core)
+#   SHARDPOOL_RUNTIME=   shardpool [general] runtime: thread_per_core, or unset for the default (work_stealing;
+#                        the line is then left out, so binaries older than the setting run too)
 #   SHARDPOOL_BIN=path   use this binary instead of building
 #   PGBOUNCER_BIN=path   the PgBouncer to compare against (default: `pgbouncer` on PATH, else /usr/sbin/pgbouncer,
 #                        installed from Debian if missing); e.g. the 1.24 that ../shared/tools/build-pgbouncer-1.24.sh
@@ -43,6 +45,7 @@ IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
 SCALE=${SCALE:-10}
 THREADS=${THREADS:-2}
 SHARDPOOL_WORKERS=${SHARDPOOL_WORKERS:-0}
+SHARDPOOL_RUNTIME=${SHARDPOOL_RUNTIME:-}
 SHARDPOOL_BIN=${SHARDPOOL_BIN:-}
 OUT=${OUT:-}
 KEEP_TMP=${KEEP_TMP:-0}
@@ -255,6 +258,7 @@ cat >"$TMP/shardpool.toml" <<EOF
 [general]
 listen = "127.0.0.1:$SP_PORT"
 workers = $SHARDPOOL_WORKERS
+${SHARDPOOL_RUNTIME:+runtime = \"$SHARDPOOL_RUNTIME\"}
 max_client_conn = 12000
 pool_mode = "transaction"
 pool_size = $POOL_SIZE
@@ -293,7 +297,7 @@ start_shardpool() {
     SP_PID=$!
     wait_ready shardpool "$SP_PORT" "$SP_PID"
 }
-log "starting PgBouncer on :$PGB_PORT and shardpool on :$SP_PORT (workers = $SHARDPOOL_WORKERS)"
+log "starting PgBouncer on :$PGB_PORT and shardpool on :$SP_PORT (workers = $SHARDPOOL_WORKERS, runtime = ${SHARDPOOL_RUNTIME:-work_stealing})"
 start_pgbouncer
 start_shardpool
 
@@ -477,7 +481,7 @@ REPORT=$TMP/report.md
     echo "| OS | $(. /etc/os-release && echo "$PRETTY_NAME") |"
     echo "| Postgres | $("$PG_BINDIR/postgres" --version) |"
     echo "| PgBouncer | $PGBOUNCER_VERSION (\`$PGBOUNCER\`) |"
-    echo "| shardpool | $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet 2>/dev/null || echo ' (dirty)'), workers = $SHARDPOOL_WORKERS |"
+    echo "| shardpool | $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet 2>/dev/null || echo ' (dirty)'), workers = $SHARDPOOL_WORKERS, runtime = ${SHARDPOOL_RUNTIME:-work_stealing} |"
     echo "| load average at end | $(cut -d' ' -f1-3 /proc/loadavg) |"
     echo
     echo "Postgres runs with \`fsync=off\`, \`synchronous_commit=off\`, \`full_page_writes=off\`" \
@@ -491,7 +495,7 @@ REPORT=$TMP/report.md
     echo "### Commands"
     echo
     echo '```sh'
-    echo "PGBOUNCER_BIN=$PGBOUNCER DURATION=$DURATION REPEATS=$REPEATS CLIENTS=\"$CLIENTS\" WORKLOADS=\"$WORKLOADS\" IDLE_CLIENTS=$IDLE_CLIENTS SHARDPOOL_WORKERS=$SHARDPOOL_WORKERS benches/pgbench_compare.sh"
+    echo "PGBOUNCER_BIN=$PGBOUNCER DURATION=$DURATION REPEATS=$REPEATS CLIENTS=\"$CLIENTS\" WORKLOADS=\"$WORKLOADS\" IDLE_CLIENTS=$IDLE_CLIENTS SHARDPOOL_WORKERS=$SHARDPOOL_WORKERS ${SHARDPOOL_RUNTIME:+SHARDPOOL_RUNTIME=$SHARDPOOL_RUNTIME }benches/pgbench_compare.sh"
     echo "# per run (PORT = direct $PG_PORT, PgBouncer $PGB_PORT, shardpool $SP_PORT; j = min($THREADS, clients)):"
     echo "pgbench -i -q -s $SCALE -h 127.0.0.1 -p $PG_PORT -U bench bench"
     for wl in $WORKLOADS; do

@@ -12,6 +12,7 @@ pub mod backend;
 pub mod cluster;
 pub mod config;
 pub mod context;
+pub mod cores;
 pub mod error;
 pub mod frontend;
 pub mod http;

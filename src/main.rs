@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use shardpool::app::Proxy;
-use shardpool::config::Config;
+use shardpool::config::{Config, RuntimeShape};
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser)]
@@ -72,7 +72,15 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run => {
             let config = Config::load(&cli.config)?;
-            runtime(config.general.workers)?.block_on(run(config, cli.config))
+            let rt = match config.general.runtime {
+                // Core 0: this thread; `Proxy::start` starts the other cores.
+                RuntimeShape::ThreadPerCore => tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("starting the runtime")?,
+                RuntimeShape::WorkStealing => runtime(config.general.workers)?,
+            };
+            rt.block_on(run(config, cli.config))
         }
         Command::Demo { port, http_port } => runtime(0)?.block_on(demo::run(port, http_port)),
         Command::DemoGuard { owner } => Ok(shardpool::pgcluster::run_guard(owner)?),

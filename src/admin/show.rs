@@ -711,6 +711,11 @@ fn config(ctx: &Arc<Context>) -> Output {
         ("listen", g.listen.clone(), d.listen.clone()),
         ("workers", g.workers.to_string(), d.workers.to_string()),
         (
+            "runtime",
+            g.runtime.as_str().to_string(),
+            d.runtime.as_str().to_string(),
+        ),
+        (
             "spin_wait",
             g.spin_wait.to_string(),
             d.spin_wait.to_string(),
@@ -903,6 +908,7 @@ fn config(ctx: &Arc<Context>) -> Output {
     let restart_only = [
         "listen",
         "workers",
+        "runtime",
         "unix_socket_dir",
         "unix_socket_mode",
         "peer_id",

@@ -60,6 +60,8 @@ pub struct ServerConn {
     pub stale: std::collections::HashSet<u64>,
     /// Keeps the pool's connection count right however the connection ends.
     pub(crate) slot: Option<super::pool::Slot>,
+    /// In thread-per-core mode, the core whose runtime the socket is registered with (see `crate::cores`).
+    pub home: Option<u16>,
 }
 
 impl ServerConn {
@@ -87,7 +89,25 @@ impl ServerConn {
             broken: false,
             stale: std::collections::HashSet::new(),
             slot: None,
+            home: crate::cores::current(),
         }
+    }
+
+    /// In thread-per-core mode, moves the socket to the calling core's runtime if it is registered with another
+    /// one, so its readiness is seen by the core that uses it instead of waking it from another thread. TLS
+    /// connections stay where they are (the stream cannot be taken apart and put back), and work regardless.
+    /// On an error (the socket could not be registered) the connection is closed.
+    pub fn adopt(mut self: Box<Self>) -> std::io::Result<Box<Self>> {
+        let Some(core) = crate::cores::current() else {
+            return Ok(self);
+        };
+        if self.home == Some(core) || self.stream.is_tls() {
+            return Ok(self);
+        }
+        let stream = self.stream;
+        self.stream = stream.rehome()?;
+        self.home = Some(core);
+        Ok(self)
     }
 
     /// Runs a query shardpool issues itself (health check, reset, rollback) and waits for ReadyForQuery, discarding

@@ -94,6 +94,16 @@ impl ServerStream {
         matches!(self, ServerStream::Tls(_))
     }
 
+    /// Re-registers a plain socket with the calling runtime's I/O driver (`ServerConn::adopt`). Must be called
+    /// from inside a runtime; TLS streams come back as they are.
+    pub fn rehome(self) -> io::Result<ServerStream> {
+        Ok(match self {
+            ServerStream::Tcp(s) => ServerStream::Tcp(TcpStream::from_std(s.into_std()?)?),
+            ServerStream::Unix(s) => ServerStream::Unix(UnixStream::from_std(s.into_std()?)?),
+            tls @ ServerStream::Tls(_) => tls,
+        })
+    }
+
     /// The socket itself when reading it directly yields the protocol's bytes, i.e. not under TLS. The session's
     /// busy-poll reads it without going through tokio.
     pub fn raw_socket(&self) -> Option<BorrowedFd<'_>> {

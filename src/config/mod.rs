@@ -77,6 +77,27 @@ impl PoolMode {
     }
 }
 
+/// How client sessions are spread over threads (`general.runtime`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeShape {
+    /// One tokio multi-thread runtime: any worker runs any session, idle workers steal work.
+    #[default]
+    WorkStealing,
+    /// One single-threaded runtime per core, each accepting on its own `SO_REUSEPORT` listener; a session stays on
+    /// the core that accepted it. Pools stay shared; a server moves to the core of the session that borrows it.
+    ThreadPerCore,
+}
+
+impl RuntimeShape {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeShape::WorkStealing => "work_stealing",
+            RuntimeShape::ThreadPerCore => "thread_per_core",
+        }
+    }
+}
+
 /// What to do when a transaction-pooled client uses a feature whose state outlives the transaction.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -93,8 +114,12 @@ pub enum SessionFeatures {
 pub struct General {
     /// Address clients connect to.
     pub listen: String,
-    /// Runtime worker threads; 0 means one per CPU core.
+    /// Runtime worker threads (with `thread_per_core`: cores, i.e. single-threaded runtimes); 0 means one per CPU
+    /// core.
     pub workers: usize,
+    /// The runtime's shape: a work-stealing pool of workers, or one single-threaded runtime per core. Measured
+    /// against each other in docs/benchmarks.md (issue 15).
+    pub runtime: RuntimeShape,
     /// How long a session with the proxy to itself busy-polls for its server's reply or its client's next message
     /// instead of sleeping (0: never). Trades idle CPU for latency; see `frontend::spin`.
     pub spin_wait: ConfigDuration,
@@ -221,6 +246,7 @@ impl Default for General {
         General {
             listen: "127.0.0.1:6432".into(),
             workers: 0,
+            runtime: RuntimeShape::WorkStealing,
             spin_wait: ConfigDuration(std::time::Duration::from_micros(100)),
             max_client_conn: 10_000,
             max_pending_logins: 10_000,

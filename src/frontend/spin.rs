@@ -115,10 +115,13 @@ impl Backoff {
 }
 
 impl SpinGate {
-    /// Decides, from inside the runtime that will run the sessions, whether spinning can ever pay off.
-    pub fn configure_for_current_runtime(&self) {
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    /// Decides, from inside the runtime that will run the sessions, whether spinning can ever pay off: only with a
+    /// second thread (a multi-thread runtime, or thread-per-core's other cores) to serve everyone else while one
+    /// session spins, and a second CPU to run it.
+    pub fn configure_for_current_runtime(&self, thread_per_core: bool) {
+        let multi_thread = thread_per_core
+            || tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         self.allowed
             .store(multi_thread && cpus >= 2, Ordering::Relaxed);
@@ -438,7 +441,7 @@ mod tests {
             .build()
             .unwrap();
         let gate = open_gate();
-        rt.block_on(async { gate.configure_for_current_runtime() });
+        rt.block_on(async { gate.configure_for_current_runtime(false) });
         assert!(!gate.alone(ME, Awaiting::Client));
     }
 

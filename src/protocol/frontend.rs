@@ -9,8 +9,15 @@ use bytes::{BufMut, BytesMut};
 use super::backend::{put_cstr, put_message};
 use super::{read_cstr, tag};
 
-/// The SQL text of a Query message (without the terminating NUL).
+/// The SQL text of a Query message (without the terminating NUL): up to the first NUL, as Postgres reads it.
+/// The usual message has exactly one NUL, its last byte; a branch-free pass (which the compiler vectorises)
+/// confirms that at a fraction of a byte-by-byte search's cost, which every statement used to pay.
 pub fn query_text(body: &[u8]) -> Option<&[u8]> {
+    if let Some((&0, text)) = body.split_last() {
+        if !text.iter().fold(false, |seen, &b| seen | (b == 0)) {
+            return Some(text);
+        }
+    }
     read_cstr(body, 0).map(|(q, _)| q)
 }
 
@@ -234,6 +241,20 @@ pub fn malformed(msg_tag: u8, body: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
     use crate::protocol::framing::split_frame;
+
+    #[test]
+    fn query_text_ends_at_the_first_nul() {
+        assert_eq!(query_text(b"SELECT 1;\x00"), Some(&b"SELECT 1;"[..]));
+        assert_eq!(query_text(b"\x00"), Some(&b""[..]));
+        // Postgres reads up to the first NUL (and refuses the message for what follows): so does the scan.
+        assert_eq!(
+            query_text(b"SELECT 1\x00SET a = 1\x00"),
+            Some(&b"SELECT 1"[..])
+        );
+        assert_eq!(query_text(b"SELECT 1\x00x"), Some(&b"SELECT 1"[..]));
+        assert_eq!(query_text(b"SELECT 1"), None);
+        assert_eq!(query_text(b""), None);
+    }
 
     #[test]
     fn parse_rename_keeps_query_and_types() {

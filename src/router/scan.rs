@@ -104,6 +104,18 @@ fn skip_dollar(b: &[u8], i: usize) -> usize {
         .map_or(b.len(), |p| body + p + tag.len())
 }
 
+/// Bytes a word is made of: ASCII letters and digits, `_`, and every byte of a multi-byte character.
+const WORD_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80;
+        i += 1;
+    }
+    t
+};
+
 /// Leading words of a statement, skipping whitespace and comments; stops at the first non-word character.
 pub struct Words<'a> {
     s: &'a str,
@@ -144,9 +156,8 @@ impl<'a> Iterator for Words<'a> {
         self.skip_space();
         let b = self.s.as_bytes();
         let start = self.pos;
-        while self.pos < b.len()
-            && (b[self.pos].is_ascii_alphanumeric() || b[self.pos] == b'_' || b[self.pos] >= 0x80)
-        {
+        // One table lookup per byte instead of four comparisons: the first word of every statement comes here.
+        while self.pos < b.len() && WORD_BYTE[usize::from(b[self.pos])] {
             self.pos += 1;
         }
         (self.pos > start).then(|| &self.s[start..self.pos])

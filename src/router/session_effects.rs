@@ -61,7 +61,12 @@ pub fn effects(sql: &str) -> Vec<SessionEffect> {
     // One statement, with or without the trailing `;` most clients and pgbench scripts add (the common case): no
     // splitting pass needed. Without the trim, every `SELECT ...;` paid the literal-aware scan.
     let body = sql.trim_end().trim_end_matches(';');
-    if !body.contains(';') {
+    // Branch-free, like the prefilters below: `contains(';')` searched byte by byte.
+    if !body
+        .as_bytes()
+        .iter()
+        .fold(false, |seen, &b| seen | (b == b';'))
+    {
         out.extend(statement_effect(body));
         return out;
     }
@@ -77,6 +82,12 @@ pub fn statement_effect(stmt: &str) -> Option<SessionEffect> {
     let mut words = Words::new(stmt);
     let first = words.next()?;
     let kw = |w: &str, k: &str| w.eq_ignore_ascii_case(k);
+    // Every keyword below starts with one of these letters; UPDATE, INSERT, DELETE, BEGIN, END, COMMIT... go
+    // straight to the advisory-lock check.
+    let lead = first.as_bytes().first().map_or(0, |b| b | 0x20);
+    if !matches!(lead, b'c' | b'd' | b'l' | b'p' | b'r' | b's' | b'w') {
+        return advisory_lock_effect(stmt);
+    }
     if kw(first, "SET") {
         return set_effect(words);
     }
@@ -164,6 +175,11 @@ pub fn statement_effect(stmt: &str) -> Option<SessionEffect> {
         }
         return None;
     }
+    advisory_lock_effect(stmt)
+}
+
+/// Whether `stmt` takes a session-level advisory lock, which any statement may do.
+fn advisory_lock_effect(stmt: &str) -> Option<SessionEffect> {
     // Cheap raw prefilters before the literal-aware scan: most statements never mention advisory locks, and most
     // do not even contain a `v` (a branch-free pass the compiler vectorises, where the search below is a loop with
     // a compare per byte that cost a select-only transaction about 5 % of shardpool's instructions). Every
@@ -456,6 +472,25 @@ mod tests {
             Some(SessionEffect::NeedsSession(_))
         ));
         assert_eq!(statement_effect("select pg_advisory_xact_lock(1)"), None);
+        // Statements whose first word is no keyword here still take session locks.
+        for sql in [
+            "UPDATE t SET a = pg_advisory_lock(1)",
+            "insert into t select pg_try_advisory_lock(2)",
+            "VALUES (pg_advisory_lock(3))",
+        ] {
+            assert!(
+                matches!(statement_effect(sql), Some(SessionEffect::NeedsSession(_))),
+                "{sql}"
+            );
+        }
+        assert_eq!(
+            effects("UPDATE t SET a = 1; SELECT pg_advisory_lock(4);"),
+            [SessionEffect::NeedsSession("session advisory locks")]
+        );
+        assert_eq!(
+            statement_effect("UPDATE t SET a = a + 1 WHERE id = 5"),
+            None
+        );
         // State created through functions, SELECT INTO and DO blocks.
         for sql in [
             "SELECT 1 AS x INTO TEMP leak_t",

@@ -245,7 +245,8 @@ impl Session {
     fn write_client_now(&mut self) -> Result<bool, SessionError> {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let before = self.cout.len();
-        write_some(&mut cx, Pin::new(&mut self.client), &mut self.cout)
+        let tls = self.client.is_tls();
+        write_some(&mut cx, Pin::new(&mut self.client), &mut self.cout, tls)
             .map_err(SessionError::ClientIo)?;
         let taken = before - self.cout.len();
         self.bytes_to_client += taken as u64;
@@ -292,14 +293,17 @@ impl Session {
         let to_client = &mut self.bytes_to_client;
         let from_client = &mut self.tally.bytes_in;
         let (stream, sin) = (&mut server.stream, &mut server.rbuf);
+        let (server_tls, client_tls) = (stream.is_tls(), client.is_tls());
         poll_fn(|cx| {
             let mut ev = PumpEvent::default();
             let pending_in = sout.len();
-            write_some(cx, Pin::new(&mut *stream), sout).map_err(SessionError::ServerIo)?;
+            write_some(cx, Pin::new(&mut *stream), sout, server_tls)
+                .map_err(SessionError::ServerIo)?;
             ev.server_took = report_writes && sout.len() < pending_in;
             let before = cout.len();
             if !hold {
-                write_some(cx, Pin::new(&mut *client), cout).map_err(SessionError::ClientIo)?;
+                write_some(cx, Pin::new(&mut *client), cout, client_tls)
+                    .map_err(SessionError::ClientIo)?;
             }
             *to_client += (before - cout.len()) as u64;
             ev.client_took = report_writes && cout.len() < before;
@@ -622,11 +626,14 @@ fn reserve(buf: &mut BytesMut) {
     }
 }
 
-/// Writes as much of `buf` as the socket takes now; registers for wakeup if it is full.
+/// Writes as much of `buf` as the socket takes now; registers for wakeup if it is full. Only a `buffered` stream
+/// (TLS, which may hold encrypted bytes back) is flushed: a plain socket's flush does nothing, and the pump calls
+/// this twice per round, several rounds per statement.
 fn write_some<W: AsyncWrite + ?Sized>(
     cx: &mut Context<'_>,
     mut w: Pin<&mut W>,
     buf: &mut BytesMut,
+    buffered: bool,
 ) -> io::Result<()> {
     while !buf.is_empty() {
         match w.as_mut().poll_write(cx, buf) {
@@ -635,6 +642,9 @@ fn write_some<W: AsyncWrite + ?Sized>(
             Poll::Ready(Err(e)) => return Err(e),
             Poll::Pending => return Ok(()),
         }
+    }
+    if !buffered {
+        return Ok(());
     }
     match w.poll_flush(cx) {
         Poll::Ready(Err(e)) => Err(e),
