@@ -330,6 +330,30 @@ async fn writes_whose_vshard_moved_while_they_waited_for_a_server_go_to_the_targ
     assert_eq!(router.holds.fence_retried.load(Ordering::Relaxed), 0);
 }
 
+/// Runs a remap of `moving` to shard 1 whose driver dies right after installing the fence (as seen from the catalog
+/// and the shards: nothing after that step runs), with the freeze on and `max_pause` recorded for the instances.
+async fn die_after_the_fence(
+    s: &Setup,
+    moving: &[u32],
+    max_pause: Duration,
+    log: &Arc<Mutex<Vec<String>>>,
+) {
+    let mut opts = Setup::options();
+    opts.max_pause = max_pause;
+    opts.cutover_attempts = 1;
+    let mut dying = s.remapper(opts, log.clone()).await;
+    dying.progress = Some(Box::new(|p: &Progress<'_>| {
+        if let Progress::Step(step) = p {
+            assert_ne!(*step, "cutover: fence", "shardctl dies here");
+        }
+    }));
+    let there = moving.to_vec();
+    let died = tokio::spawn(async move { dying.start(&there, 1).await.map(|_| ()) })
+        .await
+        .expect_err("the driver died at the fence");
+    assert!(died.is_panic());
+}
+
 /// `shardctl` dies right after installing the fence, with the freeze on: the instance holds a write to a moving
 /// vshard for the remap's pause, then sends it to the source as the catalog says, where the fence refuses it. Its
 /// client has seen nothing, so the proxy waits for the catalog to change and routes it again; the remap, run again,
@@ -348,20 +372,7 @@ async fn a_write_the_fence_refused_unseen_is_routed_again_when_the_remap_resumes
     let router = s.proxies[0].ctx().shard_router("shop").unwrap();
 
     let log = Arc::new(Mutex::new(Vec::new()));
-    let mut opts = Setup::options();
-    opts.max_pause = Duration::from_secs(1);
-    opts.cutover_attempts = 1;
-    let mut dying = s.remapper(opts, log.clone()).await;
-    dying.progress = Some(Box::new(|p: &Progress<'_>| {
-        if let Progress::Step(step) = p {
-            // shardctl's death, as seen from the catalog and the shards: nothing after this step runs.
-            assert_ne!(*step, "cutover: fence", "shardctl dies here");
-        }
-    }));
-    let died = tokio::spawn(async move { dying.start(&moving, 1).await.map(|_| ()) })
-        .await
-        .expect_err("the driver died at the fence");
-    assert!(died.is_panic());
+    die_after_the_fence(&s, &moving, Duration::from_secs(1), &log).await;
     let fenced = s.shards[0].sql(
         "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'shardpool_fence_%' AND NOT tgisinternal",
     );
@@ -527,21 +538,8 @@ async fn copy_and_shard_key_writes_are_held_during_a_cutover() {
     let router = s.proxies[0].ctx().shard_router("shop").unwrap();
     let moving: Vec<u32> = (0..16).collect();
     let log = Arc::new(Mutex::new(Vec::new()));
-    let mut opts = Setup::options();
     // The instances hold for as long as the remap recorded: long enough for this test to act on a loaded machine.
-    opts.max_pause = Duration::from_secs(20);
-    opts.cutover_attempts = 1;
-    let mut dying = s.remapper(opts, log.clone()).await;
-    dying.progress = Some(Box::new(|p: &Progress<'_>| {
-        if let Progress::Step(step) = p {
-            assert_ne!(*step, "cutover: fence", "shardctl dies here");
-        }
-    }));
-    let there = moving.clone();
-    let died = tokio::spawn(async move { dying.start(&there, 1).await.map(|_| ()) })
-        .await
-        .expect_err("the driver died at the fence");
-    assert!(died.is_panic());
+    die_after_the_fence(&s, &moving, Duration::from_secs(20), &log).await;
     common::eventually(
         Duration::from_secs(30),
         "the instance to see the freeze",

@@ -100,19 +100,8 @@ impl Session {
         r.fence_retries += 1;
         let routed = r.routed_epoch;
         let router = r.shard_router.clone();
-        if let Some(mut server) = self.server.take() {
-            // Mid-reply: the connection is not reusable. Postgres rolls the refused transaction back when it goes.
-            server.broken = true;
-            self.on_detached();
-            self.registration.info.set_server(None);
-            drop(server);
-        }
-        self.relay = Default::default();
-        self.sout.clear();
-        self.cout.truncate(cout_mark);
-        self.pending_effects.clear();
-        self.batch.clear();
-        self.held_parameter_description = None;
+        // Postgres rolls the refused transaction back when the connection goes.
+        self.abandon_unseen(cout_mark);
         self.batch_failed = false;
         let len: usize = frames.iter().map(|f| f.raw.len()).sum::<usize>() + self.cin.len();
         let mut input = BytesMut::with_capacity(len);

@@ -631,19 +631,7 @@ impl Session {
             }
             tracing::info!(client = self.registration.info.id, error = %e, "replica failed before the client saw a reply; retrying the read elsewhere");
         }
-        if let Some(mut server) = self.server.take() {
-            server.broken = true;
-            self.on_detached();
-            self.registration.info.set_server(None);
-            drop(server);
-        }
-        self.relay = Default::default();
-        self.sout.clear();
-        // Drop the held acknowledgements: the retry produces the same ones.
-        self.cout.truncate(cout_mark);
-        self.pending_effects.clear();
-        self.batch.clear();
-        self.held_parameter_description = None;
+        self.abandon_unseen(cout_mark);
         let Some(first) = frames.first().cloned() else {
             return Ok(false);
         };
@@ -657,6 +645,24 @@ impl Session {
             }
         }
         Ok(true)
+    }
+
+    /// Drops the attached server mid-reply (it is not reusable) and everything of the transaction the client has not
+    /// seen: what was queued for the server, the replies owed, and the output held since `cout_mark` (a re-run
+    /// produces the same acknowledgements again). For a transaction that is about to be run again elsewhere.
+    pub(super) fn abandon_unseen(&mut self, cout_mark: usize) {
+        if let Some(mut server) = self.server.take() {
+            server.broken = true;
+            self.on_detached();
+            self.registration.info.set_server(None);
+            drop(server);
+        }
+        self.relay = Default::default();
+        self.sout.clear();
+        self.cout.truncate(cout_mark);
+        self.pending_effects.clear();
+        self.batch.clear();
+        self.held_parameter_description = None;
     }
 
     /// A FATAL error from a replica before the client has seen anything of this transaction: the server is ending
