@@ -620,3 +620,68 @@ async fn copy_and_shard_key_writes_are_held_during_a_cutover() {
     );
     assert_eq!(count(&s.shards[0], keyed), "0");
 }
+
+/// A write placed by a range of a range map (no single key) is held during a cutover like a keyed one, not sent to
+/// the fence: with `shardctl` dead after the fence, an UPDATE over a moving range waits; the abort lifts the freeze
+/// and it commits on the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_placed_writes_are_held_during_a_cutover() {
+    let s = setup(
+        1,
+        "CREATE TABLE events (ts bigint PRIMARY KEY, payload text); ALTER TABLE events OWNER TO app",
+        "[[databases.shop.sharding.tables]]\nname = \"events\"\nkey = \"ts\"\ntype = \"int8\"\nmap = \"by_time\"\n\
+         [databases.shop.sharding.maps.by_time]\nkind = \"range\"\nkey_type = \"int8\"\nsplit_points = [1000, 2000]\n",
+    )
+    .await;
+    // [1000, 2000) is vshard 21, on shard 0.
+    let url = s.proxies[0].url("app", "secret", "shop");
+    let app = common::connect(&url).await;
+    for ts in (1000..1100).step_by(10) {
+        app.simple_query(&format!("INSERT INTO events VALUES ({ts}, 'e')"))
+            .await
+            .unwrap();
+    }
+    let router = s.proxies[0].ctx().shard_router("shop").unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    die_after_the_fence(&s, &[21], Duration::from_secs(20), &log).await;
+    common::eventually(
+        Duration::from_secs(30),
+        "the instance to see the freeze",
+        || {
+            let frozen = router.catalog().is_some_and(|c| c.freeze.contains(21));
+            async move { frozen }
+        },
+    )
+    .await;
+    let held_before = router.holds.held.load(Ordering::Relaxed);
+    let update = tokio::spawn(async move {
+        app.execute(
+            "UPDATE events SET payload = 'held' WHERE ts >= $1 AND ts < $2",
+            &[&1000i64, &1100i64],
+        )
+        .await
+    });
+    common::eventually(
+        Duration::from_secs(30),
+        "the range write to be held",
+        || {
+            let held = router.holds.held.load(Ordering::Relaxed) - held_before;
+            async move { held >= 1 }
+        },
+    )
+    .await;
+    assert!(!update.is_finished());
+    let mut r = s.remapper(Setup::options(), log.clone()).await;
+    assert_eq!(r.abort().await.unwrap().phase, Phase::Aborted);
+    let n = tokio::time::timeout(Duration::from_secs(30), update)
+        .await
+        .expect("the range write hangs")
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the range write failed: {e:?}"));
+    assert_eq!(n, 10);
+    assert_eq!(router.holds.fence_retried.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        s.shards[0].sql("SELECT count(*) FROM events WHERE payload = 'held'"),
+        "10"
+    );
+}

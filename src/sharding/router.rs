@@ -481,6 +481,25 @@ impl ShardRouter {
         })
     }
 
+    /// The hold `purpose` gives a statement touching `vshards`: none for a statement running inside its transaction,
+    /// a real (counted) hold when routing a transaction's first statement, a reported one for a look ahead.
+    fn hold_for(
+        &self,
+        purpose: Purpose,
+        catalog: &Catalog,
+        stmt: &StatementShards,
+        vshards: &[u32],
+    ) -> Option<Held> {
+        match purpose {
+            Purpose::Run => None,
+            Purpose::Route => self.frozen(catalog, stmt, vshards),
+            Purpose::Peek => Self::meets_freeze(catalog, stmt, vshards).then(|| Held {
+                epoch: catalog.epoch,
+                until: Instant::now(),
+            }),
+        }
+    }
+
     /// Whether a write to any of `vshards` meets a remap's freeze (whether or not this instance still holds it).
     fn meets_freeze(catalog: &Catalog, stmt: &StatementShards, vshards: &[u32]) -> bool {
         let freeze = &catalog.freeze;
@@ -555,7 +574,7 @@ impl ShardRouter {
             Target::AnyShard | Target::DefaultShard => return Ok(default),
             Target::AllShards => return Ok(Placement::Every),
             Target::Scatter => {
-                if let Some(p) = self.place_by_range(stmt, params, &default)? {
+                if let Some(p) = self.place_by_range(stmt, params, &default, purpose, held)? {
                     return Ok(p);
                 }
                 return match stmt.kind {
@@ -635,14 +654,7 @@ impl ShardRouter {
             }
         }
         shards.sort_unstable();
-        let hold = match purpose {
-            Purpose::Run => None,
-            Purpose::Route => self.frozen(&catalog, stmt, &vshards),
-            Purpose::Peek => Self::meets_freeze(&catalog, stmt, &vshards).then(|| Held {
-                epoch: catalog.epoch,
-                until: Instant::now(),
-            }),
-        };
+        let hold = self.hold_for(purpose, &catalog, stmt, &vshards);
         if hold.is_some() {
             *held = hold;
             return Ok(default);
@@ -694,11 +706,14 @@ impl ShardRouter {
     /// A keyless statement whose sharded rows lie in key ranges of a range map: runs on the shards whose ranges
     /// overlap. `None` when that does not apply (no ranges, another map, cross-shard shapes, no catalog yet) or
     /// several shards remain for a write: the caller then treats it as keyless.
+    /// A write whose ranges touch a frozen vshard is held like a keyed one (`held`, and the default placement).
     fn place_by_range(
         &self,
         stmt: &StatementShards,
         params: Option<Params<'_>>,
         default: &Placement,
+        purpose: Purpose,
+        held: &mut Option<Held>,
     ) -> Result<Option<Placement>, ClientError> {
         if stmt.ranges.is_empty() || stmt.cross_shard.is_some() || stmt.kind == StatementKind::Ddl {
             return Ok(None);
@@ -713,6 +728,7 @@ impl ShardRouter {
             return Ok(None);
         };
         let mut shards: Vec<u16> = Vec::new();
+        let mut touched: Vec<u32> = Vec::new();
         for r in &stmt.ranges {
             let bound = match params {
                 Some((values, formats)) => bind_range(&r.range, r.table.key_type, values, formats),
@@ -752,6 +768,7 @@ impl ShardRouter {
                     ClientError::error(sqlstate::INVALID_PARAMETER_VALUE, e.to_string())
                 })?;
             for v in vshards {
+                touched.push(v);
                 let s = catalog.shard_of(v).ok_or_else(|| {
                     ClientError::error(
                         sqlstate::INTERNAL_ERROR,
@@ -764,6 +781,10 @@ impl ShardRouter {
             }
         }
         shards.sort_unstable();
+        if let Some(h) = self.hold_for(purpose, &catalog, stmt, &touched) {
+            *held = Some(h);
+            return Ok(Some(default.clone()));
+        }
         Ok(match shards.as_slice() {
             // No row can match: any shard answers that (with the right columns) as well as all of them.
             [] => Some(default.clone()),
