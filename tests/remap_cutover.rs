@@ -685,3 +685,37 @@ async fn range_placed_writes_are_held_during_a_cutover() {
         "10"
     );
 }
+
+/// The fence retry is bounded: with `shardctl` dead after the fence and nobody running the remap again, a write
+/// held for the remap's pause and then refused is routed again 3 times (each waiting for a catalog change that does
+/// not come), and then its client gets the fence's 40001, which it may retry once the remap is run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_fence_keeps_refusing_reaches_its_client_as_40001() {
+    let s = setup(1, "", "").await;
+    s.load();
+    let moving: Vec<u32> = (0..16).collect();
+    let aid = (8_500_000i64..).find(|a| vshard(*a) < 16).unwrap();
+    let router = s.proxies[0].ctx().shard_router("shop").unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    die_after_the_fence(&s, &moving, Duration::from_secs(1), &log).await;
+    let c = common::connect(&s.proxies[0].url("app", "secret", "shop")).await;
+    let err = c
+        .batch_execute(&format!(
+            "INSERT INTO accounts (aid, owner, balance) VALUES ({aid}, 'refused', 0)"
+        ))
+        .await
+        .expect_err("the fence refuses it for good");
+    assert_eq!(common::sqlstate(&err), "40001", "{err:?}");
+    assert_eq!(router.holds.fence_retried.load(Ordering::Relaxed), 3);
+    assert_eq!(count(&s.shards[0], aid), "0");
+    assert_eq!(count(&s.shards[1], aid), "0");
+    // The same connection is usable, and the write goes through once the remap is run again.
+    let mut r = s.remapper(Setup::options(), log.clone()).await;
+    assert_eq!(r.start(&moving, 1).await.unwrap().phase, Phase::Done);
+    c.batch_execute(&format!(
+        "INSERT INTO accounts (aid, owner, balance) VALUES ({aid}, 'retried', 0)"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(count(&s.shards[1], aid), "1");
+}

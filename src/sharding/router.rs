@@ -461,28 +461,14 @@ impl ShardRouter {
 
     /// A hold for a `COPY ... FROM STDIN` into a sharded table while a remap freezes any vshard of this database:
     /// its rows' vshards are known only as they stream, so it waits for the cutover to end before it starts.
-    /// `count`: a hold to be carried out (not a look ahead), counted in `holds`.
-    pub fn copy_hold(&self, count: bool) -> Option<Held> {
+    /// `peek`: for a look ahead (nothing counted).
+    pub fn copy_hold(&self, peek: bool) -> Option<Held> {
         let catalog = self.catalog()?;
-        let freeze = &catalog.freeze;
-        if freeze.vshards.is_empty() {
-            return None;
-        }
-        let until = self.hold_until(freeze);
-        if Instant::now() >= until {
-            return None;
-        }
-        if count {
-            self.holds.held.fetch_add(1, Ordering::Relaxed);
-        }
-        Some(Held {
-            epoch: catalog.epoch,
-            until,
-        })
+        let purpose = if peek { Purpose::Peek } else { Purpose::Route };
+        self.hold_if(purpose, &catalog, !catalog.freeze.vshards.is_empty())
     }
 
-    /// The hold `purpose` gives a statement touching `vshards`: none for a statement running inside its transaction,
-    /// a real (counted) hold when routing a transaction's first statement, a reported one for a look ahead.
+    /// The hold `purpose` gives a statement touching `vshards` (see `hold_if`).
     fn hold_for(
         &self,
         purpose: Purpose,
@@ -490,13 +476,34 @@ impl ShardRouter {
         stmt: &StatementShards,
         vshards: &[u32],
     ) -> Option<Held> {
+        self.hold_if(purpose, catalog, Self::meets_freeze(catalog, stmt, vshards))
+    }
+
+    /// The hold for a statement that `meets` a remap's freeze: none for one running inside its transaction; a real,
+    /// counted one when routing a transaction's first statement, unless this instance has held that freeze's writes
+    /// long enough already (then the write goes where the catalog says, and the source's fence answers it); a
+    /// reported one for a look ahead.
+    fn hold_if(&self, purpose: Purpose, catalog: &Catalog, meets: bool) -> Option<Held> {
+        if !meets {
+            return None;
+        }
         match purpose {
             Purpose::Run => None,
-            Purpose::Route => self.frozen(catalog, stmt, vshards),
-            Purpose::Peek => Self::meets_freeze(catalog, stmt, vshards).then(|| Held {
+            Purpose::Peek => Some(Held {
                 epoch: catalog.epoch,
                 until: Instant::now(),
             }),
+            Purpose::Route => {
+                let until = self.hold_until(&catalog.freeze);
+                if Instant::now() >= until {
+                    return None;
+                }
+                self.holds.held.fetch_add(1, Ordering::Relaxed);
+                Some(Held {
+                    epoch: catalog.epoch,
+                    until,
+                })
+            }
         }
     }
 
@@ -506,23 +513,6 @@ impl ShardRouter {
         !freeze.vshards.is_empty()
             && stmt.kind != StatementKind::Read
             && vshards.iter().any(|v| freeze.contains(*v))
-    }
-
-    /// A hold for a write to any of `vshards` while a remap freezes them, unless this instance has held them long
-    /// enough already (then the write goes where the catalog says, and the source's fence answers it).
-    fn frozen(&self, catalog: &Catalog, stmt: &StatementShards, vshards: &[u32]) -> Option<Held> {
-        if !Self::meets_freeze(catalog, stmt, vshards) {
-            return None;
-        }
-        let until = self.hold_until(&catalog.freeze);
-        if Instant::now() >= until {
-            return None;
-        }
-        self.holds.held.fetch_add(1, Ordering::Relaxed);
-        Some(Held {
-            epoch: catalog.epoch,
-            until,
-        })
     }
 
     fn place_body(
@@ -885,7 +875,7 @@ impl ShardRouter {
             }
         }
         if let Some(out) = hold {
-            if let Some(h) = self.frozen(&catalog, stmt, &vshards) {
+            if let Some(h) = self.hold_for(Purpose::Route, &catalog, stmt, &vshards) {
                 // Not counted: it is placed again once the hold ends.
                 *out = Some(h);
                 return Ok(found.map_or(self.config.default_shard, |f| f.0));

@@ -215,7 +215,7 @@ impl Session {
             if let Some(fanout) = copy_fanout(router, sql)? {
                 if matches!(fanout.kind, FanoutKind::CopyIn(..)) && !in_transaction {
                     // Its rows' vshards are known only as they stream: held whole while any vshard is frozen.
-                    if let Some(held) = router.copy_hold(placing == Placing::Start) {
+                    if let Some(held) = router.copy_hold(placing == Placing::Peek) {
                         return Ok(Decision::Hold(held));
                     }
                 }
